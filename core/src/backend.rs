@@ -1,0 +1,192 @@
+//! Where the preloader creates disks, runs the build VM and makes the image.
+//!
+//! A backend only manages resources. What goes on the disks and how the VM reports
+//! progress live in [`crate::preload`], written once, so QEMU and GCE cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use async_trait::async_trait;
+
+use crate::config::SourceImage;
+
+/// A disk the backend created: a file path for QEMU, a disk name for GCE.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiskId(pub String);
+
+/// A VM the backend created.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VmId(pub String);
+
+impl fmt::Display for DiskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for VmId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a new disk starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DiskSource {
+    /// The build's source OS image (never modified).
+    Image(SourceImage),
+    /// A raw disk image built on this machine, such as the CIDATA disk.
+    RawFile(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskSpec {
+    pub name: String,
+    pub source: DiskSource,
+    /// Size in GB; `None` keeps the source's size.
+    pub size_gb: Option<u64>,
+    /// GCE disk type (`pd-standard`); backends without types ignore it.
+    pub disk_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    pub name: String,
+    /// Attached in this order; the first is the boot disk.
+    pub disks: Vec<DiskId>,
+    /// Instance metadata the guest reads from the metadata server (`user-data`, …).
+    pub metadata: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub machine_type: String,
+    pub service_account: String,
+    /// GPU accelerator type; the VM then also stops on host maintenance.
+    pub gpu_type: Option<String>,
+    pub network: String,
+    pub subnet: String,
+    /// The backend stops the VM by force once it has run this long.
+    pub max_lifetime: Duration,
+}
+
+/// Serial port text from an offset, and the offset to read from next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SerialChunk {
+    pub contents: String,
+    pub next: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmStatus {
+    Running,
+    /// The guest powered off.
+    Stopped,
+    /// The VM ended some other way (a crash, a panic, a forced stop); the reason says which.
+    Failed(String),
+}
+
+/// The file format of a local output image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+    /// GCE's import format: a gzipped tar holding `disk.raw`.
+    TarGz,
+}
+
+impl ImageFormat {
+    /// Infers the format from a file name: `.qcow2`, `.tar.gz`/`.tgz`, anything else raw.
+    pub fn from_path(path: &std::path::Path) -> Self {
+        let name = path.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".qcow2") {
+            ImageFormat::Qcow2
+        } else if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+            ImageFormat::TarGz
+        } else {
+            ImageFormat::Raw
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+            ImageFormat::TarGz => "tar.gz",
+        }
+    }
+}
+
+impl std::str::FromStr for ImageFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "raw" => Ok(ImageFormat::Raw),
+            "qcow2" => Ok(ImageFormat::Qcow2),
+            "tar.gz" | "tgz" => Ok(ImageFormat::TarGz),
+            _ => anyhow::bail!("unknown image format {s:?}: use raw, qcow2 or tar.gz"),
+        }
+    }
+}
+
+/// The image to make from the finished boot disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputImage {
+    pub name: String,
+    pub project: String,
+    pub family: String,
+    pub labels: BTreeMap<String, String>,
+    pub licenses: Vec<String>,
+    pub description: String,
+    /// For local builds: the file to write, and its format.
+    pub local_file: Option<(PathBuf, ImageFormat)>,
+}
+
+impl OutputImage {
+    /// How the user knows this image: its file or `projects/P/global/images/N`.
+    pub fn display_name(&self) -> String {
+        match &self.local_file {
+            Some((p, _)) => p.display().to_string(),
+            None => format!("projects/{}/global/images/{}", self.project, self.name),
+        }
+    }
+}
+
+/// A place to build images: QEMU on this machine, or GCE.
+///
+/// Deleting something that is already gone is not an error.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Short name for messages (`qemu`, `gce`).
+    fn name(&self) -> &'static str;
+    /// Whether the output image already exists (then the build is a no-op, as upstream).
+    async fn image_exists(&self, out: &OutputImage) -> Result<bool>;
+    async fn create_disk(&self, spec: &DiskSpec) -> Result<DiskId>;
+    /// Creates and boots a VM.
+    async fn create_vm(&self, spec: &VmSpec) -> Result<VmId>;
+    /// Serial port `port` (1-based, as GCE counts: port 3 is the guest's ttyS2) from `offset`.
+    async fn serial_output(&self, vm: &VmId, port: u8, offset: u64) -> Result<SerialChunk>;
+    /// Grows a disk, also while a running VM has it attached.
+    async fn resize_disk(&self, disk: &DiskId, size_gb: u64) -> Result<()>;
+    /// Sets one instance metadata key the guest can read.
+    async fn set_metadata(&self, vm: &VmId, key: &str, value: &str) -> Result<()>;
+    async fn vm_status(&self, vm: &VmId) -> Result<VmStatus>;
+    /// Makes the output image from a disk whose VM has stopped.
+    async fn create_image(&self, disk: &DiskId, out: &OutputImage) -> Result<()>;
+    async fn delete_vm(&self, vm: &VmId) -> Result<()>;
+    async fn delete_disk(&self, disk: &DiskId) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn format_from_path() {
+        assert_eq!(ImageFormat::from_path(Path::new("a/out.qcow2")), ImageFormat::Qcow2);
+        assert_eq!(ImageFormat::from_path(Path::new("out.tar.gz")), ImageFormat::TarGz);
+        assert_eq!(ImageFormat::from_path(Path::new("out.img")), ImageFormat::Raw);
+        assert!("vmdk".parse::<ImageFormat>().is_err());
+    }
+}

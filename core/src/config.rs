@@ -1,0 +1,336 @@
+//! The build state shared by the CLI steps, the preloader and the provisioner.
+//!
+//! Field names are the Go struct field names of the original (no JSON tags there),
+//! so state written by either implementation reads in the other. Go marshals nil
+//! maps and slices as `null`; empty collections here do the same, and `null` reads
+//! back as empty.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// `config/provisioner`, and `config.json` on the CIDATA disk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionerConfig {
+    /// Build context name (`user`) to the archive's URL (`gs://…` or `file://…`).
+    #[serde(
+        rename = "BuildContexts",
+        default,
+        serialize_with = "empty_map_as_null",
+        deserialize_with = "null_as_default"
+    )]
+    pub build_contexts: BTreeMap<String, String>,
+    #[serde(rename = "BootDisk", default)]
+    pub boot_disk: BootDiskConfig,
+    #[serde(
+        rename = "Steps",
+        default,
+        serialize_with = "empty_vec_as_null",
+        deserialize_with = "null_as_default"
+    )]
+    pub steps: Vec<Step>,
+}
+
+/// What the provisioner does to the boot disk's partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootDiskConfig {
+    #[serde(rename = "OEMSize", default)]
+    pub oem_size: String,
+    #[serde(rename = "OEMFSSize4K", default)]
+    pub oem_fs_size_4k: u64,
+    #[serde(rename = "ReclaimSDA3", default)]
+    pub reclaim_sda3: bool,
+    #[serde(rename = "WaitForDiskResize", default)]
+    pub wait_for_disk_resize: bool,
+}
+
+/// One recorded step. Serialized as the original's `{"Type": …, "Args": …}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    RunScript(RunScriptArgs),
+    InstallGpu(InstallGpuArgs),
+    SealOem,
+    DisableAutoUpdate,
+    InstallPackages(InstallPackagesArgs),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunScriptArgs {
+    #[serde(rename = "BuildContext", default)]
+    pub build_context: String,
+    #[serde(rename = "Path", default)]
+    pub path: String,
+    /// Sorted `k=v` pairs joined by `,` (see [`crate::env`] for commas in values).
+    #[serde(rename = "Env", default)]
+    pub env: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallGpuArgs {
+    #[serde(rename = "NvidiaDriverVersion", default)]
+    pub nvidia_driver_version: String,
+    #[serde(rename = "NvidiaDriverMD5Sum", default)]
+    pub nvidia_driver_md5sum: String,
+    #[serde(rename = "NvidiaInstallDirHost", default)]
+    pub nvidia_install_dir_host: String,
+    #[serde(rename = "NvidiaInstallerContainer", default)]
+    pub nvidia_installer_container: String,
+    #[serde(rename = "GCSDepsPrefix", default)]
+    pub gcs_deps_prefix: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallPackagesArgs {
+    #[serde(rename = "BuildContext", default)]
+    pub build_context: String,
+    #[serde(rename = "PkgSpecURL", default)]
+    pub pkg_spec_url: String,
+    #[serde(rename = "TopWorkDir", default)]
+    pub top_work_dir: String,
+    #[serde(rename = "AnthosInstallerDir", default)]
+    pub anthos_installer_dir: String,
+    #[serde(rename = "AnthosInstallerVersion", default)]
+    pub anthos_installer_version: String,
+    #[serde(rename = "AnthosInstallerReleaseBucket", default)]
+    pub anthos_installer_release_bucket: String,
+}
+
+impl Step {
+    /// The original's `Type` string.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Step::RunScript(_) => "RunScript",
+            Step::InstallGpu(_) => "InstallGPU",
+            Step::SealOem => "SealOEM",
+            Step::DisableAutoUpdate => "DisableAutoUpdate",
+            Step::InstallPackages(_) => "InstallPackages",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawStep {
+    #[serde(rename = "Type")]
+    kind: String,
+    #[serde(rename = "Args", default)]
+    args: serde_json::Value,
+}
+
+impl Serialize for Step {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let args = match self {
+            Step::RunScript(a) => serde_json::to_value(a),
+            Step::InstallGpu(a) => serde_json::to_value(a),
+            Step::InstallPackages(a) => serde_json::to_value(a),
+            Step::SealOem | Step::DisableAutoUpdate => Ok(serde_json::Value::Null),
+        }
+        .map_err(serde::ser::Error::custom)?;
+        RawStep {
+            kind: self.type_name().to_string(),
+            args,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawStep::deserialize(d)?;
+        fn args<T: DeserializeOwned + Default, E: serde::de::Error>(
+            v: serde_json::Value,
+        ) -> Result<T, E> {
+            if v.is_null() {
+                return Ok(T::default());
+            }
+            serde_json::from_value(v).map_err(E::custom)
+        }
+        Ok(match raw.kind.as_str() {
+            "RunScript" => Step::RunScript(args(raw.args)?),
+            "InstallGPU" => Step::InstallGpu(args(raw.args)?),
+            "InstallPackages" => Step::InstallPackages(args(raw.args)?),
+            "SealOEM" => Step::SealOem,
+            "DisableAutoUpdate" => Step::DisableAutoUpdate,
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown step type: {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// `config/build`: the Go `config.Build` struct, in its field order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildConfig {
+    #[serde(rename = "GCSBucket", default)]
+    pub gcs_bucket: String,
+    #[serde(rename = "GCSDir", default)]
+    pub gcs_dir: String,
+    #[serde(rename = "Project", default)]
+    pub project: String,
+    #[serde(rename = "Zone", default)]
+    pub zone: String,
+    #[serde(rename = "MachineType", default)]
+    pub machine_type: String,
+    #[serde(rename = "ServiceAccount", default)]
+    pub service_account: String,
+    #[serde(rename = "DiskType", default)]
+    pub disk_type: String,
+    #[serde(rename = "DiskSize", default)]
+    pub disk_size: i64,
+    #[serde(rename = "GPUType", default)]
+    pub gpu_type: String,
+    #[serde(rename = "Timeout", default)]
+    pub timeout: String,
+    #[serde(
+        rename = "GCSFiles",
+        default,
+        serialize_with = "empty_vec_as_null",
+        deserialize_with = "null_as_default"
+    )]
+    pub gcs_files: Vec<String>,
+    #[serde(rename = "GCEEndpoint", default)]
+    pub gce_endpoint: String,
+    #[serde(rename = "Network", default)]
+    pub network: String,
+    #[serde(rename = "Subnet", default)]
+    pub subnet: String,
+}
+
+/// `config/source_image`: the GCE image JSON (lowerCamel) plus `Project`.
+///
+/// Local builds add `LocalFile`, which the original ignores when it reads the file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceImage {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(rename = "Project", default)]
+    pub project: String,
+    /// Absolute path of a local source image (raw, qcow2 or GCE `tar.gz`).
+    #[serde(rename = "LocalFile", default, skip_serializing_if = "String::is_empty")]
+    pub local_file: String,
+    /// Every other field of the GCE image resource, kept as read.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl SourceImage {
+    /// `projects/P/global/images/N`, as the original names the source in its image description.
+    pub fn url(&self) -> String {
+        if !self.local_file.is_empty() {
+            return self.local_file.clone();
+        }
+        format!("projects/{}/global/images/{}", self.project, self.name)
+    }
+
+    /// The GCE labels of the source image, if the resolved resource carried any.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.extra
+            .get("labels")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Parses one of the state files, naming it and the fix in the error.
+pub fn parse_json<T: DeserializeOwned>(what: &std::path::Path, data: &[u8]) -> Result<T> {
+    if data.iter().all(u8::is_ascii_whitespace) {
+        bail!(
+            "{} is empty; the build state is corrupt: remove the state folder and run start-image-build again",
+            what.display()
+        );
+    }
+    serde_json::from_slice(data).with_context(|| {
+        format!(
+            "parsing {}; the build state is corrupt: remove the state folder and run start-image-build again",
+            what.display()
+        )
+    })
+}
+
+fn empty_map_as_null<S: Serializer>(m: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    if m.is_empty() {
+        s.serialize_none()
+    } else {
+        m.serialize(s)
+    }
+}
+
+fn empty_vec_as_null<T: Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    if v.is_empty() {
+        s.serialize_none()
+    } else {
+        v.serialize(s)
+    }
+}
+
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_provisioner_config_matches_go() {
+        let s = serde_json::to_string(&ProvisionerConfig::default()).unwrap();
+        assert_eq!(
+            s,
+            r#"{"BuildContexts":null,"BootDisk":{"OEMSize":"","OEMFSSize4K":0,"ReclaimSDA3":false,"WaitForDiskResize":false},"Steps":null}"#
+        );
+    }
+
+    #[test]
+    fn upstream_example_round_trips() {
+        let text = r#"{"BuildContexts":{"user":"gs://B/W/cos-customizer/user_build_context.tar"},"BootDisk":{"OEMSize":"2047M","OEMFSSize4K":262144,"ReclaimSDA3":true,"WaitForDiskResize":true},"Steps":[{"Type":"RunScript","Args":{"BuildContext":"user","Path":"preload.sh","Env":"A=1,B=2"}},{"Type":"SealOEM","Args":null}]}"#;
+        let c: ProvisionerConfig = serde_json::from_str(text).unwrap();
+        assert_eq!(c.boot_disk.oem_fs_size_4k, 262144);
+        assert_eq!(c.steps.len(), 2);
+        assert_eq!(c.steps[1], Step::SealOem);
+        assert_eq!(serde_json::to_string(&c).unwrap(), text);
+    }
+
+    #[test]
+    fn unknown_step_type_is_an_error() {
+        let e = serde_json::from_str::<Step>(r#"{"Type":"Bogus","Args":null}"#).unwrap_err();
+        assert!(e.to_string().contains(r#"unknown step type: "Bogus""#), "{e}");
+    }
+
+    #[test]
+    fn build_config_matches_go_field_order() {
+        let b = BuildConfig {
+            gcs_bucket: "b".into(),
+            gcs_dir: "d".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"GCSBucket":"b","GCSDir":"d","Project":"","Zone":"","MachineType":"","ServiceAccount":"","DiskType":"","DiskSize":0,"GPUType":"","Timeout":"","GCSFiles":null,"GCEEndpoint":"","Network":"","Subnet":""}"#
+        );
+    }
+
+    #[test]
+    fn source_image_keeps_unknown_fields() {
+        let text = r#"{"name":"cos-1","labels":{"a":"b"},"Project":"cos-cloud"}"#;
+        let s: SourceImage = serde_json::from_str(text).unwrap();
+        assert_eq!(s.url(), "projects/cos-cloud/global/images/cos-1");
+        assert_eq!(s.labels().get("a").map(String::as_str), Some("b"));
+        let back: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(back["labels"]["a"], "b");
+    }
+
+    #[test]
+    fn corrupt_state_names_the_file_and_fix() {
+        let e = parse_json::<BuildConfig>(std::path::Path::new("/x/config/build"), b"{bad")
+            .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("/x/config/build") && msg.contains("start-image-build"), "{msg}");
+    }
+}

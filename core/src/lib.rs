@@ -1,0 +1,7 @@
+//! The part of COS Customizer every backend shares: the build state recorded by the
+//! CLI steps, the provisioner config, the CIDATA disk and the preload flow.
+
+pub mod backend;
+pub mod cmd;
+pub mod config;
+pub mod fsutil;
