@@ -1,0 +1,258 @@
+//! The build context archive (`user_build_context.tar`).
+//!
+//! Member names are relative with no `./` prefix (`preload.sh`, `lib/`, `lib/x.sh`), as
+//! the original makes them, so `run-script -script` names match. Unlike the original,
+//! top-level dotfiles are kept; symlinks stay symlinks.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::fsutil;
+
+/// Archives `src` (a directory or a single file) into a new tar at `dst`.
+///
+/// Fails if `dst` exists. Anything under `exclude` (the state folder, when the build
+/// context contains it) is left out, so the archive never contains itself.
+pub fn create(src: &Path, dst: &Path, exclude: &Path) -> Result<()> {
+    if dst.exists() {
+        bail!(
+            "{} already exists: a build is already in progress; run finish-image-build first, or remove {} to start over",
+            dst.display(),
+            fsutil::parent_dir(dst).display()
+        );
+    }
+    let meta = std::fs::symlink_metadata(src)
+        .with_context(|| format!("reading build context {}", src.display()))?;
+    let dir = fsutil::parent_dir(dst);
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-context-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary archive in {}", dir.display()))?;
+    let mut builder = tar::Builder::new(tmp.as_file());
+    builder.follow_symlinks(false);
+    if meta.is_dir() {
+        let exclude = exclude
+            .canonicalize()
+            .unwrap_or_else(|_| exclude.to_path_buf());
+        for rel in walk(src, &exclude)? {
+            let path = src.join(&rel);
+            builder
+                .append_path_with_name(&path, &rel)
+                .with_context(|| {
+                    format!("adding {} to the build context archive", path.display())
+                })?;
+        }
+    } else {
+        let name = src
+            .file_name()
+            .with_context(|| format!("build context {} has no file name", src.display()))?;
+        builder
+            .append_path_with_name(src, name)
+            .with_context(|| format!("adding {} to the build context archive", src.display()))?;
+    }
+    builder
+        .into_inner()
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("finishing the build context archive {}", dst.display()))?;
+    tmp.persist_noclobber(dst)
+        .with_context(|| format!("moving the build context archive into {}", dst.display()))?;
+    Ok(())
+}
+
+/// Every path under `root`, relative to it, sorted depth-first (parents before children).
+fn walk(root: &Path, exclude: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    walk_into(root, Path::new(""), exclude, &mut out)?;
+    Ok(out)
+}
+
+fn walk_into(root: &Path, rel: &Path, exclude: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let dir = root.join(rel);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("listing {}", dir.display()))?;
+    entries.sort();
+    for name in entries {
+        let child = rel.join(&name);
+        let full = root.join(&child);
+        let meta = std::fs::symlink_metadata(&full)
+            .with_context(|| format!("reading {}", full.display()))?;
+        if !meta.is_symlink() && full.canonicalize().is_ok_and(|c| c.starts_with(exclude)) {
+            continue;
+        }
+        out.push(child.clone());
+        if meta.is_dir() {
+            walk_into(root, &child, exclude, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The member names of an archive, directories with a trailing `/`.
+pub fn members(archive: &Path) -> Result<Vec<String>> {
+    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut tar = tar::Archive::new(file);
+    let mut names = Vec::new();
+    for entry in tar
+        .entries()
+        .with_context(|| format!("reading {}", archive.display()))?
+    {
+        let entry = entry.with_context(|| format!("reading {}", archive.display()))?;
+        let mut name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if entry.header().entry_type().is_dir() && !name.ends_with('/') {
+            name.push('/');
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Checks that `path` names a member exactly; the error lists the closest members.
+pub fn require_member(archive: &Path, path: &str) -> Result<()> {
+    if path.is_empty() {
+        bail!("-script is required: name a file in the build context, e.g. -script=preload.sh");
+    }
+    let names = members(archive)?;
+    if names.iter().any(|n| n == path) {
+        return Ok(());
+    }
+    let mut ranked: Vec<_> = names
+        .iter()
+        .map(|n| (distance(n, path), n.as_str()))
+        .collect();
+    ranked.sort();
+    let closest: Vec<_> = ranked.iter().take(3).map(|(_, n)| *n).collect();
+    let hint = if closest.is_empty() {
+        "the build context is empty".to_string()
+    } else {
+        format!("closest members: {}", closest.join(", "))
+    };
+    bail!(
+        "{path:?} is not in the build context (names are relative to -build-context, with no ./ prefix); {hint}"
+    )
+}
+
+/// Levenshtein distance, for suggestions.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn context() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("preload.sh"), "echo hi\n").unwrap();
+        std::fs::write(d.path().join(".env"), "A=1\n").unwrap();
+        std::fs::create_dir(d.path().join("lib")).unwrap();
+        std::fs::write(d.path().join("lib/x.sh"), "x\n").unwrap();
+        symlink("x.sh", d.path().join("lib/link.sh")).unwrap();
+        d
+    }
+
+    #[test]
+    fn directory_members_have_no_dot_prefix_and_keep_dotfiles() {
+        let ctx = context();
+        let out = tempfile::tempdir().unwrap();
+        let tar = out.path().join("ctx.tar");
+        create(ctx.path(), &tar, out.path()).unwrap();
+        assert_eq!(
+            members(&tar).unwrap(),
+            [".env", "lib/", "lib/link.sh", "lib/x.sh", "preload.sh"]
+        );
+        let mut a = tar::Archive::new(File::open(&tar).unwrap());
+        let link = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("link.sh"))
+            .unwrap();
+        assert!(link.header().entry_type().is_symlink());
+        assert_eq!(link.link_name().unwrap().unwrap(), Path::new("x.sh"));
+    }
+
+    #[test]
+    fn single_file_and_empty_dir() {
+        let ctx = context();
+        let out = tempfile::tempdir().unwrap();
+        let tar = out.path().join("one.tar");
+        create(&ctx.path().join("lib/x.sh"), &tar, out.path()).unwrap();
+        assert_eq!(members(&tar).unwrap(), ["x.sh"]);
+        let empty = tempfile::tempdir().unwrap();
+        let tar = out.path().join("empty.tar");
+        create(empty.path(), &tar, out.path()).unwrap();
+        assert!(members(&tar).unwrap().is_empty());
+    }
+
+    #[test]
+    fn archive_inside_context_excludes_itself() {
+        let ctx = context();
+        let state = ctx.path().join(".cos-customizer-workdir");
+        std::fs::create_dir(&state).unwrap();
+        let tar = state.join("user_build_context.tar");
+        create(ctx.path(), &tar, &state).unwrap();
+        let names = members(&tar).unwrap();
+        assert!(
+            !names.iter().any(|n| n.contains("cos-customizer-workdir")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn existing_archive_is_refused() {
+        let ctx = context();
+        let out = tempfile::tempdir().unwrap();
+        let tar = out.path().join("ctx.tar");
+        create(ctx.path(), &tar, out.path()).unwrap();
+        let e = create(ctx.path(), &tar, out.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("already in progress"), "{e}");
+    }
+
+    #[test]
+    fn member_lookup_is_exact_and_suggests() {
+        let ctx = context();
+        let out = tempfile::tempdir().unwrap();
+        let tar = out.path().join("ctx.tar");
+        create(ctx.path(), &tar, out.path()).unwrap();
+        require_member(&tar, "preload.sh").unwrap();
+        require_member(&tar, "lib/").unwrap();
+        require_member(&tar, "lib/x.sh").unwrap();
+        assert!(require_member(&tar, "lib").is_err());
+        let e = require_member(&tar, "./preload.sh")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("closest members: preload.sh"), "{e}");
+        assert!(require_member(&tar, "").is_err());
+    }
+
+    #[test]
+    fn missing_context_is_named() {
+        let out = tempfile::tempdir().unwrap();
+        let e = create(
+            Path::new("/nonexistent/ctx"),
+            &out.path().join("t.tar"),
+            out.path(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/ctx"));
+    }
+}
