@@ -184,9 +184,18 @@ mod tests {
 
     #[test]
     fn format_from_path() {
-        assert_eq!(ImageFormat::from_path(Path::new("a/out.qcow2")), ImageFormat::Qcow2);
-        assert_eq!(ImageFormat::from_path(Path::new("out.tar.gz")), ImageFormat::TarGz);
-        assert_eq!(ImageFormat::from_path(Path::new("out.img")), ImageFormat::Raw);
+        assert_eq!(
+            ImageFormat::from_path(Path::new("a/out.qcow2")),
+            ImageFormat::Qcow2
+        );
+        assert_eq!(
+            ImageFormat::from_path(Path::new("out.tar.gz")),
+            ImageFormat::TarGz
+        );
+        assert_eq!(
+            ImageFormat::from_path(Path::new("out.img")),
+            ImageFormat::Raw
+        );
         assert!("vmdk".parse::<ImageFormat>().is_err());
     }
 }

@@ -92,8 +92,14 @@ mod tests {
     fn failure_names_command_and_stderr() {
         let e = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"])).unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("`sh -c 'echo boom >&2; exit 3'` failed"), "{msg}");
-        assert!(msg.contains("exit status: 3") && msg.ends_with("boom"), "{msg}");
+        assert!(
+            msg.contains("`sh -c 'echo boom >&2; exit 3'` failed"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("exit status: 3") && msg.ends_with("boom"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -104,15 +110,20 @@ mod tests {
 
     #[test]
     fn long_stderr_is_cut_to_its_tail() {
-        let e = run(Command::new("sh").args(["-c", "head -c 10000 /dev/zero | tr '\\0' x >&2; echo END >&2; false"]))
-            .unwrap_err();
+        let e = run(Command::new("sh").args([
+            "-c",
+            "head -c 10000 /dev/zero | tr '\\0' x >&2; echo END >&2; false",
+        ]))
+        .unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.ends_with("END") && msg.len() < 3000, "{}", msg.len());
     }
 
     #[tokio::test]
     async fn async_failure_names_command() {
-        let e = run_async(&mut tokio::process::Command::new("false")).await.unwrap_err();
+        let e = run_async(&mut tokio::process::Command::new("false"))
+            .await
+            .unwrap_err();
         assert!(format!("{e:#}").contains("`false` failed"));
     }
 }

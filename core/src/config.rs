@@ -209,7 +209,11 @@ pub struct SourceImage {
     #[serde(rename = "Project", default)]
     pub project: String,
     /// Absolute path of a local source image (raw, qcow2 or GCE `tar.gz`).
-    #[serde(rename = "LocalFile", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "LocalFile",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub local_file: String,
     /// Every other field of the GCE image resource, kept as read.
     #[serde(flatten)]
@@ -300,7 +304,10 @@ mod tests {
     #[test]
     fn unknown_step_type_is_an_error() {
         let e = serde_json::from_str::<Step>(r#"{"Type":"Bogus","Args":null}"#).unwrap_err();
-        assert!(e.to_string().contains(r#"unknown step type: "Bogus""#), "{e}");
+        assert!(
+            e.to_string().contains(r#"unknown step type: "Bogus""#),
+            "{e}"
+        );
     }
 
     #[test]
@@ -331,6 +338,9 @@ mod tests {
         let e = parse_json::<BuildConfig>(std::path::Path::new("/x/config/build"), b"{bad")
             .unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("/x/config/build") && msg.contains("start-image-build"), "{msg}");
+        assert!(
+            msg.contains("/x/config/build") && msg.contains("start-image-build"),
+            "{msg}"
+        );
     }
 }

@@ -1,0 +1,513 @@
+//! The preloader: the original's Daisy workflow (`build_image.wf.json`), written once
+//! for every backend.
+//!
+//! It creates the boot and CIDATA disks and the VM, follows serial port 3 until the
+//! provisioner reports `BuildSucceeded:` or `BuildFailed:` (growing the boot disk when
+//! asked), acknowledges through the `DaisyEnd` metadata key, waits for the VM to stop,
+//! makes the image, and removes everything it created, in reverse order, however the
+//! build ends.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::backend::{Backend, DiskId, DiskSource, DiskSpec, OutputImage, VmId, VmSpec, VmStatus};
+use crate::config::{BuildConfig, ProvisionerConfig, SourceImage};
+use crate::duration;
+
+/// Serial port the provisioner reports on (the guest's ttyS2).
+pub const STATUS_PORT: u8 = 3;
+pub const STATUS_MATCH: &str = "BuildStatus:";
+pub const SUCCESS_MATCH: &str = "BuildSucceeded:";
+pub const FAILURE_MATCH: &str = "BuildFailed:";
+/// The provisioner prints this when it waits for the boot disk to grow.
+pub const RESIZE_MATCH: &str = "waiting for the boot disk size to change";
+/// The metadata key that tells the VM its success was seen.
+pub const ACK_KEY: &str = "DaisyEnd";
+/// The boot disk's size while partitions move (COS grows STATE to fill the disk at boot).
+pub const DEFAULT_DISK_GB: u64 = 10;
+pub const VM_NAME: &str = "preload-vm";
+pub const CLEANUP_LABEL: &str = "cos-customizer-cleanup";
+
+/// Everything one build needs.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub source: SourceImage,
+    pub build: BuildConfig,
+    /// The provisioner config as it goes on the CIDATA disk.
+    pub prov: ProvisionerConfig,
+    /// The `user-data` cloud-config, also served as instance metadata.
+    pub user_data: String,
+    /// The CIDATA disk image, already built.
+    pub cidata: PathBuf,
+    pub output: OutputImage,
+    /// Applies to each wait, as the original's Daisy `-default_timeout`.
+    pub timeout: Duration,
+}
+
+/// `needDiskResize` of the original: the disk grows after the partitions move.
+pub fn needs_disk_resize(build: &BuildConfig, prov: &ProvisionerConfig) -> bool {
+    build.disk_size > DEFAULT_DISK_GB as i64
+        && (!prov.boot_disk.oem_size.is_empty() || prov.boot_disk.reclaim_sda3)
+}
+
+/// The boot disk's size at creation: the requested size only when no partition moves.
+pub fn initial_disk_gb(build: &BuildConfig, prov: &ProvisionerConfig) -> u64 {
+    if prov.boot_disk.oem_size.is_empty()
+        && build.disk_size > DEFAULT_DISK_GB as i64
+        && !prov.boot_disk.reclaim_sda3
+    {
+        build.disk_size as u64
+    } else {
+        DEFAULT_DISK_GB
+    }
+}
+
+/// The reboots the provisioner will ask for: switching the root to ROOT-B and shrinking
+/// ROOT-A when reclaiming it, and moving partitions at shutdown.
+pub fn expected_reboots(prov: &ProvisionerConfig) -> Vec<&'static str> {
+    let mut r = Vec::new();
+    if prov.boot_disk.reclaim_sda3 {
+        r.push("boot from ROOT-B so ROOT-A can be reclaimed");
+        r.push("shrink ROOT-A (sda3)");
+    }
+    if prov.boot_disk.reclaim_sda3 || !prov.boot_disk.oem_size.is_empty() {
+        r.push("move STATE and OEM at shutdown");
+    }
+    r
+}
+
+/// The instance metadata of the build VM, as the original's workflow sets it.
+pub fn vm_metadata(user_data: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("user-data".to_string(), user_data.to_string()),
+        ("block-project-ssh-keys".to_string(), "TRUE".to_string()),
+        (
+            "cos-update-strategy".to_string(),
+            "update_disabled".to_string(),
+        ),
+    ])
+}
+
+#[derive(Debug, Clone)]
+enum Created {
+    Disk(DiskId),
+    Vm(VmId),
+}
+
+/// Runs builds on one backend and remembers what it created, so that [`cleanup`]
+/// can remove it even when the build future was dropped (Ctrl-C, timeout).
+///
+/// [`cleanup`]: Preloader::cleanup
+pub struct Preloader {
+    backend: Arc<dyn Backend>,
+    created: Mutex<Vec<Created>>,
+}
+
+impl Preloader {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Preloader {
+            backend,
+            created: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn record(&self, c: Created) {
+        self.created.lock().expect("cleanup list lock").push(c);
+    }
+
+    /// Deletes everything created so far, newest first. Returns the failures, each
+    /// naming what may be left behind; call it whatever the build's outcome.
+    pub async fn cleanup(&self) -> Vec<String> {
+        let created = std::mem::take(&mut *self.created.lock().expect("cleanup list lock"));
+        let mut failures = Vec::new();
+        for c in created.into_iter().rev() {
+            let r = match &c {
+                Created::Vm(vm) => self.backend.delete_vm(vm).await,
+                Created::Disk(d) => self.backend.delete_disk(d).await,
+            };
+            if let Err(e) = r {
+                failures.push(format!("deleting {c:?}: {e:#}"));
+            }
+        }
+        failures
+    }
+
+    /// Builds the image. Does not clean up: call [`Preloader::cleanup`] afterwards.
+    pub async fn run(&self, req: &Request, log: &mut dyn FnMut(&str)) -> Result<()> {
+        let b = &self.backend;
+        let timeout_text = duration::format(req.timeout);
+        let cidata = b
+            .create_disk(&DiskSpec {
+                name: "cidata-disk".into(),
+                source: DiskSource::RawFile(req.cidata.clone()),
+                size_gb: None,
+                disk_type: req.build.disk_type.clone(),
+            })
+            .await
+            .context("creating the CIDATA disk")?;
+        self.record(Created::Disk(cidata.clone()));
+        let boot_gb = initial_disk_gb(&req.build, &req.prov);
+        let boot = b
+            .create_disk(&DiskSpec {
+                name: "boot-disk".into(),
+                source: DiskSource::Image(req.source.clone()),
+                size_gb: Some(boot_gb),
+                disk_type: req.build.disk_type.clone(),
+            })
+            .await
+            .context("creating the boot disk from the source image")?;
+        self.record(Created::Disk(boot.clone()));
+        log(&format!(
+            "Created boot disk ({boot_gb} GB) from {} and the CIDATA disk",
+            req.source.url()
+        ));
+        let vm = b
+            .create_vm(&VmSpec {
+                name: VM_NAME.into(),
+                disks: vec![boot.clone(), cidata.clone()],
+                metadata: vm_metadata(&req.user_data),
+                labels: BTreeMap::from([(CLEANUP_LABEL.to_string(), String::new())]),
+                machine_type: req.build.machine_type.clone(),
+                service_account: req.build.service_account.clone(),
+                gpu_type: Some(req.build.gpu_type.clone()).filter(|g| !g.is_empty()),
+                network: req.build.network.clone(),
+                subnet: req.build.subnet.clone(),
+                // Three waits of `timeout` each, plus time to boot and shut down.
+                max_lifetime: req.timeout * 3 + Duration::from_secs(300),
+            })
+            .await
+            .context("creating the build VM")?;
+        self.record(Created::Vm(vm.clone()));
+        log(&format!(
+            "Started {VM_NAME}; waiting for the provisioner (timeout {timeout_text} per wait)"
+        ));
+
+        let resize_to =
+            needs_disk_resize(&req.build, &req.prov).then_some(req.build.disk_size as u64);
+        self.watch(&vm, &boot, resize_to, req.timeout, log).await?;
+
+        b.set_metadata(&vm, ACK_KEY, "ack")
+            .await
+            .context("acknowledging the build (metadata DaisyEnd)")?;
+        log("Build succeeded; waiting for the VM to stop");
+        self.wait_stopped(&vm, req.timeout).await?;
+
+        log(&format!("Creating image {}", req.output.display_name()));
+        b.create_image(&boot, &req.output)
+            .await
+            .with_context(|| format!("creating image {}", req.output.display_name()))?;
+        Ok(())
+    }
+
+    /// Follows serial port 3 until success, failure, a stopped VM or the timeout.
+    async fn watch(
+        &self,
+        vm: &VmId,
+        boot: &DiskId,
+        mut resize_to: Option<u64>,
+        timeout: Duration,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let start = Instant::now();
+        let mut offset = 0;
+        let mut partial = String::new();
+        let mut last_report = Instant::now();
+        loop {
+            let chunk = self
+                .backend
+                .serial_output(vm, STATUS_PORT, offset)
+                .await
+                .context("reading serial port 3 of the build VM")?;
+            offset = chunk.next;
+            let got_output = !chunk.contents.is_empty();
+            partial.push_str(&chunk.contents);
+            while let Some(nl) = partial.find('\n') {
+                let line: String = partial.drain(..=nl).collect();
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.contains(STATUS_MATCH) {
+                    log(line);
+                    last_report = Instant::now();
+                }
+                if line.contains(FAILURE_MATCH) {
+                    bail!("the build failed in the VM: {line}");
+                }
+                if line.contains(SUCCESS_MATCH) {
+                    log(line);
+                    return Ok(());
+                }
+                if line.contains(RESIZE_MATCH) {
+                    if let Some(gb) = resize_to.take() {
+                        log(&format!("Resizing the boot disk to {gb} GB"));
+                        self.backend
+                            .resize_disk(boot, gb)
+                            .await
+                            .with_context(|| format!("resizing the boot disk to {gb} GB"))?;
+                    }
+                }
+            }
+            match self.backend.vm_status(vm).await? {
+                VmStatus::Running => {}
+                VmStatus::Stopped => bail!(
+                    "the build VM stopped before reporting success or failure on serial port 3"
+                ),
+                VmStatus::Failed(why) => bail!("the build VM failed: {why}"),
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "step \"wait-preload-finished\" did not complete within the specified timeout of {}",
+                    duration::format(timeout)
+                );
+            }
+            if last_report.elapsed() > Duration::from_secs(60) {
+                log(&format!(
+                    "Still waiting for the build VM ({}s elapsed, timeout {})",
+                    start.elapsed().as_secs(),
+                    duration::format(timeout)
+                ));
+                last_report = Instant::now();
+            }
+            if !got_output {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    async fn wait_stopped(&self, vm: &VmId, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.backend.vm_status(vm).await? {
+                VmStatus::Stopped => return Ok(()),
+                VmStatus::Failed(why) => bail!("the build VM failed while shutting down: {why}"),
+                VmStatus::Running => {}
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "step \"wait-vm-shutdown\" did not complete within the specified timeout of {}",
+                    duration::format(timeout)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::SerialChunk;
+    use async_trait::async_trait;
+
+    /// Records every call and plays a scripted serial log.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<String>>,
+        serial: Mutex<String>,
+        /// Lines appended once the boot disk has grown (the provisioner's view).
+        after_resize: String,
+        stops_after_ack: bool,
+        acked: Mutex<bool>,
+    }
+
+    impl Fake {
+        fn call(&self, s: String) {
+            self.calls.lock().unwrap().push(s);
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        async fn image_exists(&self, _: &OutputImage) -> Result<bool> {
+            Ok(false)
+        }
+        async fn create_disk(&self, s: &DiskSpec) -> Result<DiskId> {
+            self.call(format!("create_disk {} {:?}", s.name, s.size_gb));
+            Ok(DiskId(s.name.clone()))
+        }
+        async fn create_vm(&self, s: &VmSpec) -> Result<VmId> {
+            self.call(format!("create_vm {} {:?}", s.name, s.disks));
+            Ok(VmId(s.name.clone()))
+        }
+        async fn serial_output(&self, _: &VmId, port: u8, offset: u64) -> Result<SerialChunk> {
+            assert_eq!(port, 3);
+            let s = self.serial.lock().unwrap();
+            // Hand out a few bytes at a time to exercise partial lines.
+            let end = (offset as usize + 7).min(s.len());
+            Ok(SerialChunk {
+                contents: s[offset as usize..end].to_string(),
+                next: end as u64,
+            })
+        }
+        async fn resize_disk(&self, d: &DiskId, gb: u64) -> Result<()> {
+            self.call(format!("resize_disk {d} {gb}"));
+            self.serial.lock().unwrap().push_str(&self.after_resize);
+            Ok(())
+        }
+        async fn set_metadata(&self, _: &VmId, k: &str, v: &str) -> Result<()> {
+            self.call(format!("set_metadata {k}={v}"));
+            *self.acked.lock().unwrap() = true;
+            Ok(())
+        }
+        async fn vm_status(&self, _: &VmId) -> Result<VmStatus> {
+            Ok(if self.stops_after_ack && *self.acked.lock().unwrap() {
+                VmStatus::Stopped
+            } else {
+                VmStatus::Running
+            })
+        }
+        async fn create_image(&self, d: &DiskId, o: &OutputImage) -> Result<()> {
+            self.call(format!("create_image {d} {}", o.name));
+            Ok(())
+        }
+        async fn delete_vm(&self, vm: &VmId) -> Result<()> {
+            self.call(format!("delete_vm {vm}"));
+            Ok(())
+        }
+        async fn delete_disk(&self, d: &DiskId) -> Result<()> {
+            self.call(format!("delete_disk {d}"));
+            Ok(())
+        }
+    }
+
+    fn request(timeout: Duration) -> Request {
+        Request {
+            source: SourceImage {
+                name: "cos".into(),
+                project: "p".into(),
+                ..Default::default()
+            },
+            build: BuildConfig::default(),
+            prov: ProvisionerConfig::default(),
+            user_data: "#cloud-config\n{}".into(),
+            cidata: PathBuf::from("/tmp/cidata.img"),
+            output: OutputImage {
+                name: "out".into(),
+                project: "p".into(),
+                family: String::new(),
+                labels: BTreeMap::new(),
+                licenses: vec![],
+                description: String::new(),
+                local_file: None,
+            },
+            timeout,
+        }
+    }
+
+    async fn run(fake: Arc<Fake>, req: &Request) -> (Result<()>, Vec<String>, Vec<String>) {
+        let p = Preloader::new(fake.clone());
+        let mut lines = Vec::new();
+        let r = p.run(req, &mut |l| lines.push(l.to_string())).await;
+        assert!(p.cleanup().await.is_empty());
+        (r, lines, fake.calls())
+    }
+
+    #[tokio::test]
+    async fn success_streams_status_acks_and_cleans_up() {
+        let fake = Arc::new(Fake {
+            stops_after_ack: true,
+            ..Default::default()
+        });
+        *fake.serial.lock().unwrap() =
+            "noise\nBuildStatus: hello\nBuildStatus: world\nBuildSucceeded: done\n".into();
+        let (r, lines, calls) = run(fake, &request(Duration::from_secs(30))).await;
+        r.unwrap();
+        assert!(
+            lines.contains(&"BuildStatus: hello".to_string()),
+            "{lines:?}"
+        );
+        assert!(!lines.iter().any(|l| l == "noise"));
+        assert_eq!(
+            calls,
+            [
+                "create_disk cidata-disk None",
+                "create_disk boot-disk Some(10)",
+                "create_vm preload-vm [DiskId(\"boot-disk\"), DiskId(\"cidata-disk\")]",
+                "set_metadata DaisyEnd=ack",
+                "create_image boot-disk out",
+                "delete_vm preload-vm",
+                "delete_disk boot-disk",
+                "delete_disk cidata-disk",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn resize_on_trigger_line() {
+        let fake = Arc::new(Fake {
+            stops_after_ack: true,
+            after_resize: "BuildSucceeded: ok\n".into(),
+            ..Default::default()
+        });
+        *fake.serial.lock().unwrap() =
+            "BuildStatus: WaitForDiskResize is set; waiting for the boot disk size to change. Timeout is 3 minutes\n".into();
+        let mut req = request(Duration::from_secs(30));
+        req.build.disk_size = 12;
+        req.prov.boot_disk.reclaim_sda3 = true;
+        let (r, _, calls) = run(fake, &req).await;
+        r.unwrap();
+        assert!(calls.contains(&"create_disk boot-disk Some(10)".to_string()));
+        assert!(
+            calls.contains(&"resize_disk boot-disk 12".to_string()),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn failure_makes_no_image_and_cleans_up() {
+        let fake = Arc::new(Fake::default());
+        *fake.serial.lock().unwrap() =
+            "BuildStatus: error in step 1 (RunScript)\nBuildFailed: exiting due to errors\n".into();
+        let (r, _, calls) = run(fake, &request(Duration::from_secs(30))).await;
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("BuildFailed: exiting due to errors"), "{e}");
+        assert!(!calls
+            .iter()
+            .any(|c| c.starts_with("create_image") || c.starts_with("set_metadata")));
+        assert!(calls.ends_with(&[
+            "delete_vm preload-vm".to_string(),
+            "delete_disk boot-disk".to_string(),
+            "delete_disk cidata-disk".to_string()
+        ]));
+    }
+
+    #[tokio::test]
+    async fn timeout_uses_the_original_wording() {
+        let fake = Arc::new(Fake::default());
+        *fake.serial.lock().unwrap() = "BuildStatus: sleeping\n".into();
+        let (r, _, calls) = run(fake, &request(Duration::from_millis(600))).await;
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("did not complete within the specified timeout"),
+            "{e}"
+        );
+        assert!(calls.contains(&"delete_vm preload-vm".to_string()));
+    }
+
+    #[test]
+    fn disk_size_rules() {
+        let mut b = BuildConfig {
+            disk_size: 20,
+            ..Default::default()
+        };
+        let mut p = ProvisionerConfig::default();
+        assert_eq!(initial_disk_gb(&b, &p), 20);
+        assert!(!needs_disk_resize(&b, &p));
+        p.boot_disk.oem_size = "1023M".into();
+        assert_eq!(initial_disk_gb(&b, &p), 10);
+        assert!(needs_disk_resize(&b, &p));
+        b.disk_size = 10;
+        assert!(!needs_disk_resize(&b, &p));
+        assert_eq!(expected_reboots(&p).len(), 1);
+        p.boot_disk.reclaim_sda3 = true;
+        assert_eq!(expected_reboots(&p).len(), 3);
+    }
+}
