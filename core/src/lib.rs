@@ -3,10 +3,13 @@
 
 pub mod archive;
 pub mod backend;
+pub mod cidata;
+pub mod cloud_config;
 pub mod cmd;
 pub mod config;
 pub mod duration;
 pub mod env;
 pub mod fsutil;
 pub mod oem;
+pub mod preload;
 pub mod state;
