@@ -1,1 +1,507 @@
-//! QEMU backend.
+//! QEMU backend: builds COS images on this machine.
+//!
+//! Each backend owns a work dir (removed when it is dropped) holding qcow2 overlays on
+//! top of the source images, per-VM serial logs, QMP sockets, OVMF variable stores and
+//! QEMU logs. Every VM gets its own metadata server on 127.0.0.1, which the guest
+//! reaches at 169.254.169.254 through QEMU's `guestfwd` and [`proxy_stdio`].
+//!
+//! GCE-only parts of a spec are ignored: labels, service account, network and subnet.
+
+mod accel;
+mod args;
+mod disk;
+mod export;
+mod machine;
+mod metadata_server;
+mod proxy;
+mod qmp;
+mod vm;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
+use cos_customizer_core::backend::{
+    Backend, DiskId, DiskSource, DiskSpec, ImageFormat, OutputImage, SerialChunk, VmId, VmSpec,
+    VmStatus,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+pub use accel::Accel;
+pub use proxy::{proxy, proxy_stdio};
+
+use metadata_server::MetadataServer;
+use vm::VmProcess;
+
+/// The most serial output one call returns.
+const SERIAL_CHUNK: u64 = 1 << 20;
+/// Unix socket paths longer than this do not fit `sockaddr_un`.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// How to run VMs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QemuOptions {
+    /// Where the per-build work dir is created.
+    pub parent_dir: PathBuf,
+    pub accel: Accel,
+    /// vCPUs; `None` follows the machine type (see `machine.rs`).
+    pub cpus: Option<u32>,
+    /// Memory in MiB; `None` follows the machine type.
+    pub memory_mib: Option<u64>,
+    /// UEFI firmware code (read-only).
+    pub ovmf_code: PathBuf,
+    /// UEFI variable store template; each VM gets a writable copy.
+    pub ovmf_vars: PathBuf,
+    pub qemu_system: String,
+    /// Program and arguments QEMU runs per guest connection to the metadata address;
+    /// `127.0.0.1:PORT` is appended. Empty: the guest gets no metadata server.
+    pub metadata_proxy: Vec<String>,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        QemuOptions {
+            parent_dir: std::env::temp_dir(),
+            accel: Accel::Auto,
+            cpus: None,
+            memory_mib: None,
+            ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+            qemu_system: "qemu-system-x86_64".into(),
+            metadata_proxy: Vec::new(),
+        }
+    }
+}
+
+struct Disk {
+    overlay: PathBuf,
+    /// Where a `tar.gz` source was unpacked; the overlay's backing file lives there.
+    unpacked: Option<PathBuf>,
+}
+
+struct Vm {
+    disks: Vec<DiskId>,
+    qmp: PathBuf,
+    /// Serial port files, 1-based as GCE counts.
+    serial: [PathBuf; 4],
+    /// Everything of this VM's in the work dir, removed with it.
+    files: Vec<PathBuf>,
+    metadata: MetadataServer,
+    process: VmProcess,
+}
+
+#[derive(Default)]
+struct State {
+    disks: HashMap<DiskId, Disk>,
+    vms: HashMap<VmId, Vm>,
+}
+
+impl State {
+    /// The running VM that has `disk` attached, and its drive index there.
+    fn running_vm_with(&self, disk: &DiskId) -> Option<(&VmId, &Vm, usize)> {
+        self.vms.iter().find_map(|(id, vm)| {
+            let i = vm.disks.iter().position(|d| d == disk)?;
+            vm.process.is_running().then_some((id, vm, i))
+        })
+    }
+}
+
+pub struct QemuBackend {
+    opts: QemuOptions,
+    work_dir: PathBuf,
+    /// `tcg` or `kvm`, decided once.
+    accel: &'static str,
+    host_cpus: u32,
+    state: Mutex<State>,
+}
+
+impl QemuBackend {
+    /// Creates the work dir and decides the accelerator.
+    pub fn new(opts: QemuOptions) -> Result<Self> {
+        let parent = std::fs::canonicalize(&opts.parent_dir)
+            .with_context(|| format!("resolving work dir parent {}", opts.parent_dir.display()))?;
+        let work_dir = tempfile::Builder::new()
+            .prefix("cos-customizer-qemu-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("creating a work dir in {}", parent.display()))?
+            .keep();
+        // QEMU's option syntax gives commas a meaning; file paths go in unescaped.
+        if work_dir.to_str().is_none_or(|s| s.contains(',')) {
+            let _ = std::fs::remove_dir_all(&work_dir);
+            bail!(
+                "work dir {} must be UTF-8 without commas for QEMU; choose another parent",
+                work_dir.display()
+            );
+        }
+        let host_cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        Ok(QemuBackend {
+            accel: opts.accel.resolve(),
+            opts,
+            work_dir,
+            host_cpus,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// The per-build folder holding disks, logs and sockets.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// The accelerator VMs run under (`tcg` or `kvm`).
+    pub fn accel(&self) -> &'static str {
+        self.accel
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.work_dir.join(file).to_string_lossy().into_owned()
+    }
+
+    fn disk_path(&self, disk: &DiskId) -> Result<PathBuf> {
+        self.state()
+            .disks
+            .get(disk)
+            .map(|d| d.overlay.clone())
+            .ok_or_else(|| anyhow!("unknown disk {disk}"))
+    }
+}
+
+impl Drop for QemuBackend {
+    fn drop(&mut self) {
+        // Dropping a VM kills and reaps its QEMU before its files go.
+        let state = std::mem::take(&mut *self.state());
+        drop(state);
+        if let Err(e) = std::fs::remove_dir_all(&self.work_dir) {
+            eprintln!("removing QEMU work dir {}: {e}", self.work_dir.display());
+        }
+    }
+}
+
+/// GCE's resource name rule, which also keeps names safe in file names and QEMU options.
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        bail!("invalid {kind} name {name:?}: use 1-63 lowercase letters, digits and dashes, starting with a letter");
+    }
+    Ok(())
+}
+
+fn local_file(out: &OutputImage) -> Result<(&Path, ImageFormat)> {
+    match &out.local_file {
+        Some((p, f)) => Ok((p.as_path(), *f)),
+        None => bail!(
+            "the QEMU backend writes the image to a local file: give finish-image-build -output-file"
+        ),
+    }
+}
+
+#[async_trait]
+impl Backend for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn image_exists(&self, out: &OutputImage) -> Result<bool> {
+        let (path, _) = local_file(out)?;
+        tokio::fs::try_exists(path)
+            .await
+            .with_context(|| format!("checking for {}", path.display()))
+    }
+
+    async fn create_disk(&self, spec: &DiskSpec) -> Result<DiskId> {
+        check_name("disk", &spec.name)?;
+        let overlay = self.work_dir.join(format!("{}.qcow2", spec.name));
+        let id = DiskId(overlay.to_string_lossy().into_owned());
+        if self.state().disks.contains_key(&id) {
+            bail!("disk {} already exists", spec.name);
+        }
+        let given = match &spec.source {
+            DiskSource::Image(img) if img.local_file.is_empty() => bail!(
+                "the QEMU backend needs a local image file for source image {}: give \
+                 start-image-build -image-file",
+                img.url()
+            ),
+            DiskSource::Image(img) => PathBuf::from(&img.local_file),
+            DiskSource::RawFile(p) => p.clone(),
+        };
+        let given = tokio::fs::canonicalize(&given)
+            .await
+            .with_context(|| format!("resolving source image {}", given.display()))?;
+        let (source, unpacked) = if disk::is_gzip(&given).await? {
+            let dir = self.work_dir.join(format!("{}-source", spec.name));
+            (disk::extract_disk_raw(&given, &dir).await?, Some(dir))
+        } else {
+            (given, None)
+        };
+        let result = async {
+            let info = disk::image_info(&source).await?;
+            let size = disk::target_size(spec.size_gb, info.virtual_size, &source)?;
+            disk::create_overlay(&source, &info.format, &overlay, size).await
+        }
+        .await
+        .with_context(|| format!("creating disk {}", spec.name));
+        if let Err(e) = result {
+            if let Some(dir) = &unpacked {
+                let _ = tokio::fs::remove_dir_all(dir).await;
+            }
+            return Err(e);
+        }
+        self.state()
+            .disks
+            .insert(id.clone(), Disk { overlay, unpacked });
+        Ok(id)
+    }
+
+    async fn create_vm(&self, spec: &VmSpec) -> Result<VmId> {
+        check_name("VM", &spec.name)?;
+        let name = &spec.name;
+        let id = VmId(name.clone());
+        if let Some(gpu) = &spec.gpu_type {
+            bail!("the QEMU backend cannot attach GPUs (asked for {gpu}); build GPU images on GCE");
+        }
+        if spec.disks.is_empty() {
+            bail!("VM {name} needs at least a boot disk");
+        }
+        let disks = {
+            let state = self.state();
+            if state.vms.contains_key(&id) {
+                bail!("VM {name} already exists");
+            }
+            spec.disks
+                .iter()
+                .map(|d| {
+                    if let Some((vm, _, _)) = state.running_vm_with(d) {
+                        bail!("disk {d} is in use by running VM {vm}");
+                    }
+                    let disk = state
+                        .disks
+                        .get(d)
+                        .ok_or_else(|| anyhow!("unknown disk {d}"))?;
+                    Ok(disk.overlay.to_string_lossy().into_owned())
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let (mut cpus, mut memory_mib) = machine::resources(&spec.machine_type, self.host_cpus);
+        cpus = self.opts.cpus.unwrap_or(cpus);
+        memory_mib = self.opts.memory_mib.unwrap_or(memory_mib);
+
+        let code = &self.opts.ovmf_code;
+        if !tokio::fs::try_exists(code).await.unwrap_or(false) {
+            bail!(
+                "UEFI firmware {} is missing: install the ovmf package",
+                code.display()
+            );
+        }
+        let vars = self.path(&format!("{name}-OVMF_VARS.fd"));
+        tokio::fs::copy(&self.opts.ovmf_vars, &vars)
+            .await
+            .with_context(|| {
+                format!(
+                    "copying UEFI variables {} to {vars}",
+                    self.opts.ovmf_vars.display()
+                )
+            })?;
+        let qmp = self.path(&format!("{name}.qmp"));
+        if qmp.len() > MAX_SOCKET_PATH {
+            bail!("QMP socket path {qmp} is too long for a unix socket; use a shorter work dir parent");
+        }
+        let serial = [1, 2, 3, 4].map(|n| self.path(&format!("{name}-serial{n}.log")));
+        let log = self.path(&format!("{name}-qemu.log"));
+        let mut files: Vec<PathBuf> = [&vars, &qmp, &log].into_iter().map(PathBuf::from).collect();
+        files.extend(serial.iter().map(PathBuf::from));
+
+        let metadata = MetadataServer::start(name, spec.metadata.clone()).await?;
+        let mut metadata_proxy = self.opts.metadata_proxy.clone();
+        if !metadata_proxy.is_empty() {
+            metadata_proxy.push(metadata.addr().to_string());
+        }
+        let argv = args::qemu_argv(&args::VmArgs {
+            name: name.clone(),
+            accel: self.accel.to_string(),
+            cpus,
+            memory_mib,
+            ovmf_code: code.to_string_lossy().into_owned(),
+            ovmf_vars: vars,
+            disks,
+            serial: serial.clone(),
+            qmp_socket: qmp.clone(),
+            metadata_proxy,
+        });
+        let process = match VmProcess::spawn(
+            &self.opts.qemu_system,
+            &argv,
+            Path::new(&log),
+            name,
+            spec.max_lifetime,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                for f in &files {
+                    let _ = tokio::fs::remove_file(f).await;
+                }
+                return Err(e.context(format!("starting VM {name}")));
+            }
+        };
+        self.state().vms.insert(
+            id.clone(),
+            Vm {
+                disks: spec.disks.clone(),
+                qmp: qmp.into(),
+                serial: serial.map(PathBuf::from),
+                files,
+                metadata,
+                process,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn serial_output(&self, vm: &VmId, port: u8, offset: u64) -> Result<SerialChunk> {
+        if !(1..=4).contains(&port) {
+            bail!("serial port {port} does not exist: VMs have ports 1 to 4");
+        }
+        let path = {
+            let state = self.state();
+            let v = state
+                .vms
+                .get(vm)
+                .ok_or_else(|| anyhow!("unknown VM {vm}"))?;
+            v.serial[usize::from(port) - 1].clone()
+        };
+        let mut f = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            // QEMU has not created it yet: nothing written so far.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(SerialChunk {
+                    contents: String::new(),
+                    next: offset,
+                })
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        f.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .with_context(|| format!("seeking {} to {offset}", path.display()))?;
+        let mut bytes = Vec::new();
+        f.take(SERIAL_CHUNK)
+            .read_to_end(&mut bytes)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(SerialChunk {
+            contents: String::from_utf8_lossy(&bytes).into_owned(),
+            next: offset + bytes.len() as u64,
+        })
+    }
+
+    async fn resize_disk(&self, disk: &DiskId, size_gb: u64) -> Result<()> {
+        let path = self.disk_path(disk)?;
+        let bytes = size_gb
+            .checked_mul(disk::GB)
+            .context("computing the disk size in bytes")?;
+        let current = disk::image_info(&path).await?.virtual_size;
+        if bytes < current {
+            bail!("cannot shrink disk {disk} from {current} bytes to {size_gb} GB ({bytes} bytes)");
+        }
+        if bytes == current {
+            return Ok(());
+        }
+        let live = {
+            let state = self.state();
+            state
+                .running_vm_with(disk)
+                .map(|(_, vm, i)| (vm.qmp.clone(), i))
+        };
+        match live {
+            // The guest sees the new size at once, as on GCE.
+            Some((qmp, i)) => {
+                let mut q = qmp::Qmp::connect(&qmp).await?;
+                let args = serde_json::json!({ "device": format!("disk{i}"), "size": bytes });
+                q.execute("block_resize", Some(args)).await?;
+            }
+            None => disk::resize_offline(&path, bytes).await?,
+        }
+        Ok(())
+    }
+
+    async fn set_metadata(&self, vm: &VmId, key: &str, value: &str) -> Result<()> {
+        let state = self.state();
+        let v = state
+            .vms
+            .get(vm)
+            .ok_or_else(|| anyhow!("unknown VM {vm}"))?;
+        v.metadata.set(key, value);
+        Ok(())
+    }
+
+    async fn vm_status(&self, vm: &VmId) -> Result<VmStatus> {
+        let state = self.state();
+        let v = state
+            .vms
+            .get(vm)
+            .ok_or_else(|| anyhow!("unknown VM {vm}"))?;
+        Ok(v.process.status())
+    }
+
+    async fn create_image(&self, disk: &DiskId, out: &OutputImage) -> Result<()> {
+        let (file, format) = local_file(out)?;
+        let path = self.disk_path(disk)?;
+        if let Some((vm, _, _)) = self.state().running_vm_with(disk) {
+            bail!("disk {disk} is still in use by running VM {vm}");
+        }
+        export::export(&path, file, format, &self.work_dir)
+            .await
+            .with_context(|| format!("writing image {} ({})", file.display(), format.as_str()))
+    }
+
+    async fn delete_vm(&self, vm: &VmId) -> Result<()> {
+        let Some(v) = self.state().vms.remove(vm) else {
+            return Ok(());
+        };
+        v.process.stop(&v.qmp).await;
+        for f in &v.files {
+            match tokio::fs::remove_file(f).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", f.display())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_disk(&self, disk: &DiskId) -> Result<()> {
+        let d = {
+            let mut state = self.state();
+            if let Some((vm, _, _)) = state.running_vm_with(disk) {
+                bail!("disk {disk} is in use by running VM {vm}");
+            }
+            match state.disks.remove(disk) {
+                Some(d) => d,
+                None => return Ok(()),
+            }
+        };
+        match tokio::fs::remove_file(&d.overlay).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", d.overlay.display())),
+        }
+        if let Some(dir) = d.unpacked {
+            tokio::fs::remove_dir_all(&dir)
+                .await
+                .with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}

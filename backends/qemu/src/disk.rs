@@ -1,0 +1,152 @@
+//! Disk files: qcow2 overlays on top of the source, so the source is never written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cos_customizer_core::cmd;
+use serde::Deserialize;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// GB as GCE counts them (GiB).
+pub const GB: u64 = 1 << 30;
+
+/// What `qemu-img info --output=json` says about an image.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ImageInfo {
+    pub format: String,
+    #[serde(rename = "virtual-size")]
+    pub virtual_size: u64,
+}
+
+pub async fn image_info(path: &Path) -> Result<ImageInfo> {
+    // -U: also works while a running QEMU holds the image's lock.
+    let out = cmd::run_async(
+        Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(path),
+    )
+    .await?;
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing qemu-img info for {}", path.display()))
+}
+
+/// Whether the file starts with the gzip magic (a GCE `tar.gz` image).
+pub async fn is_gzip(path: &Path) -> Result<bool> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening source image {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    match f.read_exact(&mut magic).await {
+        Ok(_) => Ok(magic == [0x1f, 0x8b]),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("reading source image {}", path.display())),
+    }
+}
+
+/// Extracts `disk.raw` from a GCE image archive into `dir`, holes kept where the
+/// archive recorded them.
+pub async fn extract_disk_raw(archive: &Path, dir: &Path) -> Result<PathBuf> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .with_context(|| format!("creating {}", dir.display()))?;
+    cmd::run_async(
+        Command::new("tar")
+            .arg("-xzSf")
+            .arg(archive)
+            .arg("-C")
+            .arg(dir)
+            .arg("disk.raw"),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "extracting disk.raw from {} (a GCE image archive holds disk.raw)",
+            archive.display()
+        )
+    })?;
+    Ok(dir.join("disk.raw"))
+}
+
+/// The virtual size for a disk of `size_gb` on a source of `source_bytes`; `None`
+/// keeps the source's size.
+pub fn target_size(size_gb: Option<u64>, source_bytes: u64, source: &Path) -> Result<Option<u64>> {
+    let Some(gb) = size_gb else {
+        return Ok(None);
+    };
+    let bytes = gb
+        .checked_mul(GB)
+        .context("computing the disk size in bytes")?;
+    if bytes < source_bytes {
+        bail!(
+            "the requested disk size of {gb} GB ({bytes} bytes) is smaller than the source image {} \
+             ({source_bytes} bytes)",
+            source.display()
+        );
+    }
+    Ok(Some(bytes))
+}
+
+/// Creates a qcow2 overlay at `overlay` backed by `source` (absolute), of `size` bytes
+/// or the source's size.
+pub async fn create_overlay(
+    source: &Path,
+    format: &str,
+    overlay: &Path,
+    size: Option<u64>,
+) -> Result<()> {
+    let mut c = Command::new("qemu-img");
+    c.args(["create", "-q", "-f", "qcow2", "-b"])
+        .arg(source)
+        .args(["-F", format])
+        .arg(overlay);
+    if let Some(bytes) = size {
+        c.arg(bytes.to_string());
+    }
+    cmd::run_async(&mut c).await?;
+    Ok(())
+}
+
+/// Grows a disk file that no VM has open.
+pub async fn resize_offline(path: &Path, bytes: u64) -> Result<()> {
+    cmd::run_async(
+        Command::new("qemu-img")
+            .args(["resize", "-q", "-f", "qcow2"])
+            .arg(path)
+            .arg(bytes.to_string()),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_must_not_shrink_the_source() {
+        let src = Path::new("/img/cos.raw");
+        assert_eq!(target_size(None, 5 * GB, src).unwrap(), None);
+        assert_eq!(target_size(Some(10), 5 * GB, src).unwrap(), Some(10 * GB));
+        assert_eq!(target_size(Some(5), 5 * GB, src).unwrap(), Some(5 * GB));
+        let e = target_size(Some(4), 5 * GB + 1, src)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("4 GB") && e.contains("/img/cos.raw") && e.contains("5368709121 bytes"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn gzip_magic() {
+        let d = tempfile::tempdir().unwrap();
+        let gz = d.path().join("a.gz");
+        std::fs::write(&gz, [0x1f, 0x8b, 8, 0]).unwrap();
+        let one = d.path().join("one");
+        std::fs::write(&one, [0x1f]).unwrap();
+        assert!(is_gzip(&gz).await.unwrap());
+        assert!(!is_gzip(&one).await.unwrap());
+        assert!(is_gzip(&d.path().join("missing")).await.is_err());
+    }
+}

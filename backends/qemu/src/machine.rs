@@ -1,0 +1,92 @@
+//! vCPUs and memory for a GCE machine type.
+//!
+//! `<family>-<class>-<N>` (n1, n2, n2d, e2, c2, c3, …) gives N vCPUs and the class's
+//! memory per vCPU: standard 3.75 GiB on n1 and 4 GiB elsewhere, highmem 6.5/8 GiB,
+//! highcpu 0.9/1 GiB. The shared-core types (e2-micro/small/medium, f1-micro, g1-small)
+//! are listed. vCPUs are capped at the host's CPUs (TCG gains nothing beyond them) and
+//! memory at [`MAX_MEMORY_MIB`] (the build needs little; the host is shared). Anything
+//! else gets [`DEFAULT_VCPUS`] and [`DEFAULT_MEMORY_MIB`].
+
+pub const DEFAULT_VCPUS: u32 = 2;
+pub const DEFAULT_MEMORY_MIB: u64 = 2048;
+pub const MAX_MEMORY_MIB: u64 = 8192;
+/// COS needs about this much to boot.
+pub const MIN_MEMORY_MIB: u64 = 1024;
+
+/// `(vCPUs, memory in MiB)` for `machine_type` on a host with `host_cpus` CPUs.
+pub fn resources(machine_type: &str, host_cpus: u32) -> (u32, u64) {
+    let (cpus, mib) = gce_shape(machine_type).unwrap_or((DEFAULT_VCPUS, DEFAULT_MEMORY_MIB));
+    (
+        cpus.clamp(1, host_cpus.max(1)),
+        mib.clamp(MIN_MEMORY_MIB, MAX_MEMORY_MIB),
+    )
+}
+
+/// GCE's own vCPU count and memory for a machine type it knows.
+fn gce_shape(machine_type: &str) -> Option<(u32, u64)> {
+    // Shared-core types.
+    match machine_type {
+        "f1-micro" => return Some((1, 614)),
+        "g1-small" => return Some((1, 1740)),
+        "e2-micro" => return Some((2, 1024)),
+        "e2-small" => return Some((2, 2048)),
+        "e2-medium" => return Some((2, 4096)),
+        _ => {}
+    }
+    let mut parts = machine_type.split('-');
+    let family = parts.next()?;
+    let class = parts.next()?;
+    let cpus: u32 = parts.next()?.parse().ok().filter(|&n| n > 0)?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let n1 = family == "n1";
+    // MiB per vCPU.
+    let per_cpu: u64 = match (class, n1) {
+        ("standard", true) => 3840,
+        ("standard", false) => 4096,
+        ("highmem", true) => 6656,
+        ("highmem", false) => 8192,
+        ("highcpu", true) => 922,
+        ("highcpu", false) => 1024,
+        _ => return None,
+    };
+    Some((cpus, per_cpu * u64::from(cpus)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn n1_standard_scales_and_caps() {
+        assert_eq!(resources("n1-standard-1", 2), (1, 3840));
+        assert_eq!(resources("n1-standard-2", 2), (2, 7680));
+        assert_eq!(resources("n1-standard-8", 2), (2, MAX_MEMORY_MIB));
+        assert_eq!(resources("n1-standard-8", 16), (8, MAX_MEMORY_MIB));
+    }
+
+    #[test]
+    fn other_families() {
+        assert_eq!(resources("n2-standard-2", 4), (2, 8192));
+        assert_eq!(resources("e2-highcpu-4", 4), (4, 4096));
+        assert_eq!(resources("n1-highcpu-2", 4), (2, 1844));
+        assert_eq!(resources("e2-medium", 4), (2, 4096));
+        assert_eq!(resources("f1-micro", 4), (1, MIN_MEMORY_MIB));
+    }
+
+    #[test]
+    fn unknown_gets_default() {
+        for t in [
+            "",
+            "custom",
+            "n1-custom-4-5120",
+            "n1-standard-0",
+            "a2-megagpu-x",
+        ] {
+            assert_eq!(resources(t, 8), (DEFAULT_VCPUS, DEFAULT_MEMORY_MIB), "{t}");
+        }
+        // The default is capped too on a one-CPU host.
+        assert_eq!(resources("", 1), (1, DEFAULT_MEMORY_MIB));
+    }
+}
