@@ -1,1 +1,52 @@
-fn main() {}
+//! `cos-customizer`: parses the command line and hands each subcommand to its module.
+
+mod cli;
+mod commands;
+mod goflags;
+
+use std::process::ExitCode;
+
+use clap::CommandFactory;
+
+use cli::{Cli, Cmd};
+
+fn main() -> ExitCode {
+    let args = goflags::translate(&Cli::command(), std::env::args_os());
+    let cli = match <Cli as clap::Parser>::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors exit 2, as the original's ExitUsageError; help exits 0.
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let state = || cos_customizer_core::state::StateDir::from_env(&cli.local_state_workdir);
+    match cli.cmd {
+        Cmd::StartImageBuild(o) => {
+            commands::start_image_build::run(&state()?, &cli.compute_endpoint, o)
+        }
+        Cmd::RunScript(o) => commands::run_script::run(&state()?, o),
+        Cmd::InstallGpu(o) => commands::install_gpu::run(&state()?, o),
+        Cmd::SealOem(_) => commands::simple_steps::seal_oem(&state()?),
+        Cmd::DisableAutoUpdate(_) => commands::simple_steps::disable_auto_update(&state()?),
+        Cmd::AnthosInstallerInstall(o) => {
+            commands::simple_steps::anthos_installer_install(&state()?, o)
+        }
+        Cmd::FinishImageBuild(o) => commands::finish_image_build::run(&state()?, *o),
+        Cmd::MetadataProxy { addr } => cos_customizer_qemu::proxy_stdio(&addr),
+    }
+}

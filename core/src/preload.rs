@@ -92,6 +92,51 @@ pub fn vm_metadata(user_data: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// What [`Preloader::run`] would do, for `finish-image-build -dry-run`.
+pub fn plan(req: &Request, backend: &str) -> Result<String> {
+    let config = serde_json::to_string(&req.prov).context("encoding the provisioner config")?;
+    let boot_gb = initial_disk_gb(&req.build, &req.prov);
+    let mut out = format!("Backend: {backend}\n");
+    out += &format!("Provisioner config (config.json on the CIDATA disk):\n{config}\n");
+    out += "Disks:\n";
+    out += &format!("  cidata-disk: CIDATA FAT image built from the provisioner, its config and the build context\n");
+    out += &format!("  boot-disk: {boot_gb} GB from {}\n", req.source.url());
+    if let Some(gb) = needs_disk_resize(&req.build, &req.prov).then_some(req.build.disk_size) {
+        out += &format!("  boot-disk grows to {gb} GB when the provisioner asks\n");
+    }
+    out += &format!(
+        "VM: {VM_NAME}, machine type {}, disks [boot-disk, cidata-disk]{}, timeout {} per wait\n",
+        req.build.machine_type,
+        if req.build.gpu_type.is_empty() {
+            String::new()
+        } else {
+            format!(", GPU {}", req.build.gpu_type)
+        },
+        duration::format(req.timeout)
+    );
+    let o = &req.output;
+    out += &format!("Image: {}", o.display_name());
+    if let Some((_, format)) = &o.local_file {
+        out += &format!(" (format {})", format.as_str());
+    }
+    if !o.family.is_empty() {
+        out += &format!(", family {}", o.family);
+    }
+    if !o.labels.is_empty() {
+        out += &format!(", labels {:?}", o.labels);
+    }
+    if !o.licenses.is_empty() {
+        out += &format!(", licenses {:?}", o.licenses);
+    }
+    out += "\n";
+    let reboots = expected_reboots(&req.prov);
+    out += &format!("Reboots to expect: {}\n", reboots.len());
+    for r in reboots {
+        out += &format!("  - {r}\n");
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Clone)]
 enum Created {
     Disk(DiskId),
@@ -509,5 +554,26 @@ mod tests {
         assert_eq!(expected_reboots(&p).len(), 1);
         p.boot_disk.reclaim_sda3 = true;
         assert_eq!(expected_reboots(&p).len(), 3);
+    }
+
+    #[test]
+    fn plan_shows_config_disks_and_reboots() {
+        let mut req = request(Duration::from_secs(90));
+        req.build.disk_size = 12;
+        req.prov.boot_disk.reclaim_sda3 = true;
+        let text = plan(&req, "fake").unwrap();
+        assert!(
+            text.contains(&serde_json::to_string(&req.prov).unwrap()),
+            "{text}"
+        );
+        assert!(
+            text.contains("boot-disk: 10 GB from projects/p/global/images/cos"),
+            "{text}"
+        );
+        assert!(
+            text.contains("grows to 12 GB") && text.contains("Reboots to expect: 3"),
+            "{text}"
+        );
+        assert!(text.contains("timeout 1m30s per wait"), "{text}");
     }
 }

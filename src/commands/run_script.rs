@@ -1,0 +1,28 @@
+//! `run-script`: adds a step that runs a script from the build context.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use cos_customizer_core::archive;
+use cos_customizer_core::config::{RunScriptArgs, Step};
+use cos_customizer_core::env;
+use cos_customizer_core::state::StateDir;
+
+use crate::cli::RunScriptOpts;
+
+pub fn run(state: &StateDir, o: RunScriptOpts) -> Result<()> {
+    let mut s = state.load()?;
+    archive::require_member(&state.context_archive(), &o.script)?;
+    let mut vars = BTreeMap::new();
+    for v in &o.env {
+        env::parse_flag_value(v, &mut vars)?;
+    }
+    s.prov.steps.push(Step::RunScript(RunScriptArgs {
+        build_context: "user".into(),
+        path: o.script.clone(),
+        env: env::encode(&vars),
+    }));
+    state.save_provisioner(&s.prov)?;
+    eprintln!("Added step {}: run {}", s.prov.steps.len(), o.script);
+    Ok(())
+}

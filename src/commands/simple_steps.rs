@@ -1,0 +1,45 @@
+//! The steps with few or no flags: `seal-oem`, `disable-auto-update` and
+//! `anthos-installer-install`.
+
+use anyhow::{bail, Result};
+use cos_customizer_core::config::{InstallPackagesArgs, Step};
+use cos_customizer_core::state::StateDir;
+
+use crate::cli::AnthosOpts;
+
+/// Appends a step; `reclaim` marks ROOT-A's space for reclaiming, as both
+/// `seal-oem` and `disable-auto-update` do upstream.
+fn add(state: &StateDir, step: Step, reclaim: bool) -> Result<()> {
+    let mut s = state.load()?;
+    if reclaim {
+        s.prov.boot_disk.reclaim_sda3 = true;
+    }
+    let name = step.type_name();
+    s.prov.steps.push(step);
+    state.save_provisioner(&s.prov)?;
+    eprintln!("Added step {}: {name}", s.prov.steps.len());
+    Ok(())
+}
+
+pub fn seal_oem(state: &StateDir) -> Result<()> {
+    add(state, Step::SealOem, true)
+}
+
+pub fn disable_auto_update(state: &StateDir) -> Result<()> {
+    add(state, Step::DisableAutoUpdate, true)
+}
+
+pub fn anthos_installer_install(state: &StateDir, o: AnthosOpts) -> Result<()> {
+    if o.pkgspec_url.is_empty() {
+        bail!("-pkgspec-url is required: a path in the build context, or a gs://, http:// or https:// URL");
+    }
+    let step = Step::InstallPackages(InstallPackagesArgs {
+        build_context: "user".into(),
+        pkg_spec_url: o.pkgspec_url,
+        top_work_dir: o.top_workdir,
+        anthos_installer_dir: String::new(),
+        anthos_installer_version: "anthos_installer-linux-amd64-v0.0.1-bb7e04e.tar.gz".into(),
+        anthos_installer_release_bucket: "cos-anthos-builds-us".into(),
+    });
+    add(state, step, false)
+}
