@@ -9,6 +9,8 @@
 
 mod accel;
 mod args;
+#[cfg(test)]
+mod backend_tests;
 mod disk;
 mod export;
 mod machine;
