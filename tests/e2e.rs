@@ -1,0 +1,369 @@
+//! End-to-end builds under QEMU, modelled on the original's integration tests: the
+//! built `cos-customizer` customizes the COS-shaped fixture image, and the output is
+//! checked by reading its STATE file system and by booting it with a test
+//! cloud-config that reports `TestPass:`/`TestFail:` on serial port 2.
+//!
+//! Needs the fixture (`scripts/make-fixture.sh`) and the static provisioner
+//! (`scripts/build-provisioner.sh`); `scripts/test.sh` makes both.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use cos_customizer_core::backend::{Backend, DiskSource, DiskSpec, VmSpec, VmStatus};
+use cos_customizer_core::cidata::{build_cidata, CidataFile};
+use cos_customizer_core::config::SourceImage;
+use cos_customizer_qemu::{QemuBackend, QemuOptions};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture() -> PathBuf {
+    let p = repo().join("fixtures/out/cos-fixture.img");
+    assert!(p.exists(), "{} is missing: run scripts/make-fixture.sh (or scripts/test.sh)", p.display());
+    p
+}
+
+fn provisioner() -> PathBuf {
+    let p = std::env::var_os("COS_CUSTOMIZER_PROVISIONER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/provisioner"));
+    assert!(p.exists(), "{} is missing: run scripts/build-provisioner.sh (or scripts/test.sh)", p.display());
+    p
+}
+
+/// TCG VMs are CPU-bound and the machine has 2 cores: one build at a time, except
+/// in the test that runs two on purpose.
+fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A user's home with a build context, and a private TMPDIR to prove nothing is left.
+struct Build {
+    home: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+}
+
+impl Build {
+    fn new(scripts: &[(&str, &str)]) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let ctx = home.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        for (name, body) in scripts {
+            std::fs::write(ctx.join(name), body).unwrap();
+        }
+        Build {
+            home,
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .env("TMPDIR", self.tmp.path())
+            .env("COS_CUSTOMIZER_PROVISIONER", provisioner())
+            .current_dir(self.home.path())
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ cos-customizer {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "{args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn start(&self, workdir: &str) {
+        let fixture = fixture();
+        self.ok(&[
+            &format!("-local-state-workdir={workdir}"),
+            "start-image-build",
+            "-build-context=ctx",
+            &format!("-image-file={}", fixture.display()),
+        ]);
+    }
+
+    fn output(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+
+    /// Nothing of the build is left: no temporary file, no QEMU process.
+    fn assert_nothing_left(&self) {
+        let left: Vec<_> = std::fs::read_dir(self.tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "temporary files left behind: {left:?}");
+        let pgrep = Command::new("pgrep")
+            .args(["-f", &self.tmp.path().to_string_lossy()])
+            .output()
+            .unwrap();
+        assert!(pgrep.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&pgrep.stdout));
+    }
+}
+
+/// Reads a file from the STATE partition (partition 1) of a raw image, if present.
+fn read_state(image: &Path, path: &str) -> Option<String> {
+    let disk = gpt::GptConfig::new().writable(false).open(image).unwrap();
+    let lb = *disk.logical_block_size();
+    let state = disk.partitions().get(&1).expect("partition 1");
+    assert_eq!(state.name, "STATE");
+    let start = state.bytes_start(lb).unwrap();
+    struct At(std::fs::File, u64);
+    impl ext4_view::Ext4Read for At {
+        fn read(
+            &mut self,
+            start_byte: u64,
+            dst: &mut [u8],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+            use std::os::unix::fs::FileExt;
+            Ok(self.0.read_exact_at(dst, self.1 + start_byte)?)
+        }
+    }
+    let fs = ext4_view::Ext4::load(Box::new(At(std::fs::File::open(image).unwrap(), start))).unwrap();
+    fs.read_to_string(path).ok()
+}
+
+/// Boots `image` with a test cloud-config running `checks` (bash), and returns what
+/// serial port 2 (ttyS1) received: a `TestPass:` or `TestFail:` line.
+fn boot_and_check(image: &Path, checks: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let test_sh = format!(
+        "#!/bin/bash\nexec > /dev/ttyS1 2>&1\nfail() {{ echo \"TestFail: $*\"; systemctl poweroff; exit 1; }}\n{checks}\necho 'TestPass: all checks passed'\nsystemctl poweroff\n"
+    );
+    let user_data = serde_json::json!({
+        "write_files": [{"path": "/tmp/test.sh", "content": test_sh, "permissions": "0755"}],
+        "runcmd": [["bash", "/tmp/test.sh"]],
+    });
+    let seed = work.path().join("seed.img");
+    build_cidata(
+        &seed,
+        &[
+            CidataFile::bytes("user-data", format!("#cloud-config\n{user_data}")),
+            CidataFile::bytes("meta-data", "instance-id: test-boot\nlocal-hostname: test-vm\n"),
+        ],
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let qemu = Arc::new(
+            QemuBackend::new(QemuOptions {
+                parent_dir: work.path().to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let boot = qemu
+            .create_disk(&DiskSpec {
+                name: "test-boot".into(),
+                source: DiskSource::Image(SourceImage {
+                    local_file: image.to_string_lossy().into_owned(),
+                    ..Default::default()
+                }),
+                size_gb: None,
+                disk_type: String::new(),
+            })
+            .await
+            .unwrap();
+        let seed = qemu
+            .create_disk(&DiskSpec {
+                name: "test-seed".into(),
+                source: DiskSource::RawFile(seed),
+                size_gb: None,
+                disk_type: String::new(),
+            })
+            .await
+            .unwrap();
+        let vm = qemu
+            .create_vm(&VmSpec {
+                name: "test-vm".into(),
+                disks: vec![boot.clone(), seed.clone()],
+                metadata: BTreeMap::new(),
+                labels: BTreeMap::new(),
+                machine_type: String::new(),
+                service_account: String::new(),
+                gpu_type: None,
+                network: String::new(),
+                subnet: String::new(),
+                max_lifetime: Duration::from_secs(400),
+            })
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut text = String::new();
+        let mut offset = 0;
+        loop {
+            let chunk = qemu.serial_output(&vm, 2, offset).await.unwrap();
+            offset = chunk.next;
+            text.push_str(&chunk.contents);
+            if text.contains("TestPass:") || text.contains("TestFail:") {
+                break;
+            }
+            let status = qemu.vm_status(&vm).await.unwrap();
+            assert!(
+                status == VmStatus::Running && start.elapsed() < Duration::from_secs(300),
+                "test VM ended without a verdict ({status:?}); console:\n{}",
+                qemu.serial_output(&vm, 1, 0).await.unwrap().contents
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        qemu.delete_vm(&vm).await.unwrap();
+        qemu.delete_disk(&boot).await.unwrap();
+        qemu.delete_disk(&seed).await.unwrap();
+        text
+    })
+}
+
+#[test]
+fn smoke() {
+    let _vm = vm_lock();
+    let b = Build::new(&[("preload.sh", "#!/bin/bash\nset -e\necho hello > /var/lib/hello\necho wrote the file\n")]);
+    b.start(".w");
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=preload.sh"]);
+    let out = b.ok(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.img", "-timeout=10m"]);
+    assert!(out.contains("BuildStatus: wrote the file"), "script output is streamed: {out}");
+    assert!(out.contains("BuildSucceeded:"), "{out}");
+    let img = b.output("out.img");
+    assert_eq!(read_state(&img, "/var_overlay/lib/hello").as_deref(), Some("hello\n"));
+    assert!(read_state(&img, "/var_overlay/lib/.cos-customizer/state.json").is_none());
+    assert!(!b.home.path().join(".w").exists(), "the state folder is removed after a build");
+    b.assert_nothing_left();
+    let verdict = boot_and_check(
+        &img,
+        r#"[ "$(cat /var/lib/hello)" = hello ] || fail "/var/lib/hello is $(cat /var/lib/hello 2>&1)"
+[ ! -e /var/lib/.cos-customizer ] || fail "/var/lib/.cos-customizer was left in the image"
+grep -q ' / ' /proc/mounts && [ "$(findmnt -no SOURCE /)" = /dev/dm-0 ] || fail "root is not /dev/dm-0"
+"#,
+    );
+    assert!(verdict.contains("TestPass:"), "{verdict}");
+}
+
+#[test]
+fn env_and_two_scripts_in_order() {
+    let _vm = vm_lock();
+    let b = Build::new(&[
+        (
+            "first.sh",
+            "set -e\n[ \"$HELLO\" = hello ] || { echo \"HELLO=$HELLO\"; exit 1; }\n[ \"$LIST\" = 'a,b,c' ] || { echo \"LIST=$LIST\"; exit 1; }\necho first >> /var/lib/order\n",
+        ),
+        ("second.sh", "set -e\necho second >> /var/lib/order\n"),
+    ]);
+    b.start(".w");
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=first.sh", "-env=HELLO=hello,LIST=a,b,c"]);
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=second.sh"]);
+    b.ok(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.qcow2", "-timeout=10m"]);
+    let raw = b.output("out.raw");
+    let conv = Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(b.output("out.qcow2"))
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(conv.success());
+    assert_eq!(read_state(&raw, "/var_overlay/lib/order").as_deref(), Some("first\nsecond\n"));
+    b.assert_nothing_left();
+}
+
+#[test]
+fn failing_script_makes_no_image() {
+    let _vm = vm_lock();
+    let b = Build::new(&[("ok.sh", "true\n"), ("fail.sh", "echo about to fail\nexit 7\n")]);
+    b.start(".w");
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=ok.sh"]);
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=fail.sh"]);
+    let out = b.cli(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.img", "-timeout=10m"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("BuildStatus: about to fail"), "{stdout}");
+    assert!(stdout.contains("step 2") && stdout.contains("7"), "step number and exit code: {stdout}");
+    assert!(stderr.contains("BuildFailed:") && stderr.contains("no output image"), "{stderr}");
+    assert!(!b.output("out.img").exists());
+    b.assert_nothing_left();
+}
+
+#[test]
+fn timeout_removes_everything() {
+    let _vm = vm_lock();
+    let b = Build::new(&[("sleep.sh", "sleep 300\n")]);
+    b.start(".w");
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=sleep.sh"]);
+    let out = b.cli(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.img", "-timeout=1m"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not complete within the specified timeout"), "{stderr}");
+    assert!(!b.output("out.img").exists());
+    b.assert_nothing_left();
+}
+
+#[test]
+fn reboot_and_resume_inside_one_build() {
+    let _vm = vm_lock();
+    // The first run reboots the VM mid-step; after the reboot the provisioner
+    // resumes and runs the unfinished step again, then the next one.
+    let b = Build::new(&[
+        (
+            "reboot.sh",
+            "set -e\nif [ ! -e /var/lib/rebooted ]; then\n  echo before-reboot >> /var/lib/log\n  touch /var/lib/rebooted\n  echo rebooting now\n  systemctl reboot\n  sleep 600\nfi\necho after-reboot >> /var/lib/log\n",
+        ),
+        ("after.sh", "echo second-step >> /var/lib/log\n"),
+    ]);
+    b.start(".w");
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=reboot.sh"]);
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=after.sh"]);
+    let out = b.ok(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.img", "-timeout=10m"]);
+    assert!(out.contains("rebooting now"), "{out}");
+    assert_eq!(
+        read_state(&b.output("out.img"), "/var_overlay/lib/log").as_deref(),
+        Some("before-reboot\nafter-reboot\nsecond-step\n")
+    );
+    b.assert_nothing_left();
+}
+
+#[test]
+fn two_builds_at_once() {
+    let _vm = vm_lock();
+    let b = Build::new(&[
+        ("a.sh", "echo a > /var/lib/which\n"),
+        ("b.sh", "echo b > /var/lib/which\n"),
+    ]);
+    b.start(".a");
+    b.start(".b");
+    b.ok(&["-local-state-workdir=.a", "run-script", "-script=a.sh"]);
+    b.ok(&["-local-state-workdir=.b", "run-script", "-script=b.sh"]);
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let h: Vec<_> = ["a", "b"]
+            .map(|w| {
+                let b = &b;
+                s.spawn(move || {
+                    b.cli(&[
+                        &format!("-local-state-workdir=.{w}"),
+                        "finish-image-build",
+                        &format!("-output-file={w}.img"),
+                        "-timeout=15m",
+                    ])
+                })
+            })
+            .into_iter()
+            .collect();
+        h.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(outs.iter().all(|o| o.status.success()));
+    for w in ["a", "b"] {
+        assert_eq!(
+            read_state(&b.output(&format!("{w}.img")), "/var_overlay/lib/which").as_deref(),
+            Some(format!("{w}\n").as_str())
+        );
+    }
+    b.assert_nothing_left();
+}
