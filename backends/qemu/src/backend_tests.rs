@@ -561,7 +561,7 @@ async fn guest_reaches_metadata_through_the_proxy() {
 }
 
 /// Whether a process with the work dir on its command line is alive.
-pub(crate) fn running(work_dir: &Path) -> bool {
+fn running(work_dir: &Path) -> bool {
     Command::new("pgrep")
         .args(["-f", work_dir.to_str().unwrap()])
         .stdout(std::process::Stdio::null())

@@ -197,11 +197,11 @@ async fn respond(conn: &mut TcpStream, status: u16, body: &str) -> Result<()> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
     /// One HTTP/1.1 request over real TCP; the raw response.
-    pub(crate) async fn get(addr: SocketAddr, path: &str, flavor: bool) -> String {
+    async fn get(addr: SocketAddr, path: &str, flavor: bool) -> String {
         let mut c = TcpStream::connect(addr).await.unwrap();
         let header = if flavor {
             "Metadata-Flavor: Google\r\n"
