@@ -50,7 +50,7 @@ pub fn validate(disk_size_gb: u64, prov: &mut ProvisionerConfig) -> Result<()> {
     } else {
         disk_size_gb
     };
-    let sealed = prov.steps.iter().any(|s| *s == Step::SealOem);
+    let sealed = prov.steps.contains(&Step::SealOem);
     let boot = &mut prov.boot_disk;
     if !sealed && boot.oem_size.is_empty() {
         return Ok(());

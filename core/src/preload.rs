@@ -99,7 +99,7 @@ pub fn plan(req: &Request, backend: &str) -> Result<String> {
     let mut out = format!("Backend: {backend}\n");
     out += &format!("Provisioner config (config.json on the CIDATA disk):\n{config}\n");
     out += "Disks:\n";
-    out += &format!("  cidata-disk: CIDATA FAT image built from the provisioner, its config and the build context\n");
+    out += "  cidata-disk: CIDATA FAT image built from the provisioner, its config and the build context\n";
     out += &format!("  boot-disk: {boot_gb} GB from {}\n", req.source.url());
     if let Some(gb) = needs_disk_resize(&req.build, &req.prov).then_some(req.build.disk_size) {
         out += &format!("  boot-disk grows to {gb} GB when the provisioner asks\n");

@@ -4,7 +4,6 @@
 mod cleanup;
 mod cli;
 mod contexts;
-mod env;
 mod gcs;
 mod host;
 mod metadata;
