@@ -23,7 +23,11 @@ fn repo() -> PathBuf {
 
 fn fixture() -> PathBuf {
     let p = repo().join("fixtures/out/cos-fixture.img");
-    assert!(p.exists(), "{} is missing: run scripts/make-fixture.sh (or scripts/test.sh)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/make-fixture.sh (or scripts/test.sh)",
+        p.display()
+    );
     p
 }
 
@@ -31,7 +35,11 @@ fn provisioner() -> PathBuf {
     let p = std::env::var_os("COS_CUSTOMIZER_PROVISIONER")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/provisioner"));
-    assert!(p.exists(), "{} is missing: run scripts/build-provisioner.sh (or scripts/test.sh)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-provisioner.sh (or scripts/test.sh)",
+        p.display()
+    );
     p
 }
 
@@ -108,7 +116,11 @@ impl Build {
             .args(["-f", &self.tmp.path().to_string_lossy()])
             .output()
             .unwrap();
-        assert!(pgrep.stdout.is_empty(), "processes left: {}", String::from_utf8_lossy(&pgrep.stdout));
+        assert!(
+            pgrep.stdout.is_empty(),
+            "processes left: {}",
+            String::from_utf8_lossy(&pgrep.stdout)
+        );
     }
 }
 
@@ -130,7 +142,8 @@ fn read_state(image: &Path, path: &str) -> Option<String> {
             Ok(self.0.read_exact_at(dst, self.1 + start_byte)?)
         }
     }
-    let fs = ext4_view::Ext4::load(Box::new(At(std::fs::File::open(image).unwrap(), start))).unwrap();
+    let fs =
+        ext4_view::Ext4::load(Box::new(At(std::fs::File::open(image).unwrap(), start))).unwrap();
     fs.read_to_string(path).ok()
 }
 
@@ -150,7 +163,10 @@ fn boot_and_check(image: &Path, checks: &str) -> String {
         &seed,
         &[
             CidataFile::bytes("user-data", format!("#cloud-config\n{user_data}")),
-            CidataFile::bytes("meta-data", "instance-id: test-boot\nlocal-hostname: test-vm\n"),
+            CidataFile::bytes(
+                "meta-data",
+                "instance-id: test-boot\nlocal-hostname: test-vm\n",
+            ),
         ],
     )
     .unwrap();
@@ -227,16 +243,37 @@ fn boot_and_check(image: &Path, checks: &str) -> String {
 #[test]
 fn smoke() {
     let _vm = vm_lock();
-    let b = Build::new(&[("preload.sh", "#!/bin/bash\nset -e\necho hello > /var/lib/hello\necho wrote the file\n")]);
+    let b = Build::new(&[(
+        "preload.sh",
+        "#!/bin/bash\nset -e\necho hello > /var/lib/hello\necho wrote the file\n",
+    )]);
     b.start(".w");
-    b.ok(&["-local-state-workdir=.w", "run-script", "-script=preload.sh"]);
-    let out = b.ok(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.img", "-timeout=10m"]);
-    assert!(out.contains("BuildStatus: wrote the file"), "script output is streamed: {out}");
+    b.ok(&[
+        "-local-state-workdir=.w",
+        "run-script",
+        "-script=preload.sh",
+    ]);
+    let out = b.ok(&[
+        "-local-state-workdir=.w",
+        "finish-image-build",
+        "-output-file=out.img",
+        "-timeout=10m",
+    ]);
+    assert!(
+        out.contains("BuildStatus: wrote the file"),
+        "script output is streamed: {out}"
+    );
     assert!(out.contains("BuildSucceeded:"), "{out}");
     let img = b.output("out.img");
-    assert_eq!(read_state(&img, "/var_overlay/lib/hello").as_deref(), Some("hello\n"));
+    assert_eq!(
+        read_state(&img, "/var_overlay/lib/hello").as_deref(),
+        Some("hello\n")
+    );
     assert!(read_state(&img, "/var_overlay/lib/.cos-customizer/state.json").is_none());
-    assert!(!b.home.path().join(".w").exists(), "the state folder is removed after a build");
+    assert!(
+        !b.home.path().join(".w").exists(),
+        "the state folder is removed after a build"
+    );
     b.assert_nothing_left();
     let verdict = boot_and_check(
         &img,
@@ -259,9 +296,19 @@ fn env_and_two_scripts_in_order() {
         ("second.sh", "set -e\necho second >> /var/lib/order\n"),
     ]);
     b.start(".w");
-    b.ok(&["-local-state-workdir=.w", "run-script", "-script=first.sh", "-env=HELLO=hello,LIST=a,b,c"]);
+    b.ok(&[
+        "-local-state-workdir=.w",
+        "run-script",
+        "-script=first.sh",
+        "-env=HELLO=hello,LIST=a,b,c",
+    ]);
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=second.sh"]);
-    b.ok(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.qcow2", "-timeout=10m"]);
+    b.ok(&[
+        "-local-state-workdir=.w",
+        "finish-image-build",
+        "-output-file=out.qcow2",
+        "-timeout=10m",
+    ]);
     let raw = b.output("out.raw");
     let conv = Command::new("qemu-img")
         .args(["convert", "-O", "raw"])
@@ -270,24 +317,41 @@ fn env_and_two_scripts_in_order() {
         .status()
         .unwrap();
     assert!(conv.success());
-    assert_eq!(read_state(&raw, "/var_overlay/lib/order").as_deref(), Some("first\nsecond\n"));
+    assert_eq!(
+        read_state(&raw, "/var_overlay/lib/order").as_deref(),
+        Some("first\nsecond\n")
+    );
     b.assert_nothing_left();
 }
 
 #[test]
 fn failing_script_makes_no_image() {
     let _vm = vm_lock();
-    let b = Build::new(&[("ok.sh", "true\n"), ("fail.sh", "echo about to fail\nexit 7\n")]);
+    let b = Build::new(&[
+        ("ok.sh", "true\n"),
+        ("fail.sh", "echo about to fail\nexit 7\n"),
+    ]);
     b.start(".w");
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=ok.sh"]);
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=fail.sh"]);
-    let out = b.cli(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.img", "-timeout=10m"]);
+    let out = b.cli(&[
+        "-local-state-workdir=.w",
+        "finish-image-build",
+        "-output-file=out.img",
+        "-timeout=10m",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("BuildStatus: about to fail"), "{stdout}");
-    assert!(stdout.contains("step 2") && stdout.contains("7"), "step number and exit code: {stdout}");
-    assert!(stderr.contains("BuildFailed:") && stderr.contains("no output image"), "{stderr}");
+    assert!(
+        stdout.contains("step 2") && stdout.contains("7"),
+        "step number and exit code: {stdout}"
+    );
+    assert!(
+        stderr.contains("BuildFailed:") && stderr.contains("no output image"),
+        "{stderr}"
+    );
     assert!(!b.output("out.img").exists());
     b.assert_nothing_left();
 }
@@ -298,10 +362,64 @@ fn timeout_removes_everything() {
     let b = Build::new(&[("sleep.sh", "sleep 300\n")]);
     b.start(".w");
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=sleep.sh"]);
-    let out = b.cli(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.img", "-timeout=1m"]);
+    let out = b.cli(&[
+        "-local-state-workdir=.w",
+        "finish-image-build",
+        "-output-file=out.img",
+        "-timeout=1m",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("did not complete within the specified timeout"), "{stderr}");
+    assert!(
+        stderr.contains("did not complete within the specified timeout"),
+        "{stderr}"
+    );
+    assert!(!b.output("out.img").exists());
+    b.assert_nothing_left();
+}
+
+#[test]
+fn interrupt_removes_everything() {
+    let _vm = vm_lock();
+    let b = Build::new(&[("sleep.sh", "sleep 300\n")]);
+    b.start(".w");
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=sleep.sh"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
+        .args([
+            "-local-state-workdir=.w",
+            "finish-image-build",
+            "-output-file=out.img",
+        ])
+        .env("HOME", b.home.path())
+        .env("TMPDIR", b.tmp.path())
+        .env("COS_CUSTOMIZER_PROVISIONER", provisioner())
+        .current_dir(b.home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the VM is up, as a user pressing Ctrl-C would.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Command::new("pgrep")
+        .args(["-f", &format!("qemu-system.*{}", b.tmp.path().display())])
+        .output()
+        .unwrap()
+        .stdout
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the build VM never started");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(!b.output("out.img").exists());
     b.assert_nothing_left();
 }
@@ -321,7 +439,12 @@ fn reboot_and_resume_inside_one_build() {
     b.start(".w");
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=reboot.sh"]);
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=after.sh"]);
-    let out = b.ok(&["-local-state-workdir=.w", "finish-image-build", "-output-file=out.img", "-timeout=10m"]);
+    let out = b.ok(&[
+        "-local-state-workdir=.w",
+        "finish-image-build",
+        "-output-file=out.img",
+        "-timeout=10m",
+    ]);
     assert!(out.contains("rebooting now"), "{out}");
     assert_eq!(
         read_state(&b.output("out.img"), "/var_overlay/lib/log").as_deref(),

@@ -23,6 +23,10 @@ pub fn run(state: &StateDir, o: RunScriptOpts) -> Result<()> {
         env: env::encode(&vars),
     }));
     state.save_provisioner(&s.prov)?;
-    eprintln!("Added step {}: run {}", s.prov.steps.len(), o.script);
+    eprintln!(
+        "Added step {} (RunScript {})",
+        s.prov.steps.len() - 1,
+        o.script
+    );
     Ok(())
 }

@@ -17,7 +17,7 @@ fn add(state: &StateDir, step: Step, reclaim: bool) -> Result<()> {
     let name = step.type_name();
     s.prov.steps.push(step);
     state.save_provisioner(&s.prov)?;
-    eprintln!("Added step {}: {name}", s.prov.steps.len());
+    eprintln!("Added step {} ({name})", s.prov.steps.len() - 1);
     Ok(())
 }
 
