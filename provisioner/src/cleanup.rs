@@ -50,7 +50,7 @@ const EMPTY: &[(&str, &[&str])] = &[
 pub fn stop_services(host: &Host) -> Result<()> {
     SERVICES
         .iter()
-        .try_for_each(|unit| host.stop_if_active(unit))
+        .try_for_each(|unit| host.stop_if_active(unit).map(|_| ()))
 }
 
 pub fn cleanup(p: &Provisioner) -> Result<()> {

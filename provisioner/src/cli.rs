@@ -17,10 +17,11 @@ pub struct Cli {
     /// docker-credential-gcr binary to install, so scripts can pull from GCR/Artifact Registry.
     #[arg(long, global = true)]
     pub docker_credential_gcr: Option<PathBuf>,
-    /// veritysetup container image; accepted for the original's startup script (seal-oem is not supported yet).
-    #[arg(long = "veritysetup-image", global = true)]
-    pub _veritysetup_image: Option<PathBuf>,
-    /// handle_disk_layout binary; accepted for the original's startup script (repartitioning is not supported yet).
+    /// veritysetup container image for seal-oem, used when veritysetup is not installed (COS).
+    #[arg(long, global = true)]
+    pub veritysetup_image: Option<PathBuf>,
+    /// The original's separate repartitioning tool; accepted for its startup script, but
+    /// the `handle-disk-layout` subcommand of this binary does that work.
     #[arg(long = "handle-disk-layout-bin", global = true)]
     pub _handle_disk_layout_bin: Option<PathBuf>,
     #[command(subcommand)]
@@ -37,6 +38,20 @@ pub enum Command {
     },
     /// Continue provisioning after a reboot.
     Resume,
+    /// Move STATE and OEM (run at shutdown by last-run.service, with both unmounted).
+    HandleDiskLayout {
+        /// The boot disk, e.g. /dev/sda.
+        disk: PathBuf,
+        /// STATE's partition number.
+        state_part: u32,
+        /// OEM's partition number.
+        oem_part: u32,
+        /// New OEM size (sectors, or with B, K, M, G); empty to keep it.
+        oem_size: String,
+        /// Whether ROOT-A's space is reclaimed (true/false).
+        #[arg(action = clap::ArgAction::Set)]
+        reclaim_sda3: bool,
+    },
     /// Wait until a GCE metadata attribute exists (the end-of-build handshake).
     WaitMetadata {
         /// Instance attribute to wait for, e.g. DaisyEnd.
@@ -135,6 +150,37 @@ mod tests {
             cli.command,
             Command::WaitMetadata { timeout: 5, .. }
         ));
+    }
+
+    #[test]
+    fn handle_disk_layout_arguments() {
+        let cli = parse(&["p", "handle-disk-layout", "/dev/vda", "1", "8", "", "true"]).unwrap();
+        match cli.command {
+            Command::HandleDiskLayout {
+                disk,
+                state_part,
+                oem_part,
+                oem_size,
+                reclaim_sda3,
+            } => {
+                assert_eq!(disk, PathBuf::from("/dev/vda"));
+                assert_eq!(
+                    (state_part, oem_part, oem_size.as_str(), reclaim_sda3),
+                    (1, 8, "", true)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&[
+            "p",
+            "handle-disk-layout",
+            "/dev/vda",
+            "1",
+            "8",
+            "99M",
+            "yes"
+        ])
+        .is_err());
     }
 
     #[test]

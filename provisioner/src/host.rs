@@ -36,7 +36,8 @@ impl Host {
     }
 
     /// Stops a unit if `systemctl is-active` says it runs (stopping an absent unit fails).
-    pub fn stop_if_active(&self, unit: &str) -> Result<()> {
+    /// Returns whether it was running.
+    pub fn stop_if_active(&self, unit: &str) -> Result<bool> {
         let active = Command::new(&self.systemctl)
             .args(["is-active", "--quiet", unit])
             .status()
@@ -47,6 +48,13 @@ impl Host {
             cmd::run(Command::new(&self.systemctl).args(["stop", unit]))
                 .with_context(|| format!("stopping {unit}"))?;
         }
+        Ok(active)
+    }
+
+    /// Runs `systemctl` with the given arguments.
+    pub fn systemctl(&self, args: &[&str]) -> Result<()> {
+        cmd::run(Command::new(&self.systemctl).args(args))
+            .with_context(|| format!("running systemctl {}", args.join(" ")))?;
         Ok(())
     }
 
@@ -67,23 +75,63 @@ impl Host {
 
     /// The file system type mounted on top at `target`, from `/proc/self/mountinfo`.
     pub fn mounted_fs_type(&self, target: &Path) -> Result<Option<String>> {
+        Ok(self.mount_at(target)?.map(|m| m.fs_type))
+    }
+
+    /// The topmost mount at `target`, from `/proc/self/mountinfo`.
+    pub fn mount_at(&self, target: &Path) -> Result<Option<MountEntry>> {
+        Ok(mount_at(&self.mountinfo()?, target))
+    }
+
+    /// Where the device `major:minor` is mounted, from `/proc/self/mountinfo`.
+    pub fn mount_points_of(&self, device: &str) -> Result<Vec<PathBuf>> {
+        Ok(mount_points_of(&self.mountinfo()?, device))
+    }
+
+    /// `/proc/self/mountinfo`; empty when there is none (a test root).
+    fn mountinfo(&self) -> Result<String> {
         let file = self.path("/proc/self/mountinfo");
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-        };
-        Ok(fs_type_at(&text, target))
+        match std::fs::read_to_string(&file) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+        }
     }
 }
 
-/// The type of the last (topmost) mount on `target` in mountinfo text.
-fn fs_type_at(mountinfo: &str, target: &Path) -> Option<String> {
+/// Every mount point of the device `major:minor` in mountinfo text.
+fn mount_points_of(mountinfo: &str, device: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let dev = fields.nth(2)?;
+            let mount_point = fields.nth(1)?;
+            (dev == device).then(|| PathBuf::from(unescape_octal(mount_point)))
+        })
+        .collect()
+}
+
+/// One line of mountinfo, the fields we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the mounted device.
+    pub device: String,
+    pub fs_type: String,
+}
+
+/// The last (topmost) mount on `target` in mountinfo text.
+fn mount_at(mountinfo: &str, target: &Path) -> Option<MountEntry> {
     mountinfo.lines().rev().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
-        let mount_point = left.split(' ').nth(4)?;
+        let mut fields = left.split(' ');
+        let device = fields.nth(2)?;
+        let mount_point = fields.nth(1)?;
         let fs_type = right.split(' ').next()?;
-        (Path::new(&unescape_octal(mount_point)) == target).then(|| fs_type.to_string())
+        (Path::new(&unescape_octal(mount_point)) == target).then(|| MountEntry {
+            device: device.to_string(),
+            fs_type: fs_type.to_string(),
+        })
     })
 }
 
@@ -116,6 +164,10 @@ fn unescape_octal(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn fs_type_at(mountinfo: &str, target: &Path) -> Option<String> {
+        mount_at(mountinfo, target).map(|m| m.fs_type)
+    }
+
     const MOUNTINFO: &str = "\
 22 1 254:0 / / ro,relatime shared:1 - ext2 /dev/dm-0 ro
 30 22 0:25 / /root rw,relatime shared:9 - ext4 /dev/sda1 rw
@@ -135,6 +187,30 @@ mod tests {
             Some("ext2")
         );
         assert_eq!(fs_type_at(MOUNTINFO, Path::new("/var")), None);
+    }
+
+    #[test]
+    fn device_of_a_mount() {
+        assert_eq!(
+            mount_at(MOUNTINFO, Path::new("/")).unwrap(),
+            MountEntry {
+                device: "254:0".into(),
+                fs_type: "ext2".into()
+            }
+        );
+    }
+
+    #[test]
+    fn mount_points_of_a_device() {
+        assert_eq!(
+            mount_points_of(MOUNTINFO, "8:1"),
+            vec![PathBuf::from("/var/lib/.cos-customizer/bin")]
+        );
+        assert_eq!(
+            mount_points_of(MOUNTINFO, "0:27"),
+            vec![PathBuf::from("/mnt/my disk")]
+        );
+        assert!(mount_points_of(MOUNTINFO, "9:9").is_empty());
     }
 
     #[test]

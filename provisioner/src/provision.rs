@@ -19,6 +19,8 @@ pub struct Provisioner {
     pub host: Host,
     pub state_dir: PathBuf,
     pub docker_credential_gcr: Option<PathBuf>,
+    /// The veritysetup container image, for seal-oem where veritysetup is not installed.
+    pub veritysetup_image: Option<PathBuf>,
 }
 
 impl Provisioner {
@@ -39,7 +41,8 @@ impl Provisioner {
     }
 
     fn provision(&self, mut state: State) -> Result<()> {
-        repartition(&state.config.boot_disk)?;
+        repartition(&self.host, &mut state, &self.state_dir)
+            .context("repartitioning the boot disk")?;
         setup(self).context("setting up the build VM")?;
         steps::execute(self, &mut state)?;
         stop_services(&self.host).context("stopping services")?;
@@ -68,6 +71,7 @@ pub mod tests {
             },
             state_dir: root.join("state"),
             docker_credential_gcr: Some("/bin/true".into()),
+            veritysetup_image: None,
         }
     }
 
@@ -218,15 +222,19 @@ pub mod tests {
     #[test]
     fn unsupported_steps_say_so() {
         let f = Fixture::new();
-        let e = format!("{:#}", f.run(vec![Step::SealOem]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            f.run(vec![Step::InstallGpu(Default::default())])
+                .unwrap_err()
+        );
         assert_eq!(
             e,
-            "error in step 0 (SealOEM): step SealOEM is not supported by this provisioner yet"
+            "error in step 0 (InstallGPU): step InstallGPU is not supported by this provisioner yet"
         );
     }
 
     #[test]
-    fn repartitioning_is_refused_before_any_step() {
+    fn repartitioning_needs_a_cos_disk_and_runs_before_any_step() {
         let f = Fixture::new();
         let mut config: ProvisionerConfig = serde_json::from_slice(
             &fs::read(f.config(vec![script("run.sh", "OUT=/nonexistent/x")])).unwrap(),
@@ -235,12 +243,11 @@ pub mod tests {
         config.boot_disk.reclaim_sda3 = true;
         let path = f.dir.path().join("config2.json");
         fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
-        let e = f.p.start(&path).unwrap_err().to_string();
+        let e = format!("{:#}", f.p.start(&path).unwrap_err());
         assert!(
-            e.starts_with(
-                "disk repartitioning (seal-oem, disable-auto-update, -oem-size) is not implemented"
-            ),
+            e.starts_with("repartitioning the boot disk: listing "),
             "{e}"
         );
+        assert_eq!(State::load(&f.p.state_dir).unwrap().current_step, 0);
     }
 }

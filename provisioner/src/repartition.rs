@@ -1,14 +1,303 @@
-//! Boot disk repartitioning (the original's `repartitionBootDisk`): not implemented yet,
-//! so a config that needs it fails before anything on the disk changes.
+//! Boot disk repartitioning (the original's `repartitionBootDisk`), run at the start of every
+//! boot's provisioning. Each stage decides from the disk as it is now, and asks for a reboot
+//! (exit code 3) when the kernel must see a new table or the root must change.
 
-use anyhow::{bail, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cos_customizer_core::cmd;
 use cos_customizer_core::config::BootDiskConfig;
 
-pub fn repartition(boot_disk: &BootDiskConfig) -> Result<()> {
-    if boot_disk.reclaim_sda3 || !boot_disk.oem_size.is_empty() || boot_disk.wait_for_disk_resize {
-        bail!(
-            "disk repartitioning (seal-oem, disable-auto-update, -oem-size) is not implemented by this provisioner yet"
-        );
+use crate::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
+use crate::disk_layout::{MIN_PARTITION_SECTORS, RECLAIM_MARGIN_SECTORS};
+use crate::host::Host;
+use crate::sfdisk;
+use crate::shutdown_unit;
+use crate::state::State;
+use crate::tool;
+
+/// The provisioner must reboot and `resume`; main turns this into exit code 3.
+#[derive(Debug)]
+pub struct RebootRequired;
+
+impl std::fmt::Display for RebootRequired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reboot is required to continue provisioning. Please reboot the system and resume provisioning with the 'resume' subcommand.")
+    }
+}
+
+impl std::error::Error for RebootRequired {}
+
+pub const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<()> {
+    let boot = state.config.boot_disk.clone();
+    if !boot.reclaim_sda3 && boot.oem_size.is_empty() && !boot.wait_for_disk_resize {
+        println!("No repartitioning requested");
+        return Ok(());
+    }
+    let disk = BootDisk::find(host)?;
+    println!("Boot disk: {}", disk.dev.display());
+    fix_backup_gpt(&disk)?;
+    if boot.reclaim_sda3 {
+        switch_root(host, &disk)?;
+        shrink_root_a(&disk)?;
+    }
+    if boot.wait_for_disk_resize && !state.disk_resize_complete {
+        wait_for_disk_resize(&disk, RESIZE_TIMEOUT, Duration::from_secs(1))?;
+        state.disk_resize_complete = true;
+        state.save(state_dir)?;
+        fix_backup_gpt(&disk)?;
+    }
+    if boot.reclaim_sda3 || !boot.oem_size.is_empty() {
+        relocate_partitions(host, &disk, &boot)?;
+        resize_oem_fs(host, &disk, &boot)?;
     }
     Ok(())
+}
+
+/// A disk larger than its GPT says (a grown disk, or an image written to a bigger disk) has
+/// its backup GPT in the middle; moving it to the end makes the space usable.
+fn fix_backup_gpt(disk: &BootDisk) -> Result<()> {
+    let table = sfdisk::read(&disk.dev)?;
+    if sfdisk::backup_gpt_misplaced(&table, disk.size_bytes()?)? {
+        sfdisk::relocate_backup_gpt(&disk.dev)?;
+    }
+    Ok(())
+}
+
+/// ROOT-A is about to be reclaimed, so the system must run from ROOT-B: copy A to B and give
+/// KERN-B the top priority.
+fn switch_root(host: &Host, disk: &BootDisk) -> Result<()> {
+    let root = disk.root_partition(host)?;
+    match root {
+        ROOT_B => {
+            println!("The root file system is on ROOT-B (partition {ROOT_B}); not switching");
+            return Ok(());
+        }
+        ROOT_A => {}
+        other => bail!("the root file system is on partition {other}, neither ROOT-A ({ROOT_A}) nor ROOT-B ({ROOT_B})"),
+    }
+    let table = sfdisk::read(&disk.dev)?;
+    let (a, b) = (table.get(ROOT_A)?, table.get(ROOT_B)?);
+    if b.size < a.size {
+        bail!(
+            "ROOT-B ({} sectors) is smaller than ROOT-A ({} sectors); cannot copy the root to it",
+            b.size,
+            a.size
+        );
+    }
+    let (src, dst) = (disk.partition(ROOT_A)?, disk.partition(ROOT_B)?);
+    println!(
+        "Copying ROOT-A ({}) to ROOT-B ({})",
+        src.display(),
+        dst.display()
+    );
+    copy_device(&src, &dst)?;
+    cmd::run(
+        Command::new("cgpt")
+            .args(["prioritize", "-P", "5", "-i", &KERN_B.to_string()])
+            .arg(&disk.dev),
+    )
+    .with_context(|| {
+        format!(
+            "giving KERN-B the top boot priority on {}",
+            disk.dev.display()
+        )
+    })?;
+    // cgpt can report an error and still exit 0 (for example on a damaged backup GPT).
+    let (pa, pb) = (priority(disk, KERN_A)?, priority(disk, KERN_B)?);
+    if pb <= pa {
+        bail!("cgpt prioritize left KERN-B at priority {pb} and KERN-A at {pa}; the next boot would not use ROOT-B");
+    }
+    println!("KERN-B has boot priority {pb} (KERN-A {pa}); rebooting into ROOT-B");
+    Err(RebootRequired.into())
+}
+
+fn priority(disk: &BootDisk, part: u32) -> Result<u32> {
+    let out = cmd::run_stdout(
+        Command::new("cgpt")
+            .args(["show", "-i", &part.to_string(), "-P"])
+            .arg(&disk.dev),
+    )
+    .with_context(|| format!("reading the boot priority of partition {part}"))?;
+    out.trim().parse().with_context(|| {
+        format!(
+            "reading the boot priority of partition {part} ({:?})",
+            out.trim()
+        )
+    })
+}
+
+/// A byte-for-byte copy of one partition onto another, flushed to the disk.
+fn copy_device(src: &Path, dst: &Path) -> Result<()> {
+    let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let output = OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .with_context(|| format!("opening {}", dst.display()))?;
+    let mut reader = BufReader::with_capacity(4 << 20, input);
+    let mut writer = BufWriter::with_capacity(4 << 20, output);
+    let bytes = std::io::copy(&mut reader, &mut writer)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    writer
+        .flush()
+        .with_context(|| format!("writing {}", dst.display()))?;
+    writer
+        .get_ref()
+        .sync_all()
+        .with_context(|| format!("syncing {}", dst.display()))?;
+    println!("Copied {bytes} bytes");
+    Ok(())
+}
+
+fn shrink_root_a(disk: &BootDisk) -> Result<()> {
+    let table = sfdisk::read(&disk.dev)?;
+    let size = table.get(ROOT_A)?.size;
+    if size <= MIN_PARTITION_SECTORS {
+        println!("ROOT-A is already {size} sectors; not shrinking it");
+        return Ok(());
+    }
+    println!("Shrinking ROOT-A from {size} to {MIN_PARTITION_SECTORS} sectors");
+    sfdisk::write(&disk.dev, &table.with_size(ROOT_A, MIN_PARTITION_SECTORS)?)?;
+    Err(RebootRequired.into())
+}
+
+/// Waits for the host to grow the disk; the message is the host's cue to do it.
+fn wait_for_disk_resize(disk: &BootDisk, timeout: Duration, interval: Duration) -> Result<()> {
+    let file = disk.size_file();
+    let read = || fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()));
+    let start_size = read()?;
+    println!(
+        "WaitForDiskResize is set; waiting for the boot disk size to change. Timeout is 3 minutes"
+    );
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let size = read()?;
+        if size != start_size {
+            println!(
+                "Boot disk size has changed: start {}, end {} sectors",
+                start_size.trim(),
+                size.trim()
+            );
+            return Ok(());
+        }
+        thread::sleep(interval);
+    }
+    bail!(
+        "timed out waiting for disk resize: {} stayed {} sectors",
+        disk.dev.display(),
+        start_size.trim()
+    )
+}
+
+/// Arranges for the partitions to move at the next shutdown, unless they already have.
+fn relocate_partitions(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<()> {
+    let t = sfdisk::read(&disk.dev)?;
+    let root_a = t.get(ROOT_A)?;
+    let done = if !boot.oem_size.is_empty() {
+        t.get(OEM)?.start > root_a.end()
+    } else {
+        root_a.size <= MIN_PARTITION_SECTORS
+            && t.get(STATE)?.start == root_a.start + RECLAIM_MARGIN_SECTORS
+    };
+    if done {
+        println!("The partitions are already relocated");
+        return Ok(());
+    }
+    println!("The partitions must move; they will move at the next shutdown");
+    shutdown_unit::install(host, &disk.name, boot)?;
+    Err(RebootRequired.into())
+}
+
+/// After OEM moved behind ROOT-A, grows its file system (to OEMFSSize4K blocks when sealing,
+/// so the hash tree fits after it; otherwise to the whole partition).
+fn resize_oem_fs(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<()> {
+    let t = sfdisk::read(&disk.dev)?;
+    let oem = t.get(OEM)?;
+    if oem.start < t.get(ROOT_A)?.end() {
+        println!("OEM was not moved; its file system keeps its size");
+        return Ok(());
+    }
+    let dev = disk.partition(OEM)?;
+    let (blocks, block_size) = crate::ext4::size(&dev)?;
+    let want = match boot.oem_fs_size_4k {
+        0 => oem.size * t.sector_size()? / block_size,
+        n => n * 4096 / block_size,
+    };
+    if blocks == want {
+        println!("The OEM file system already has {blocks} blocks");
+        return Ok(());
+    }
+    println!("Resizing the OEM file system from {blocks} to {want} blocks of {block_size} bytes");
+    let unit = "usr-share-oem.mount";
+    let was_active = host.stop_if_active(unit)?;
+    tool::e2fsck(&dev)?;
+    let mut resize = Command::new("resize2fs");
+    resize.arg(&dev);
+    if boot.oem_fs_size_4k != 0 {
+        resize.arg(boot.oem_fs_size_4k.to_string());
+    }
+    cmd::run(&mut resize)
+        .with_context(|| format!("resizing the file system on {}", dev.display()))?;
+    if was_active {
+        host.systemctl(&["start", unit])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootdisk::tests::{fake_sysfs, host};
+
+    #[test]
+    fn reboot_message_is_the_originals() {
+        let e: anyhow::Error = RebootRequired.into();
+        let e = e.context("repartitioning the boot disk");
+        assert!(e.downcast_ref::<RebootRequired>().is_some());
+        assert_eq!(
+            RebootRequired.to_string(),
+            "Reboot is required to continue provisioning. Please reboot the system and resume provisioning with the 'resume' subcommand."
+        );
+    }
+
+    #[test]
+    fn disk_resize_is_seen_or_times_out() {
+        let d = tempfile::tempdir().unwrap();
+        fake_sysfs(d.path(), "vda", &[(1, "STATE")], 1);
+        let disk = BootDisk::find(&host(d.path())).unwrap();
+        let e = wait_for_disk_resize(&disk, Duration::from_millis(50), Duration::from_millis(10))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("timed out waiting for disk resize"), "{e}");
+        let file = disk.size_file();
+        let grow = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            fs::write(file, "25165824\n").unwrap();
+        });
+        wait_for_disk_resize(&disk, Duration::from_secs(10), Duration::from_millis(10)).unwrap();
+        grow.join().unwrap();
+    }
+
+    #[test]
+    fn copies_a_partition_byte_for_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        let data: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&a, &data).unwrap();
+        fs::write(&b, vec![0xffu8; 10_000_000]).unwrap();
+        copy_device(&a, &b).unwrap();
+        let out = fs::read(&b).unwrap();
+        assert_eq!(&out[..data.len()], &data[..]);
+        assert!(
+            out[data.len()..].iter().all(|&x| x == 0xff),
+            "the rest of ROOT-B is untouched"
+        );
+    }
 }

@@ -1,0 +1,322 @@
+//! `provisioner handle-disk-layout`: the original's `HandleDiskLayout`, run at shutdown by
+//! last-run.service once STATE and OEM are unmounted. It moves STATE back over the space
+//! freed from ROOT-A and, when the OEM partition grows, moves OEM behind ROOT-A and extends it.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use cos_customizer_core::{cmd, oem};
+
+use crate::bootdisk::{BootDisk, ROOT_A};
+use crate::host::Host;
+use crate::sfdisk::{self, Table};
+use crate::tool;
+
+/// ROOT-A's size once reclaimed: 8 sectors keeps 4 KiB alignment.
+pub const MIN_PARTITION_SECTORS: u64 = 8;
+/// Where STATE (or OEM) goes after a reclaimed ROOT-A, counted from ROOT-A's start: 2 MiB,
+/// because `sfdisk --move-data` may need 1 MiB of room, and it keeps 4 KiB alignment.
+pub const RECLAIM_MARGIN_SECTORS: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Rewrite the table with a new size (no data moves).
+    SetSize { part: u32, size: u64 },
+    /// Move a partition and its data.
+    Move { part: u32, start: u64 },
+    /// Give a partition a new size and grow its ext4 file system to fill it.
+    Extend { part: u32, size: u64 },
+}
+
+/// The last 4 KiB-aligned sector at or before `sector` (512-byte sectors).
+fn align_down_4k(sector: u64, sector_size: u64) -> u64 {
+    let per_4k = (4096 / sector_size).max(1);
+    sector / per_4k * per_4k
+}
+
+/// What to do to the table, decided from the table alone (so a repeat run does nothing).
+pub fn plan(
+    t: &Table,
+    state: u32,
+    oem_part: u32,
+    oem_bytes: u64,
+    reclaim: bool,
+) -> Result<Vec<Action>> {
+    let ss = t.sector_size()?;
+    let root_a = t.get(ROOT_A)?;
+    if reclaim && root_a.size > MIN_PARTITION_SECTORS {
+        // The shrink needs a reboot before anything moves into the freed space.
+        return Ok(vec![Action::SetSize {
+            part: ROOT_A,
+            size: MIN_PARTITION_SECTORS,
+        }]);
+    }
+    let st = t.get(state)?;
+    let oem = t.get(oem_part)?;
+    let start_point = if reclaim {
+        root_a.start + RECLAIM_MARGIN_SECTORS
+    } else {
+        st.start
+    };
+    if oem_bytes != 0 && oem.start == start_point {
+        println!("The OEM partition already starts at sector {start_point}; nothing to move");
+        return Ok(vec![]);
+    }
+    let oem_sectors = oem_bytes.div_ceil(ss);
+    if oem_sectors <= oem.size {
+        if oem_bytes != 0 {
+            println!(
+                "WARNING: the OEM size of {oem_bytes} bytes is not larger than the OEM partition's {} bytes; the OEM partition is left as it is",
+                oem.size * ss
+            );
+        }
+        if !reclaim || st.start == start_point {
+            return Ok(vec![]);
+        }
+        return Ok(vec![Action::Move {
+            part: state,
+            start: start_point,
+        }]);
+    }
+    let new_state_start = align_down_4k(start_point + oem_bytes / ss, ss);
+    let new_state_end = new_state_start + st.size - 1;
+    let last = t.last_lba()?;
+    if new_state_end > last {
+        bail!(
+            "the disk is too small: STATE would end at sector {new_state_end}, past the last usable sector {last}; use a larger -disk-size-gb"
+        );
+    }
+    Ok(vec![
+        Action::Move {
+            part: state,
+            start: new_state_start,
+        },
+        Action::Move {
+            part: oem_part,
+            start: start_point,
+        },
+        Action::Extend {
+            part: oem_part,
+            size: new_state_start - start_point,
+        },
+    ])
+}
+
+/// Fails if a partition about to move is mounted: moving it would corrupt it.
+fn ensure_unmounted(host: &Host, disk: &BootDisk, part: u32) -> Result<()> {
+    let devnum = disk.partition_devnum(part)?;
+    let mounts = host.mount_points_of(&devnum)?;
+    if !mounts.is_empty() {
+        bail!(
+            "partition {part} of {} is still mounted on {mounts:?}; not moving it",
+            disk.dev.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(
+    host: &Host,
+    disk_dev: &Path,
+    state: u32,
+    oem_part: u32,
+    oem_size: &str,
+    reclaim: bool,
+) -> Result<()> {
+    let disk = BootDisk::from_dev(host, disk_dev)?;
+    let table = sfdisk::read(&disk.dev)?;
+    println!("Old partition table:\n{}", table.text());
+    let oem_bytes = match oem_size {
+        "" => 0,
+        s => oem::parse_size(s).with_context(|| format!("reading the OEM size {s:?}"))?,
+    };
+    let actions = plan(&table, state, oem_part, oem_bytes, reclaim)?;
+    if actions.is_empty() {
+        println!("The disk layout needs no change");
+        return Ok(());
+    }
+    for a in &actions {
+        if let Action::Move { part, .. } = a {
+            ensure_unmounted(host, &disk, *part)?;
+        }
+    }
+    for a in actions {
+        match a {
+            Action::SetSize { part, size } => {
+                let t = sfdisk::read(&disk.dev)?.with_size(part, size)?;
+                sfdisk::write(&disk.dev, &t)?;
+                println!("Partition {part} is now {size} sectors; the rest happens after the next reboot");
+            }
+            Action::Move { part, start } => sfdisk::move_partition(&disk.dev, part, start)?,
+            Action::Extend { part, size } => {
+                let t = sfdisk::read(&disk.dev)?.with_size(part, size)?;
+                sfdisk::write(&disk.dev, &t)?;
+                let dev = disk.partition(part)?;
+                tool::e2fsck(&dev)?;
+                cmd::run(Command::new("resize2fs").arg(&dev))
+                    .with_context(|| format!("growing the file system on {}", dev.display()))?;
+                println!("Partition {part} is now {size} sectors and its file system fills it");
+            }
+        }
+    }
+    println!("New partition table:\n{}", sfdisk::read(&disk.dev)?.text());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sfdisk::tests::DUMP;
+
+    fn table(edits: &[(u32, u64, u64)]) -> Table {
+        let mut text = DUMP.to_string();
+        for (n, start, size) in edits {
+            let t = Table::parse(&text).unwrap();
+            let old = t.get(*n).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("/dev/vda{n} ")))
+                .unwrap()
+                .to_string();
+            let new = line
+                .replace(
+                    &format!("start={:>12}", old.start),
+                    &format!("start={start:>12}"),
+                )
+                .replace(
+                    &format!("size={:>12}", old.size),
+                    &format!("size={size:>12}"),
+                );
+            text = text.replace(&line, &new);
+        }
+        Table::parse(&text).unwrap()
+    }
+
+    const MIB: u64 = 1 << 20;
+    // The fixture: ROOT-A at 2347008 (1 GiB), STATE right after it, OEM 16 MiB at 86016.
+    const ROOT_A_START: u64 = 2347008;
+    const STATE_START: u64 = 4444160;
+    const STATE_SIZE: u64 = 3944415;
+
+    #[test]
+    fn plans() {
+        let full = table(&[]);
+        let shrunk = table(&[(3, ROOT_A_START, 8)]);
+        let start_point = ROOT_A_START + 4096;
+        let moved = table(&[(3, ROOT_A_START, 8), (1, start_point, STATE_SIZE)]);
+        // 99M of OEM after the reclaimed ROOT-A.
+        let oem99 = 99 * MIB;
+        let new_state = start_point + 99 * 2048;
+        let big_disk = |t: Table| {
+            Table::parse(&t.text().replace("last-lba: 8388574", "last-lba: 20971486")).unwrap()
+        };
+        let cases: Vec<(&str, Table, u64, bool, Vec<Action>)> = vec![
+            (
+                "shrink first",
+                full.clone(),
+                0,
+                true,
+                vec![Action::SetSize { part: 3, size: 8 }],
+            ),
+            (
+                "reclaim: STATE moves back",
+                shrunk.clone(),
+                0,
+                true,
+                vec![Action::Move {
+                    part: 1,
+                    start: start_point,
+                }],
+            ),
+            ("reclaim done", moved.clone(), 0, true, vec![]),
+            (
+                "reclaim, OEM not larger",
+                shrunk.clone(),
+                16 * MIB,
+                true,
+                vec![Action::Move {
+                    part: 1,
+                    start: start_point,
+                }],
+            ),
+            ("nothing asked", full.clone(), 0, false, vec![]),
+            (
+                "reclaim and grow OEM",
+                shrunk.clone(),
+                oem99,
+                true,
+                vec![
+                    Action::Move {
+                        part: 1,
+                        start: new_state,
+                    },
+                    Action::Move {
+                        part: 8,
+                        start: start_point,
+                    },
+                    Action::Extend {
+                        part: 8,
+                        size: new_state - start_point,
+                    },
+                ],
+            ),
+            (
+                "grow OEM without reclaim: STATE moves up",
+                big_disk(full.clone()),
+                oem99,
+                false,
+                vec![
+                    Action::Move {
+                        part: 1,
+                        start: STATE_START + 99 * 2048,
+                    },
+                    Action::Move {
+                        part: 8,
+                        start: STATE_START,
+                    },
+                    Action::Extend {
+                        part: 8,
+                        size: 99 * 2048,
+                    },
+                ],
+            ),
+            (
+                "OEM already moved",
+                table(&[
+                    (3, ROOT_A_START, 8),
+                    (8, start_point, 99 * 2048),
+                    (1, new_state, STATE_SIZE),
+                ]),
+                oem99,
+                true,
+                vec![],
+            ),
+        ];
+        for (name, t, oem, reclaim, want) in cases {
+            assert_eq!(plan(&t, 1, 8, oem, reclaim).unwrap(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn unaligned_oem_size_keeps_state_4k_aligned() {
+        let shrunk = table(&[(3, ROOT_A_START, 8)]);
+        let a = plan(&shrunk, 1, 8, 99 * MIB + 1000, true).unwrap();
+        let Action::Move { start, .. } = a[0] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(start % 8, 0);
+        assert_eq!(start, ROOT_A_START + 4096 + 99 * 2048);
+    }
+
+    #[test]
+    fn too_small_a_disk_is_refused() {
+        let e = plan(&table(&[]), 1, 8, 1 << 30, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the disk is too small") && e.contains("-disk-size-gb"),
+            "{e}"
+        );
+    }
+}
