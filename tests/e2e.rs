@@ -344,8 +344,9 @@ fn failing_script_makes_no_image() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("BuildStatus: about to fail"), "{stdout}");
+    // Steps count from 0, as in the original's messages.
     assert!(
-        stdout.contains("step 2") && stdout.contains("7"),
+        stdout.contains("error in step 1 (RunScript): script fail.sh exited with status 7"),
         "step number and exit code: {stdout}"
     );
     assert!(

@@ -15,18 +15,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::backend::{Backend, DiskId, DiskSource, DiskSpec, OutputImage, VmId, VmSpec, VmStatus};
+use crate::cloud_config::{ACK_METADATA_KEY, FAILURE_MARKER, SUCCESS_MARKER};
 use crate::config::{BuildConfig, ProvisionerConfig, SourceImage};
 use crate::duration;
 
 /// Serial port the provisioner reports on (the guest's ttyS2).
 pub const STATUS_PORT: u8 = 3;
 pub const STATUS_MATCH: &str = "BuildStatus:";
-pub const SUCCESS_MATCH: &str = "BuildSucceeded:";
-pub const FAILURE_MATCH: &str = "BuildFailed:";
 /// The provisioner prints this when it waits for the boot disk to grow.
 pub const RESIZE_MATCH: &str = "waiting for the boot disk size to change";
-/// The metadata key that tells the VM its success was seen.
-pub const ACK_KEY: &str = "DaisyEnd";
 /// The boot disk's size while partitions move (COS grows STATE to fill the disk at boot).
 pub const DEFAULT_DISK_GB: u64 = 10;
 pub const VM_NAME: &str = "preload-vm";
@@ -235,7 +232,7 @@ impl Preloader {
             needs_disk_resize(&req.build, &req.prov).then_some(req.build.disk_size as u64);
         self.watch(&vm, &boot, resize_to, req.timeout, log).await?;
 
-        b.set_metadata(&vm, ACK_KEY, "ack")
+        b.set_metadata(&vm, ACK_METADATA_KEY, "ack")
             .await
             .context("acknowledging the build (metadata DaisyEnd)")?;
         log("Build succeeded; waiting for the VM to stop");
@@ -277,10 +274,10 @@ impl Preloader {
                     log(line);
                     last_report = Instant::now();
                 }
-                if line.contains(FAILURE_MATCH) {
+                if line.contains(FAILURE_MARKER) {
                     bail!("the build failed in the VM: {line}");
                 }
-                if line.contains(SUCCESS_MATCH) {
+                if line.contains(SUCCESS_MARKER) {
                     log(line);
                     return Ok(());
                 }

@@ -62,7 +62,7 @@ impl VmProcess {
             log.to_path_buf(),
             format!(
                 "VM {name} killed after its deadline of {}",
-                go_duration(deadline)
+                cos_customizer_core::duration::format(deadline)
             ),
             Instant::now() + deadline,
         ));
@@ -188,33 +188,10 @@ fn stderr_tail(log: &Path) -> String {
     }
 }
 
-/// A duration as Go prints it (`1h30m0s`, `3s`), as the build's timeout is written.
-fn go_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
-    if h > 0 {
-        format!("{h}h{m}m{s}s")
-    } else if m > 0 {
-        format!("{m}m{s}s")
-    } else if d.subsec_millis() > 0 {
-        format!("{}s", d.as_secs_f64())
-    } else {
-        format!("{s}s")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
-
-    #[test]
-    fn durations_print_like_go() {
-        assert_eq!(go_duration(Duration::from_secs(3)), "3s");
-        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
-    }
 
     #[test]
     fn exit_codes_map_to_statuses() {
