@@ -362,3 +362,45 @@ fn parallel_state_folders_are_independent() {
     ]);
     h.ok(&["-local-state-workdir=.b", "run-script", "-script=x.sh"]);
 }
+
+#[test]
+fn existing_output_is_a_no_op_as_upstream() {
+    let h = Home::new();
+    h.start_local();
+    std::fs::write(h.path().join("out.img"), "keep me").unwrap();
+    // The smallest static ELF header the provisioner check accepts: no program headers.
+    let mut elf = vec![0u8; 64];
+    elf[..5].copy_from_slice(b"\x7fELF\x02");
+    std::fs::write(h.path().join("prov"), elf).unwrap();
+    let out = h.run(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-provisioner=prov",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("already exists. Exiting."), "{err}");
+    assert_eq!(std::fs::read(h.path().join("out.img")).unwrap(), b"keep me");
+    assert!(
+        !h.state_dir(".cos-customizer-workdir").exists(),
+        "the state is cleared, as upstream"
+    );
+}
+
+#[test]
+fn missing_provisioner_says_how_to_build_it() {
+    let h = Home::new();
+    h.start_local();
+    let (code, err) = h.fail(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-provisioner=/nonexistent/p",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("scripts/build-provisioner.sh"), "{err}");
+    assert!(!h.path().join("out.img").exists());
+    assert!(
+        h.state_dir(".cos-customizer-workdir").exists(),
+        "a set-up mistake keeps the state"
+    );
+}

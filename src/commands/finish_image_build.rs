@@ -214,6 +214,7 @@ pub fn run(state: &StateDir, o: FinishOpts) -> Result<()> {
             "this build of cos-customizer has only the QEMU backend; build locally with start-image-build -image-file and finish-image-build -output-file (your build state is kept)"
         );
     }
+    // A missing provisioner is a set-up mistake: say so and keep the state.
     let provisioner = provisioner_bin::locate(o.provisioner.as_deref())?;
     let result = build(state, &req, &provisioner, o.accel);
     // As the original: once a build has run, its state is gone whatever the outcome.
