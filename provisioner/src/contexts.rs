@@ -112,9 +112,7 @@ pub mod tests {
 
     #[test]
     fn gs_url_downloads_then_unpacks() {
-        let Some(fake) = crate::gcs::tests::FakeGcs::start() else {
-            return;
-        };
+        let fake = crate::gcs::tests::FakeGcs::start();
         let d = tempfile::tempdir().unwrap();
         let tar = make_context_tar(d.path(), FILES);
         fake.put(

