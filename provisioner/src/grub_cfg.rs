@@ -104,6 +104,11 @@ pub fn add_oem_verity(cfg: &str, v: &OemVerity) -> Result<String> {
     let mut changed = 0;
     let mut out = String::with_capacity(cfg.len() + 1024);
     for line in cfg.split_inclusive('\n') {
+        // Only kernel command lines: comments and other commands may mention the keys.
+        if !line.trim_start().starts_with("linux") {
+            out.push_str(line);
+            continue;
+        }
         if let Some((s, e)) = quoted_value(line, "dm-mod.create=")? {
             let kept: Vec<&str> = line[s..e]
                 .split(';')
@@ -266,6 +271,13 @@ menuentry "verified image B" {
         for (input, want) in cases {
             assert_eq!(add_oem_verity(&input, &oem()).unwrap(), want, "{input}");
         }
+    }
+
+    #[test]
+    fn only_kernel_lines_are_edited() {
+        let cfg = "# uses the dm-mod.create= of the entry below\n  linux /k dm-mod.create=\"v\"\n";
+        let out = add_oem_verity(cfg, &oem()).unwrap();
+        assert!(out.starts_with("# uses the dm-mod.create= of the entry below\n  linux /k dm-mod.create=\"v;oemroot,"), "{out}");
     }
 
     #[test]

@@ -241,7 +241,8 @@ fn resize_oem_fs(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<
     let mut resize = Command::new("resize2fs");
     resize.arg(&dev);
     if boot.oem_fs_size_4k != 0 {
-        resize.arg(boot.oem_fs_size_4k.to_string());
+        // In KiB: a bare number counts file system blocks, which need not be 4 KiB.
+        resize.arg(format!("{}K", boot.oem_fs_size_4k * 4));
     }
     cmd::run(&mut resize)
         .with_context(|| format!("resizing the file system on {}", dev.display()))?;

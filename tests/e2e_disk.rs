@@ -1,0 +1,334 @@
+//! End-to-end builds that repartition the boot disk, under QEMU on the COS-shaped fixture:
+//! `disable-auto-update` (ROOT-A reclaimed, root switched to ROOT-B, STATE moved back) and
+//! `seal-oem -oem-size` (OEM moved behind ROOT-A, grown, and sealed with dm-verity).
+//! Each build boots the VM about four times.
+//!
+//! Needs the fixture (`scripts/make-fixture.sh`), the static provisioner
+//! (`scripts/build-provisioner.sh`), and sfdisk, cgpt, mtools, e2fsprogs and veritysetup
+//! on the host to inspect the output image.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture() -> PathBuf {
+    let p = repo().join("fixtures/out/cos-fixture.img");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/make-fixture.sh (or scripts/test.sh)",
+        p.display()
+    );
+    p
+}
+
+fn provisioner() -> PathBuf {
+    let p = std::env::var_os("COS_CUSTOMIZER_PROVISIONER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/provisioner"));
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/build-provisioner.sh (or scripts/test.sh)",
+        p.display()
+    );
+    p
+}
+
+/// TCG VMs are CPU-bound and the machine has 2 cores: one build at a time.
+fn vm_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A user's home with a build context, and a private TMPDIR.
+struct Build {
+    home: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+}
+
+impl Build {
+    fn new(scripts: &[(&str, &str)]) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        let ctx = home.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        for (name, body) in scripts {
+            std::fs::write(ctx.join(name), body).unwrap();
+        }
+        Build {
+            home,
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .env("TMPDIR", self.tmp.path())
+            .env("COS_CUSTOMIZER_PROVISIONER", provisioner())
+            .current_dir(self.home.path())
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ cos-customizer {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "{args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn start(&self) {
+        self.ok(&[
+            "-local-state-workdir=.w",
+            "start-image-build",
+            "-build-context=ctx",
+            &format!("-image-file={}", fixture().display()),
+        ]);
+    }
+
+    fn output(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    start: u64,
+    size: u64,
+}
+
+/// Partitions of a raw image by number, from `sfdisk -J`.
+fn partitions(img: &Path) -> std::collections::BTreeMap<u32, (Part, String)> {
+    let json: serde_json::Value =
+        serde_json::from_str(&run_ok(Command::new("sfdisk").arg("-J").arg(img))).unwrap();
+    let node_prefix = img.to_string_lossy().into_owned();
+    json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap();
+            let n = node.strip_prefix(&node_prefix).unwrap().parse().unwrap();
+            let part = Part {
+                start: p["start"].as_u64().unwrap(),
+                size: p["size"].as_u64().unwrap(),
+            };
+            (
+                n,
+                (part, p["uuid"].as_str().unwrap_or("").to_ascii_lowercase()),
+            )
+        })
+        .collect()
+}
+
+fn grub_cfg(img: &Path, esp: Part) -> String {
+    run_ok(
+        Command::new("mtype")
+            .arg("-i")
+            .arg(format!("{}@@{}", img.display(), esp.start * 512))
+            .arg("::/efi/boot/grub.cfg")
+            .env("MTOOLS_SKIP_CHECK", "1"),
+    )
+}
+
+/// `e2fsck -fn` of the ext4 file system at a partition, read in place.
+fn fsck_clean(img: &Path, p: Part) {
+    run_ok(Command::new("e2fsck").arg("-fn").arg(format!(
+        "{}?offset={}",
+        img.display(),
+        p.start * 512
+    )));
+}
+
+fn debugfs_cat(img: &Path, p: Part, path: &str) -> String {
+    run_ok(
+        Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(format!("{}?offset={}", img.display(), p.start * 512)),
+    )
+}
+
+fn priority(img: &Path, part: u32) -> u32 {
+    run_ok(
+        Command::new("cgpt")
+            .args(["show", "-i", &part.to_string(), "-P"])
+            .arg(img),
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn disable_auto_update_reclaims_root_a() {
+    let _vm = vm_lock();
+    let b = Build::new(&[(
+        "preload.sh",
+        "#!/bin/bash\nset -e\necho hello > /var/lib/hello\necho wrote the file\n",
+    )]);
+    b.start();
+    b.ok(&["-local-state-workdir=.w", "disable-auto-update"]);
+    b.ok(&[
+        "-local-state-workdir=.w",
+        "run-script",
+        "-script=preload.sh",
+    ]);
+    let out = b.ok(&[
+        "-local-state-workdir=.w",
+        "finish-image-build",
+        "-output-file=out.img",
+        "-timeout=20m",
+    ]);
+    assert!(out.contains("BuildSucceeded:"), "{out}");
+    assert!(
+        out.matches("Reboot is required to continue provisioning")
+            .count()
+            >= 3,
+        "{out}"
+    );
+    let img = b.output("out.img");
+    let parts = partitions(&img);
+    let (root_a, state, esp) = (parts[&3].0, parts[&1].0, parts[&12].0);
+    assert_eq!(root_a.size, 8, "ROOT-A is minimal");
+    assert_eq!(
+        state.start,
+        root_a.start + 4096,
+        "STATE starts 2 MiB after ROOT-A"
+    );
+    fsck_clean(&img, state);
+    assert_eq!(
+        debugfs_cat(&img, state, "/var_overlay/lib/hello"),
+        "hello\n"
+    );
+    let grub = grub_cfg(&img, esp);
+    let verified = grub
+        .lines()
+        .filter(|l| l.contains("root=/dev/dm-0"))
+        .count();
+    assert_eq!(
+        grub.matches("cros_efi systemd.mask=update-engine.service")
+            .count(),
+        grub.matches("cros_efi").count(),
+        "{grub}"
+    );
+    assert!(verified >= 2, "{grub}");
+    assert!(!grub.contains("usr-share-oem.mount"), "{grub}");
+    assert!(
+        priority(&img, 4) > priority(&img, 2),
+        "KERN-B has the top priority"
+    );
+}
+
+#[test]
+fn seal_oem_with_a_larger_oem() {
+    let _vm = vm_lock();
+    let b = Build::new(&[(
+        "oem.sh",
+        "#!/bin/bash\nset -e\necho sealed > /usr/share/oem/hello\n",
+    )]);
+    b.start();
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=oem.sh"]);
+    b.ok(&["-local-state-workdir=.w", "seal-oem"]);
+    let out = b.ok(&[
+        "-local-state-workdir=.w",
+        "finish-image-build",
+        "-output-file=out.img",
+        "-oem-size=50M",
+        "-timeout=20m",
+    ]);
+    assert!(out.contains("BuildSucceeded:"), "{out}");
+    let img = b.output("out.img");
+    let parts = partitions(&img);
+    let (root_a, state, esp) = (parts[&3].0, parts[&1].0, parts[&12].0);
+    let (oem, oem_uuid) = parts[&8].clone();
+    assert_eq!(root_a.size, 8);
+    assert_eq!(
+        oem.start,
+        root_a.start + 4096,
+        "OEM moved right after the reclaimed ROOT-A"
+    );
+    assert_eq!(
+        oem.size,
+        99 * 2048,
+        "OEM holds 50M of file system and its hash tree"
+    );
+    assert_eq!(state.start, oem.start + oem.size);
+    fsck_clean(&img, state);
+    fsck_clean(&img, oem);
+    assert_eq!(debugfs_cat(&img, oem, "/hello"), "sealed\n");
+
+    let grub = grub_cfg(&img, esp);
+    let table = format!("oemroot,,,ro,0 102400 verity 0 PARTUUID={oem_uuid} PARTUUID={oem_uuid} 4096 4096 12800 12800 sha256 ");
+    assert_eq!(
+        grub.matches(&table).count(),
+        grub.matches("dm-mod.create=").count(),
+        "{grub}"
+    );
+    let line = grub
+        .lines()
+        .find(|l| l.contains(&table))
+        .unwrap_or_else(|| panic!("no oemroot table in grub.cfg:\n{grub}"));
+    assert!(
+        line.contains(
+            "cros_efi systemd.mask=usr-share-oem.mount systemd.mask=update-engine.service"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains(";oemroot,,,ro,"),
+        "devices are joined by ';': {line}"
+    );
+    assert!(line.trim_end().ends_with('"'), "{line}");
+    let rest = &line[line.find(&table).unwrap() + table.len()..];
+    let mut words = rest.trim_end_matches('"').split(' ');
+    let (hash, salt) = (words.next().unwrap(), words.next().unwrap());
+
+    // The hash tree verifies against the root hash on the command line.
+    let part = b.output("oem.part");
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", img.display()))
+            .arg(format!("of={}", part.display()))
+            .args([
+                "bs=512",
+                &format!("skip={}", oem.start),
+                &format!("count={}", oem.size),
+                "status=none",
+            ]),
+    );
+    run_ok(
+        Command::new("veritysetup")
+            .args([
+                "verify",
+                "--data-block-size=4096",
+                "--hash-block-size=4096",
+                "--data-blocks=12800",
+            ])
+            .arg(format!("--hash-offset={}", 12800 * 4096))
+            .args(["--no-superblock", "--format=0", &format!("--salt={salt}")])
+            .arg(&part)
+            .arg(&part)
+            .arg(hash),
+    );
+}
