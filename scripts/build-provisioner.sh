@@ -22,4 +22,4 @@ else
   exit 1
 fi
 echo "size: $(stat -c %s "$bin") bytes" >&2
-echo "$bin"
+readlink -f "$bin"

@@ -35,12 +35,13 @@ fn provisioner() -> PathBuf {
     let p = std::env::var_os("COS_CUSTOMIZER_PROVISIONER")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/provisioner"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/build-provisioner.sh (or scripts/test.sh)",
-        p.display()
-    );
-    p
+    // The CLI runs in another folder, so a relative path would not resolve there.
+    std::fs::canonicalize(&p).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run scripts/build-provisioner.sh (or scripts/test.sh)",
+            p.display()
+        )
+    })
 }
 
 /// TCG VMs are CPU-bound and the machine has 2 cores: one build at a time, except
