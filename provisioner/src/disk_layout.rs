@@ -156,7 +156,11 @@ pub fn run(
                 tool::e2fsck(&dev)?;
                 cmd::run(Command::new("resize2fs").arg(&dev))
                     .with_context(|| format!("growing the file system on {}", dev.display()))?;
-                println!("Partition {part} is now {size} sectors and its file system fills it");
+                // The kernel may still see the old geometry here; the next boot's
+                // resize of the OEM file system is the one that counts.
+                println!(
+                    "Partition {part} is now {size} sectors; checked and resized its file system"
+                );
             }
         }
     }
