@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::process::{Command, Output, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// How much of a failed command's stderr goes into the error.
 const STDERR_TAIL: usize = 2048;
@@ -42,11 +42,18 @@ fn check(line: String, out: Output) -> Result<Output> {
     if out.status.success() {
         return Ok(out);
     }
+    Err(failure(&line, &out))
+}
+
+/// The error for a command that ran and failed: its command line, status and stderr tail.
+/// For callers that accept some non-zero exits (e2fsck's "errors fixed").
+pub fn failure(line: &str, out: &Output) -> anyhow::Error {
     let err = tail(&out.stderr);
     if err.is_empty() {
-        bail!("`{line}` failed ({})", out.status);
+        anyhow::anyhow!("`{line}` failed ({})", out.status)
+    } else {
+        anyhow::anyhow!("`{line}` failed ({}): {err}", out.status)
     }
-    bail!("`{line}` failed ({}): {err}", out.status);
 }
 
 /// Runs a command to completion with stdin closed; fails on a non-zero exit.
@@ -62,6 +69,28 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
 /// Runs a command and returns its stdout as text.
 pub fn run_stdout(cmd: &mut Command) -> Result<String> {
     let out = run(cmd)?;
+    String::from_utf8(out.stdout).context("decoding command output as UTF-8")
+}
+
+/// Runs a command with `input` on its stdin (sfdisk scripts); returns its stdout.
+pub fn run_with_input(cmd: &mut Command, input: &str) -> Result<String> {
+    use std::io::Write;
+    let line = render(cmd.get_program(), cmd.get_args());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting `{line}`"))?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let written = stdin.write_all(input.as_bytes());
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for `{line}`"))?;
+    let out = check(line.clone(), out)?;
+    // A tool that exits early without reading its input fails above with its own words.
+    written.with_context(|| format!("writing the input of `{line}`"))?;
     String::from_utf8(out.stdout).context("decoding command output as UTF-8")
 }
 
@@ -117,6 +146,15 @@ mod tests {
         .unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.ends_with("END") && msg.len() < 3000, "{}", msg.len());
+    }
+
+    #[test]
+    fn input_reaches_stdin() {
+        let out = run_with_input(&mut Command::new("cat"), "line\n").unwrap();
+        assert_eq!(out, "line\n");
+        let e = run_with_input(Command::new("sh").args(["-c", "echo no >&2; exit 2"]), "x")
+            .unwrap_err();
+        assert!(format!("{e:#}").ends_with("no"));
     }
 
     #[tokio::test]

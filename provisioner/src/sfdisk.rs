@@ -18,8 +18,6 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use cos_customizer_core::cmd;
 
-use crate::tool;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partition {
     pub number: u32,
@@ -193,7 +191,7 @@ pub fn read(disk: &Path) -> Result<Table> {
 /// Writes a whole table back. `--no-reread`: the disk is in use (the kernel is told about
 /// changed partitions that are not in use, so a shrunk ROOT-A is seen at once).
 pub fn write(disk: &Path, table: &Table) -> Result<()> {
-    tool::run_with_input(
+    cos_customizer_core::cmd::run_with_input(
         Command::new("sfdisk").arg("--no-reread").arg(disk),
         table.text(),
     )
@@ -208,7 +206,7 @@ pub fn move_partition(disk: &Path, number: u32, start: u64) -> Result<()> {
         "Moving partition {number} of {} to sector {start}",
         disk.display()
     );
-    tool::run_with_input(
+    cos_customizer_core::cmd::run_with_input(
         Command::new("sfdisk")
             .args(["--no-reread", "--move-data=/dev/null"])
             .arg(disk)
@@ -354,7 +352,7 @@ sector-size: 512
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
-        tool::run_with_input(
+        cos_customizer_core::cmd::run_with_input(
             Command::new("sfdisk").arg("-q").arg(&img),
             "label: gpt\nstart=2048, size=2048, name=A\nstart=8192, size=8, name=B\nstart=16384, size=4096, name=C\n",
         )
