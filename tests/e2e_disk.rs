@@ -7,99 +7,11 @@
 //! (`scripts/build-provisioner.sh`), and sfdisk, cgpt, mtools, e2fsprogs and veritysetup
 //! on the host to inspect the output image.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
+use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture() -> PathBuf {
-    let p = repo().join("fixtures/out/cos-fixture.img");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/make-fixture.sh (or scripts/test.sh)",
-        p.display()
-    );
-    p
-}
-
-fn provisioner() -> PathBuf {
-    let p = std::env::var_os("COS_CUSTOMIZER_PROVISIONER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/x86_64-unknown-linux-gnu/release/provisioner"));
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/build-provisioner.sh (or scripts/test.sh)",
-        p.display()
-    );
-    p
-}
-
-/// TCG VMs are CPU-bound and the machine has 2 cores: one build at a time.
-fn vm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A user's home with a build context, and a private TMPDIR.
-struct Build {
-    home: tempfile::TempDir,
-    tmp: tempfile::TempDir,
-}
-
-impl Build {
-    fn new(scripts: &[(&str, &str)]) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        let ctx = home.path().join("ctx");
-        std::fs::create_dir(&ctx).unwrap();
-        for (name, body) in scripts {
-            std::fs::write(ctx.join(name), body).unwrap();
-        }
-        Build {
-            home,
-            tmp: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
-            .args(args)
-            .env("HOME", self.home.path())
-            .env("TMPDIR", self.tmp.path())
-            .env("COS_CUSTOMIZER_PROVISIONER", provisioner())
-            .current_dir(self.home.path())
-            .output()
-            .unwrap();
-        eprintln!(
-            "$ cos-customizer {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(out.status.success(), "{args:?} failed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn start(&self) {
-        self.ok(&[
-            "-local-state-workdir=.w",
-            "start-image-build",
-            "-build-context=ctx",
-            &format!("-image-file={}", fixture().display()),
-        ]);
-    }
-
-    fn output(&self, name: &str) -> PathBuf {
-        self.home.path().join(name)
-    }
-}
+mod common;
+use common::{vm_lock, Build};
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -187,7 +99,7 @@ fn disable_auto_update_reclaims_root_a() {
         "preload.sh",
         "#!/bin/bash\nset -e\necho hello > /var/lib/hello\necho wrote the file\n",
     )]);
-    b.start();
+    b.start(".w");
     b.ok(&["-local-state-workdir=.w", "disable-auto-update"]);
     b.ok(&[
         "-local-state-workdir=.w",
@@ -238,6 +150,7 @@ fn disable_auto_update_reclaims_root_a() {
         priority(&img, 4) > priority(&img, 2),
         "KERN-B has the top priority"
     );
+    b.assert_nothing_left();
 }
 
 #[test]
@@ -247,7 +160,7 @@ fn seal_oem_with_a_larger_oem() {
         "oem.sh",
         "#!/bin/bash\nset -e\necho sealed > /usr/share/oem/hello\n",
     )]);
-    b.start();
+    b.start(".w");
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=oem.sh"]);
     b.ok(&["-local-state-workdir=.w", "seal-oem"]);
     let out = b.ok(&[
@@ -336,4 +249,5 @@ fn seal_oem_with_a_larger_oem() {
             .arg(&part)
             .arg(hash),
     );
+    b.assert_nothing_left();
 }
