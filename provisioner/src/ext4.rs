@@ -78,10 +78,10 @@ mod tests {
 
     #[test]
     fn reads_a_real_file_system() {
-        if !crate::tool::on_path("mkfs.ext4") {
-            eprintln!("mkfs.ext4 not installed; skipping");
-            return;
-        }
+        assert!(
+            crate::tool::on_path("mkfs.ext4"),
+            "mkfs.ext4 is missing: run scripts/install-deps.sh"
+        );
         let d = tempfile::tempdir().unwrap();
         let img = d.path().join("fs.img");
         cos_customizer_core::cmd::run(

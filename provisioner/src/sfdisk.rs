@@ -365,10 +365,10 @@ sector-size: 512
 
     #[test]
     fn sfdisk_on_a_disk_file() {
-        if !have_sfdisk() {
-            eprintln!("sfdisk not installed; skipping");
-            return;
-        }
+        assert!(
+            have_sfdisk(),
+            "sfdisk is missing: run scripts/install-deps.sh"
+        );
         let d = tempfile::tempdir().unwrap();
         let img = disk_file(d.path());
         let t = read(&img).unwrap();

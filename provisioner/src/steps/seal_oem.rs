@@ -33,6 +33,13 @@ pub fn run(p: &Provisioner, oem_fs_size_4k: u64) -> Result<()> {
         host.umount(&target)
             .with_context(|| format!("unmounting the OEM partition from {}", target.display()))?;
     }
+    let (blocks, block_size) = crate::ext4::size(&dev).with_context(|| {
+        format!(
+            "the OEM partition {} must hold an ext4 file system to be sealed",
+            dev.display()
+        )
+    })?;
+    check_sealable(&dev, blocks, block_size, oem_fs_size_4k)?;
     let args = verity_args(&dev, oem_fs_size_4k);
     let out = if tool::on_path("veritysetup") {
         cmd::run_stdout(Command::new("veritysetup").args(&args))
@@ -56,6 +63,27 @@ pub fn run(p: &Provisioner, oem_fs_size_4k: u64) -> Result<()> {
     );
     esp::mask_units(host, &["update-engine.service", OEM_MOUNT_UNIT])?;
     println!("OEM partition sealed");
+    Ok(())
+}
+
+/// The sealed OEM is a dm-verity device with 4096-byte sectors, on which the kernel cannot
+/// mount a file system with smaller blocks (the original seals it anyway, and the OEM
+/// never mounts); and the hash tree, written after the first `data_blocks_4k` blocks, must
+/// not overwrite the file system.
+fn check_sealable(dev: &Path, blocks: u64, block_size: u64, data_blocks_4k: u64) -> Result<()> {
+    if block_size < 4096 {
+        bail!(
+            "the OEM file system on {} has {block_size}-byte blocks: once sealed, dm-verity presents it with 4096-byte sectors and the kernel cannot mount it; recreate it with 4 KiB blocks (mkfs.ext4 -b 4096), as on COS images",
+            dev.display()
+        );
+    }
+    let (fs_bytes, room) = (blocks * block_size, data_blocks_4k * 4096);
+    if fs_bytes > room {
+        bail!(
+            "the OEM file system on {} is {fs_bytes} bytes, but only {room} bytes come before the hash tree; give finish-image-build a larger -oem-size",
+            dev.display()
+        );
+    }
     Ok(())
 }
 
@@ -161,13 +189,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn sealable_file_systems() {
+        let dev = Path::new("/dev/vda8");
+        check_sealable(dev, 12800, 4096, 12800).unwrap();
+        check_sealable(dev, 4096, 4096, 12800).unwrap();
+        let small_blocks = check_sealable(dev, 51200, 1024, 12800).unwrap_err();
+        assert!(
+            small_blocks.to_string().contains("1024-byte blocks")
+                && small_blocks.to_string().contains("mkfs.ext4 -b 4096"),
+            "{small_blocks}"
+        );
+        let too_big = check_sealable(dev, 12801, 4096, 12800).unwrap_err();
+        assert!(too_big.to_string().contains("-oem-size"), "{too_big}");
+    }
+
     /// veritysetup on a file, as on the OEM partition, and the hash verifies.
     #[test]
     fn real_veritysetup_round_trip() {
-        if !tool::on_path("veritysetup") {
-            eprintln!("veritysetup not installed; skipping");
-            return;
-        }
+        assert!(
+            tool::on_path("veritysetup"),
+            "veritysetup is missing: run scripts/install-deps.sh"
+        );
         let d = tempfile::tempdir().unwrap();
         let img = d.path().join("oem.img");
         fs::write(&img, vec![7u8; 2 * 256 * 4096]).unwrap();
