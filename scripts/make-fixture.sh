@@ -447,8 +447,9 @@ part_size() { sfdisk -d "$TMPIMG" | awk -v p="$TMPIMG$1 " 'index($0, p) == 1 {su
 part_uuid() { sgdisk -i "$1" "$TMPIMG" | awk '/Partition unique GUID/ {print tolower($4)}'; }
 [[ $(part_size 3) == "$ROOT_SECTORS" && $(part_size 5) == "$ROOT_SECTORS" ]] || die "ROOT sizes wrong"
 
-# --- OEM (8): empty ext4 -------------------------------------------------------
-mkfs.ext4 -q -F -L OEM -E "offset=$(($(part_start 8) * 512)),nodiscard" "$TMPIMG" "$(($(part_size 8) / 2))k"
+# --- OEM (8): empty ext4 with 4 KiB blocks, as COS (mke2fs would pick 1 KiB for --
+# 16 MiB, and a sealed OEM with 1 KiB blocks cannot be mounted on dm-verity).
+mkfs.ext4 -q -F -b 4096 -L OEM -E "offset=$(($(part_start 8) * 512)),nodiscard" "$TMPIMG" "$(($(part_size 8) / 2))k"
 
 # --- STATE (1): ext4 with var_overlay/ and home/ -------------------------------
 mkfs.ext4 -q -F -L STATE -d "$STATE_DIR" -E "offset=$(($(part_start 1) * 512)),nodiscard" \
