@@ -6,19 +6,12 @@
 //! Needs the fixture (`scripts/make-fixture.sh`) and the static provisioner
 //! (`scripts/build-provisioner.sh`); `scripts/test.sh` makes both.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cos_customizer_core::backend::{Backend, DiskSource, DiskSpec, VmSpec, VmStatus};
-use cos_customizer_core::cidata::{build_cidata, CidataFile};
-use cos_customizer_core::config::SourceImage;
-use cos_customizer_qemu::{QemuBackend, QemuOptions};
-
 mod common;
-use common::{provisioner, vm_lock, Build};
+use common::{boot_and_check, provisioner, vm_slots, Build};
 
 /// Reads a file from the STATE partition (partition 1) of a raw image, if present.
 fn read_state(image: &Path, path: &str) -> Option<String> {
@@ -43,102 +36,9 @@ fn read_state(image: &Path, path: &str) -> Option<String> {
     fs.read_to_string(path).ok()
 }
 
-/// Boots `image` with a test cloud-config running `checks` (bash), and returns what
-/// serial port 2 (ttyS1) received: a `TestPass:` or `TestFail:` line.
-fn boot_and_check(image: &Path, checks: &str) -> String {
-    let work = tempfile::tempdir().unwrap();
-    let test_sh = format!(
-        "#!/bin/bash\nexec > /dev/ttyS1 2>&1\nfail() {{ echo \"TestFail: $*\"; systemctl poweroff; exit 1; }}\n{checks}\necho 'TestPass: all checks passed'\nsystemctl poweroff\n"
-    );
-    let user_data = serde_json::json!({
-        "write_files": [{"path": "/tmp/test.sh", "content": test_sh, "permissions": "0755"}],
-        "runcmd": [["bash", "/tmp/test.sh"]],
-    });
-    let seed = work.path().join("seed.img");
-    build_cidata(
-        &seed,
-        &[
-            CidataFile::bytes("user-data", format!("#cloud-config\n{user_data}")),
-            CidataFile::bytes(
-                "meta-data",
-                "instance-id: test-boot\nlocal-hostname: test-vm\n",
-            ),
-        ],
-    )
-    .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let qemu = Arc::new(
-            QemuBackend::new(QemuOptions {
-                parent_dir: work.path().to_path_buf(),
-                ..Default::default()
-            })
-            .unwrap(),
-        );
-        let boot = qemu
-            .create_disk(&DiskSpec {
-                name: "test-boot".into(),
-                source: DiskSource::Image(SourceImage {
-                    local_file: image.to_string_lossy().into_owned(),
-                    ..Default::default()
-                }),
-                size_gb: None,
-                disk_type: String::new(),
-            })
-            .await
-            .unwrap();
-        let seed = qemu
-            .create_disk(&DiskSpec {
-                name: "test-seed".into(),
-                source: DiskSource::RawFile(seed),
-                size_gb: None,
-                disk_type: String::new(),
-            })
-            .await
-            .unwrap();
-        let vm = qemu
-            .create_vm(&VmSpec {
-                name: "test-vm".into(),
-                disks: vec![boot.clone(), seed.clone()],
-                metadata: BTreeMap::new(),
-                labels: BTreeMap::new(),
-                machine_type: String::new(),
-                service_account: String::new(),
-                gpu_type: None,
-                network: String::new(),
-                subnet: String::new(),
-                max_lifetime: Duration::from_secs(400),
-            })
-            .await
-            .unwrap();
-        let start = Instant::now();
-        let mut text = String::new();
-        let mut offset = 0;
-        loop {
-            let chunk = qemu.serial_output(&vm, 2, offset).await.unwrap();
-            offset = chunk.next;
-            text.push_str(&chunk.contents);
-            if text.contains("TestPass:") || text.contains("TestFail:") {
-                break;
-            }
-            let status = qemu.vm_status(&vm).await.unwrap();
-            assert!(
-                status == VmStatus::Running && start.elapsed() < Duration::from_secs(300),
-                "test VM ended without a verdict ({status:?}); console:\n{}",
-                qemu.serial_output(&vm, 1, 0).await.unwrap().contents
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        qemu.delete_vm(&vm).await.unwrap();
-        qemu.delete_disk(&boot).await.unwrap();
-        qemu.delete_disk(&seed).await.unwrap();
-        text
-    })
-}
-
 #[test]
 fn smoke() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(1);
     let b = Build::new(&[(
         "preload.sh",
         "#!/bin/bash\nset -e\necho hello > /var/lib/hello\necho wrote the file\n",
@@ -183,7 +83,7 @@ grep -q ' / ' /proc/mounts && [ "$(findmnt -no SOURCE /)" = /dev/dm-0 ] || fail 
 
 #[test]
 fn env_and_two_scripts_in_order() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(1);
     let b = Build::new(&[
         (
             "first.sh",
@@ -222,7 +122,7 @@ fn env_and_two_scripts_in_order() {
 
 #[test]
 fn failing_script_makes_no_image() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(1);
     let b = Build::new(&[
         ("ok.sh", "true\n"),
         ("fail.sh", "echo about to fail\nexit 7\n"),
@@ -255,7 +155,7 @@ fn failing_script_makes_no_image() {
 
 #[test]
 fn timeout_removes_everything() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(1);
     let b = Build::new(&[("sleep.sh", "sleep 300\n")]);
     b.start(".w");
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=sleep.sh"]);
@@ -277,7 +177,7 @@ fn timeout_removes_everything() {
 
 #[test]
 fn interrupt_removes_everything() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(1);
     let b = Build::new(&[("sleep.sh", "sleep 300\n")]);
     b.start(".w");
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=sleep.sh"]);
@@ -323,7 +223,7 @@ fn interrupt_removes_everything() {
 
 #[test]
 fn reboot_and_resume_inside_one_build() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(1);
     // The first run reboots the VM mid-step; after the reboot the provisioner
     // resumes and runs the unfinished step again, then the next one.
     let b = Build::new(&[
@@ -352,7 +252,7 @@ fn reboot_and_resume_inside_one_build() {
 
 #[test]
 fn two_builds_at_once() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(2);
     let b = Build::new(&[
         ("a.sh", "echo a > /var/lib/which\n"),
         ("b.sh", "echo b > /var/lib/which\n"),

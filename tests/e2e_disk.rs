@@ -1,7 +1,8 @@
 //! End-to-end builds that repartition the boot disk, under QEMU on the COS-shaped fixture:
 //! `disable-auto-update` (ROOT-A reclaimed, root switched to ROOT-B, STATE moved back) and
 //! `seal-oem -oem-size` (OEM moved behind ROOT-A, grown, and sealed with dm-verity).
-//! Each build boots the VM about four times.
+//! Each build boots the VM about four times; the output is then booted once more and
+//! checked from inside, as the original's integration tests do.
 //!
 //! Needs the fixture (`scripts/make-fixture.sh`), the static provisioner
 //! (`scripts/build-provisioner.sh`), and sfdisk, cgpt, mtools, e2fsprogs and veritysetup
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{vm_lock, Build};
+use common::{boot_and_check, vm_slots, Build};
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -94,7 +95,7 @@ fn priority(img: &Path, part: u32) -> u32 {
 
 #[test]
 fn disable_auto_update_reclaims_root_a() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(1);
     let b = Build::new(&[(
         "preload.sh",
         "#!/bin/bash\nset -e\necho hello > /var/lib/hello\necho wrote the file\n",
@@ -151,11 +152,19 @@ fn disable_auto_update_reclaims_root_a() {
         "KERN-B has the top priority"
     );
     b.assert_nothing_left();
+    let verdict = boot_and_check(
+        &img,
+        r#"[ "$(cat /var/lib/hello)" = hello ] || fail "/var/lib/hello is $(cat /var/lib/hello 2>&1)"
+dmsetup deps -o devname vroot | grep -q '(vda5)' || fail "root is not verified ROOT-B: $(dmsetup deps -o devname vroot 2>&1)"
+[ "$(systemctl show -p LoadState --value update-engine.service)" = masked ] || fail "update-engine.service is not masked"
+"#,
+    );
+    assert!(verdict.contains("TestPass:"), "{verdict}");
 }
 
 #[test]
 fn seal_oem_with_a_larger_oem() {
-    let _vm = vm_lock();
+    let _vm = vm_slots(1);
     let b = Build::new(&[(
         "oem.sh",
         "#!/bin/bash\nset -e\necho sealed > /usr/share/oem/hello\n",
@@ -250,4 +259,17 @@ fn seal_oem_with_a_larger_oem() {
             .arg(hash),
     );
     b.assert_nothing_left();
+
+    // As upstream's seal_oem_test: OEM is /dev/dm-1, verified, not mounted by itself.
+    let verdict = boot_and_check(
+        &img,
+        r#"[ "$(systemctl show -p LoadState --value usr-share-oem.mount)" = masked ] || fail "usr-share-oem.mount is not masked"
+! mountpoint -q /usr/share/oem || fail "/usr/share/oem is mounted: $(findmnt -no SOURCE /usr/share/oem)"
+[ -b /dev/dm-1 ] || fail "no /dev/dm-1"
+dmsetup status oemroot | grep -qw V || fail "oemroot is not verified: $(dmsetup status oemroot 2>&1)"
+mount -o ro /dev/dm-1 /usr/share/oem || fail "cannot mount /dev/dm-1"
+[ "$(cat /usr/share/oem/hello)" = sealed ] || fail "/usr/share/oem/hello is $(cat /usr/share/oem/hello 2>&1)"
+"#,
+    );
+    assert!(verdict.contains("TestPass:"), "{verdict}");
 }

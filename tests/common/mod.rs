@@ -1,9 +1,16 @@
 //! Shared by the end-to-end tests: the fixture and provisioner they need, one VM at a
 //! time, and a user's home to run the built `cos-customizer` in.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use cos_customizer_core::backend::{Backend, DiskSource, DiskSpec, VmSpec, VmStatus};
+use cos_customizer_core::cidata::{build_cidata, CidataFile};
+use cos_customizer_core::config::SourceImage;
+use cos_customizer_qemu::{QemuBackend, QemuOptions};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -32,11 +39,38 @@ pub fn provisioner() -> PathBuf {
     })
 }
 
-/// TCG VMs are CPU-bound and the machine has 2 cores: one build at a time, except
-/// in the test that runs two on purpose.
-pub fn vm_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// TCG VMs are CPU-bound with one busy vCPU thread each, so tests run as many VMs at
+/// once as there are cores (two on CI) and no more; a slow boot under heavier
+/// contention would only make the suite slower, never faster.
+pub struct VmSlots(usize);
+
+static FREE: Mutex<Option<usize>> = Mutex::new(None);
+static RELEASED: Condvar = Condvar::new();
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Takes `n` VM slots (fewer if the machine has fewer cores), waiting for them.
+pub fn vm_slots(n: usize) -> VmSlots {
+    let n = n.min(cores());
+    let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let f = free.get_or_insert_with(cores);
+        if *f >= n {
+            *f -= n;
+            return VmSlots(n);
+        }
+        free = RELEASED.wait(free).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+impl Drop for VmSlots {
+    fn drop(&mut self) {
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        *free.get_or_insert_with(cores) += self.0;
+        RELEASED.notify_all();
+    }
 }
 
 /// A user's home with a build context, and a private TMPDIR to prove nothing is left.
@@ -111,4 +145,98 @@ impl Build {
             String::from_utf8_lossy(&pgrep.stdout)
         );
     }
+}
+
+/// Boots `image` with a test cloud-config running `checks` (bash), and returns what
+/// serial port 2 (ttyS1) received: a `TestPass:` or `TestFail:` line.
+pub fn boot_and_check(image: &Path, checks: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let test_sh = format!(
+        "#!/bin/bash\nexec > /dev/ttyS1 2>&1\nfail() {{ echo \"TestFail: $*\"; systemctl poweroff; exit 1; }}\n{checks}\necho 'TestPass: all checks passed'\nsystemctl poweroff\n"
+    );
+    let user_data = serde_json::json!({
+        "write_files": [{"path": "/tmp/test.sh", "content": test_sh, "permissions": "0755"}],
+        "runcmd": [["bash", "/tmp/test.sh"]],
+    });
+    let seed = work.path().join("seed.img");
+    build_cidata(
+        &seed,
+        &[
+            CidataFile::bytes("user-data", format!("#cloud-config\n{user_data}")),
+            CidataFile::bytes(
+                "meta-data",
+                "instance-id: test-boot\nlocal-hostname: test-vm\n",
+            ),
+        ],
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let qemu = Arc::new(
+            QemuBackend::new(QemuOptions {
+                parent_dir: work.path().to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let boot = qemu
+            .create_disk(&DiskSpec {
+                name: "test-boot".into(),
+                source: DiskSource::Image(SourceImage {
+                    local_file: image.to_string_lossy().into_owned(),
+                    ..Default::default()
+                }),
+                size_gb: None,
+                disk_type: String::new(),
+            })
+            .await
+            .unwrap();
+        let seed = qemu
+            .create_disk(&DiskSpec {
+                name: "test-seed".into(),
+                source: DiskSource::RawFile(seed),
+                size_gb: None,
+                disk_type: String::new(),
+            })
+            .await
+            .unwrap();
+        let vm = qemu
+            .create_vm(&VmSpec {
+                name: "test-vm".into(),
+                disks: vec![boot.clone(), seed.clone()],
+                metadata: BTreeMap::new(),
+                labels: BTreeMap::new(),
+                // One vCPU, as a build VM: one VM slot is one core.
+                machine_type: "n1-standard-1".into(),
+                service_account: String::new(),
+                gpu_type: None,
+                network: String::new(),
+                subnet: String::new(),
+                max_lifetime: Duration::from_secs(400),
+            })
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let mut text = String::new();
+        let mut offset = 0;
+        loop {
+            let chunk = qemu.serial_output(&vm, 2, offset).await.unwrap();
+            offset = chunk.next;
+            text.push_str(&chunk.contents);
+            if text.contains("TestPass:") || text.contains("TestFail:") {
+                break;
+            }
+            let status = qemu.vm_status(&vm).await.unwrap();
+            assert!(
+                status == VmStatus::Running && start.elapsed() < Duration::from_secs(300),
+                "test VM ended without a verdict ({status:?}); console:\n{}",
+                qemu.serial_output(&vm, 1, 0).await.unwrap().contents
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        qemu.delete_vm(&vm).await.unwrap();
+        qemu.delete_disk(&boot).await.unwrap();
+        qemu.delete_disk(&seed).await.unwrap();
+        text
+    })
 }
