@@ -55,6 +55,12 @@ fn partitions(img: &Path) -> std::collections::BTreeMap<u32, (Part, String)> {
         .collect()
 }
 
+/// `sgdisk -v`: both GPT headers agree and the backup is at the end of the disk.
+fn gpt_valid(img: &Path) {
+    let out = run_ok(Command::new("sgdisk").arg("-v").arg(img));
+    assert!(out.contains("No problems found"), "sgdisk -v: {out}");
+}
+
 fn grub_cfg(img: &Path, esp: Part) -> String {
     run_ok(
         Command::new("mtype")
@@ -107,10 +113,13 @@ fn disable_auto_update_reclaims_root_a() {
         "run-script",
         "-script=preload.sh",
     ]);
+    // A disk larger than 10 GB starts at 10 GB and grows only once the provisioner asks,
+    // after the partitions have moved (the original's needDiskResize).
     let out = b.ok(&[
         "-local-state-workdir=.w",
         "finish-image-build",
         "-output-file=out.img",
+        "-disk-size-gb=11",
         "-timeout=20m",
     ]);
     assert!(out.contains("BuildSucceeded:"), "{out}");
@@ -120,7 +129,15 @@ fn disable_auto_update_reclaims_root_a() {
             >= 3,
         "{out}"
     );
+    assert!(
+        out.contains(
+            "BuildStatus: WaitForDiskResize is set; waiting for the boot disk size to change"
+        ) && out.contains("Resizing the boot disk to 11 GB"),
+        "{out}"
+    );
     let img = b.output("out.img");
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 11 << 30);
+    gpt_valid(&img);
     let parts = partitions(&img);
     let (root_a, state, esp) = (parts[&3].0, parts[&1].0, parts[&12].0);
     assert_eq!(root_a.size, 8, "ROOT-A is minimal");
@@ -181,6 +198,7 @@ fn seal_oem_with_a_larger_oem() {
     ]);
     assert!(out.contains("BuildSucceeded:"), "{out}");
     let img = b.output("out.img");
+    gpt_valid(&img);
     let parts = partitions(&img);
     let (root_a, state, esp) = (parts[&3].0, parts[&1].0, parts[&12].0);
     let (oem, oem_uuid) = parts[&8].clone();
