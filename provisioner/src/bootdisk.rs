@@ -53,31 +53,41 @@ fn parent_disk(part_sys: &Path) -> Result<String> {
         .with_context(|| format!("finding the disk of {}", real.display()))
 }
 
+/// The sysfs entry of the first partition (by kernel name) with GPT label `label`.
+pub fn find_labelled(host: &Host, label: &str) -> Result<Option<PathBuf>> {
+    let class = host.path("/sys/class/block");
+    let mut names: Vec<_> = fs::read_dir(&class)
+        .with_context(|| format!("listing {}", class.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    Ok(names.into_iter().map(|n| class.join(n)).find(|entry| {
+        fs::read_to_string(entry.join("uevent")).is_ok_and(|uevent| {
+            uevent_field(&uevent, "DEVTYPE") == Some("partition")
+                && uevent_field(&uevent, "PARTNAME") == Some(label)
+        })
+    }))
+}
+
+/// The node in `dev_dir` (the host's `/dev`) of a block device's sysfs entry.
+pub fn dev_node(dev_dir: &Path, sys: &Path) -> Result<PathBuf> {
+    let uevent = read_trimmed(&sys.join("uevent"))?;
+    let devname = uevent_field(&uevent, "DEVNAME")
+        .with_context(|| format!("no DEVNAME in {}/uevent", sys.display()))?;
+    Ok(dev_dir.join(devname))
+}
+
 impl BootDisk {
     /// The disk holding the partition labelled STATE.
     pub fn find(host: &Host) -> Result<BootDisk> {
-        let class = host.path("/sys/class/block");
-        let mut names: Vec<_> = fs::read_dir(&class)
-            .with_context(|| format!("listing {}", class.display()))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        for name in names {
-            let entry = class.join(&name);
-            let Ok(uevent) = fs::read_to_string(entry.join("uevent")) else {
-                continue;
-            };
-            if uevent_field(&uevent, "DEVTYPE") == Some("partition")
-                && uevent_field(&uevent, "PARTNAME") == Some(STATE_LABEL)
-            {
-                return BootDisk::named(host, &parent_disk(&entry)?);
-            }
+        match find_labelled(host, STATE_LABEL)? {
+            Some(entry) => BootDisk::named(host, &parent_disk(&entry)?),
+            None => bail!(
+                "no partition labelled {STATE_LABEL} found in {}; is this a COS disk?",
+                host.path("/sys/class/block").display()
+            ),
         }
-        bail!(
-            "no partition labelled {STATE_LABEL} found in {}; is this a COS disk?",
-            class.display()
-        )
     }
 
     /// The disk at a device path such as `/dev/vda` (the `handle-disk-layout` argument).
@@ -119,11 +129,7 @@ impl BootDisk {
 
     /// The device of partition `number`, e.g. `/dev/vda8` or `/dev/nvme0n1p8`.
     pub fn partition(&self, number: u32) -> Result<PathBuf> {
-        let p = self.partition_sys(number)?;
-        let uevent = read_trimmed(&p.join("uevent"))?;
-        let devname = uevent_field(&uevent, "DEVNAME")
-            .with_context(|| format!("no DEVNAME in {}/uevent", p.display()))?;
-        Ok(self.host_dev.join(devname))
+        dev_node(&self.host_dev, &self.partition_sys(number)?)
     }
 
     /// `major:minor` of partition `number`, as mountinfo names devices.

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use cos_customizer_core::fsutil;
 
+use crate::bootdisk;
 use crate::grub_cfg;
 use crate::host::Host;
 use crate::mount::Mounted;
@@ -19,33 +20,14 @@ pub fn find_esp(host: &Host) -> Result<PathBuf> {
     if link.exists() {
         return Ok(link);
     }
-    let sys = host.path("/sys/class/block");
-    let mut entries: Vec<_> = fs::read_dir(&sys)
-        .with_context(|| format!("listing {}", sys.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for dev in entries {
-        let Ok(uevent) = fs::read_to_string(dev.join("uevent")) else {
-            continue;
-        };
-        let field = |k: &str| {
-            uevent
-                .lines()
-                .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-        };
-        if field("PARTNAME") == Some(ESP_LABEL) {
-            if let Some(name) = field("DEVNAME") {
-                return Ok(host.path("/dev").join(name));
-            }
-        }
+    match bootdisk::find_labelled(host, ESP_LABEL)? {
+        Some(entry) => bootdisk::dev_node(&host.path("/dev"), &entry),
+        None => bail!(
+            "no partition labelled {ESP_LABEL} found (looked at {} and {})",
+            link.display(),
+            host.path("/sys/class/block").display()
+        ),
     }
-    bail!(
-        "no partition labelled {ESP_LABEL} found (looked at {} and {})",
-        link.display(),
-        sys.display()
-    )
 }
 
 /// Mounts the ESP, applies `edit` to `/efi/boot/grub.cfg` (`None`: nothing to change) and
