@@ -106,26 +106,27 @@ impl Table {
         }
     }
 
-    pub fn get(&self, number: u32) -> Result<Partition> {
+    /// The dump line of partition `number` and what it says.
+    fn line_of(&self, number: u32) -> Result<(&str, Partition)> {
         self.text
             .lines()
-            .filter_map(|l| parse_line(l).ok().flatten())
-            .find(|p| p.number == number)
+            .find_map(|l| {
+                parse_line(l)
+                    .ok()
+                    .flatten()
+                    .filter(|p| p.number == number)
+                    .map(|p| (l, p))
+            })
             .with_context(|| format!("no partition {number} in the partition table"))
+    }
+
+    pub fn get(&self, number: u32) -> Result<Partition> {
+        Ok(self.line_of(number)?.1)
     }
 
     /// The partition's unique GUID, lower case (as blkid prints PARTUUID).
     pub fn uuid(&self, number: u32) -> Result<String> {
-        let line = self
-            .text
-            .lines()
-            .find(|l| {
-                parse_line(l)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|p| p.number == number)
-            })
-            .with_context(|| format!("no partition {number} in the partition table"))?;
+        let (line, _) = self.line_of(number)?;
         let fields = line.split_once(" : ").map_or("", |(_, f)| f);
         Ok(fields
             .split(',')
@@ -171,8 +172,8 @@ fn replace_field(line: &str, name: &str, value: u64) -> String {
     format!("{node} : {}", fields.join(","))
 }
 
-/// Where the backup GPT must start for it to end on the disk's last sector: `true` when
-/// partitions cannot use the end of the disk (it grew, or the image was made smaller).
+/// Whether the backup GPT is not at the end of the disk, so partitions cannot use the
+/// end of it (the disk grew, or the image was made smaller than the disk).
 pub fn backup_gpt_misplaced(table: &Table, disk_bytes: u64) -> Result<bool> {
     let ss = table.sector_size()?;
     // Backup header + a 16 KiB entry array (128 entries of 128 bytes), in sectors.
@@ -191,7 +192,7 @@ pub fn read(disk: &Path) -> Result<Table> {
 /// Writes a whole table back. `--no-reread`: the disk is in use (the kernel is told about
 /// changed partitions that are not in use, so a shrunk ROOT-A is seen at once).
 pub fn write(disk: &Path, table: &Table) -> Result<()> {
-    cos_customizer_core::cmd::run_with_input(
+    cmd::run_with_input(
         Command::new("sfdisk").arg("--no-reread").arg(disk),
         table.text(),
     )
@@ -206,7 +207,7 @@ pub fn move_partition(disk: &Path, number: u32, start: u64) -> Result<()> {
         "Moving partition {number} of {} to sector {start}",
         disk.display()
     );
-    cos_customizer_core::cmd::run_with_input(
+    cmd::run_with_input(
         Command::new("sfdisk")
             .args(["--no-reread", "--move-data=/dev/null"])
             .arg(disk)
@@ -352,7 +353,7 @@ sector-size: 512
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
-        cos_customizer_core::cmd::run_with_input(
+        cmd::run_with_input(
             Command::new("sfdisk").arg("-q").arg(&img),
             "label: gpt\nstart=2048, size=2048, name=A\nstart=8192, size=8, name=B\nstart=16384, size=4096, name=C\n",
         )
