@@ -6,35 +6,11 @@
 //! Needs the fixture (`scripts/make-fixture.sh`) and the static provisioner
 //! (`scripts/build-provisioner.sh`); `scripts/test.sh` makes both.
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{boot_and_check, provisioner, vm_slots, Build};
-
-/// Reads a file from the STATE partition (partition 1) of a raw image, if present.
-fn read_state(image: &Path, path: &str) -> Option<String> {
-    let disk = gpt::GptConfig::new().writable(false).open(image).unwrap();
-    let lb = *disk.logical_block_size();
-    let state = disk.partitions().get(&1).expect("partition 1");
-    assert_eq!(state.name, "STATE");
-    let start = state.bytes_start(lb).unwrap();
-    struct At(std::fs::File, u64);
-    impl ext4_view::Ext4Read for At {
-        fn read(
-            &mut self,
-            start_byte: u64,
-            dst: &mut [u8],
-        ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
-            use std::os::unix::fs::FileExt;
-            Ok(self.0.read_exact_at(dst, self.1 + start_byte)?)
-        }
-    }
-    let fs =
-        ext4_view::Ext4::load(Box::new(At(std::fs::File::open(image).unwrap(), start))).unwrap();
-    fs.read_to_string(path).ok()
-}
+use common::{boot_and_check, provisioner, read_file, vm_slots, Build};
 
 #[test]
 fn smoke() {
@@ -62,10 +38,10 @@ fn smoke() {
     assert!(out.contains("BuildSucceeded:"), "{out}");
     let img = b.output("out.img");
     assert_eq!(
-        read_state(&img, "/var_overlay/lib/hello").as_deref(),
+        read_file(&img, "STATE", "/var_overlay/lib/hello").as_deref(),
         Some("hello\n")
     );
-    assert!(read_state(&img, "/var_overlay/lib/.cos-customizer/state.json").is_none());
+    assert!(read_file(&img, "STATE", "/var_overlay/lib/.cos-customizer/state.json").is_none());
     assert!(
         !b.home.path().join(".w").exists(),
         "the state folder is removed after a build"
@@ -114,7 +90,7 @@ fn env_and_two_scripts_in_order() {
         .unwrap();
     assert!(conv.success());
     assert_eq!(
-        read_state(&raw, "/var_overlay/lib/order").as_deref(),
+        read_file(&raw, "STATE", "/var_overlay/lib/order").as_deref(),
         Some("first\nsecond\n")
     );
     b.assert_nothing_left();
@@ -244,7 +220,7 @@ fn reboot_and_resume_inside_one_build() {
     ]);
     assert!(out.contains("rebooting now"), "{out}");
     assert_eq!(
-        read_state(&b.output("out.img"), "/var_overlay/lib/log").as_deref(),
+        read_file(&b.output("out.img"), "STATE", "/var_overlay/lib/log").as_deref(),
         Some("before-reboot\nafter-reboot\nsecond-step\n")
     );
     b.assert_nothing_left();
@@ -281,7 +257,12 @@ fn two_builds_at_once() {
     assert!(outs.iter().all(|o| o.status.success()));
     for w in ["a", "b"] {
         assert_eq!(
-            read_state(&b.output(&format!("{w}.img")), "/var_overlay/lib/which").as_deref(),
+            read_file(
+                &b.output(&format!("{w}.img")),
+                "STATE",
+                "/var_overlay/lib/which"
+            )
+            .as_deref(),
             Some(format!("{w}\n").as_str())
         );
     }

@@ -5,24 +5,19 @@
 //! checked from inside, as the original's integration tests do.
 //!
 //! Needs the fixture (`scripts/make-fixture.sh`), the static provisioner
-//! (`scripts/build-provisioner.sh`), and sfdisk, cgpt, mtools, e2fsprogs and veritysetup
+//! (`scripts/build-provisioner.sh`), and sfdisk, sgdisk, cgpt, mtools, e2fsprogs and veritysetup
 //! on the host to inspect the output image.
 
 use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{boot_and_check, vm_slots, Build};
+use common::{boot_and_check, read_file, vm_slots, Build};
+use cos_customizer_core::cmd;
 
+/// Runs a tool through the project's runner; a failure names the command and its stderr.
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cmd::run_stdout(cmd).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -78,14 +73,6 @@ fn fsck_clean(img: &Path, p: Part) {
         img.display(),
         p.start * 512
     )));
-}
-
-fn debugfs_cat(img: &Path, p: Part, path: &str) -> String {
-    run_ok(
-        Command::new("debugfs")
-            .args(["-R", &format!("cat {path}")])
-            .arg(format!("{}?offset={}", img.display(), p.start * 512)),
-    )
 }
 
 fn priority(img: &Path, part: u32) -> u32 {
@@ -148,7 +135,7 @@ fn disable_auto_update_reclaims_root_a() {
     );
     fsck_clean(&img, state);
     assert_eq!(
-        debugfs_cat(&img, state, "/var_overlay/lib/hello"),
+        read_file(&img, "STATE", "/var_overlay/lib/hello").unwrap(),
         "hello\n"
     );
     let grub = grub_cfg(&img, esp);
@@ -216,7 +203,7 @@ fn seal_oem_with_a_larger_oem() {
     assert_eq!(state.start, oem.start + oem.size);
     fsck_clean(&img, state);
     fsck_clean(&img, oem);
-    assert_eq!(debugfs_cat(&img, oem, "/hello"), "sealed\n");
+    assert_eq!(read_file(&img, "OEM", "/hello").unwrap(), "sealed\n");
 
     let grub = grub_cfg(&img, esp);
     let table = format!("oemroot,,,ro,0 102400 verity 0 PARTUUID={oem_uuid} PARTUUID={oem_uuid} 4096 4096 12800 12800 sha256 ");

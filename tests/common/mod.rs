@@ -240,3 +240,30 @@ pub fn boot_and_check(image: &Path, checks: &str) -> String {
         text
     })
 }
+
+/// Reads a file from the ext4 file system on the GPT partition named `label` of a raw
+/// image; `None` if the file is absent.
+pub fn read_file(image: &Path, label: &str, path: &str) -> Option<String> {
+    let disk = gpt::GptConfig::new().writable(false).open(image).unwrap();
+    let lb = *disk.logical_block_size();
+    let part = disk
+        .partitions()
+        .values()
+        .find(|p| p.name == label)
+        .unwrap_or_else(|| panic!("no partition {label} in {}", image.display()));
+    let start = part.bytes_start(lb).unwrap();
+    struct At(std::fs::File, u64);
+    impl ext4_view::Ext4Read for At {
+        fn read(
+            &mut self,
+            start_byte: u64,
+            dst: &mut [u8],
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+            use std::os::unix::fs::FileExt;
+            Ok(self.0.read_exact_at(dst, self.1 + start_byte)?)
+        }
+    }
+    let fs =
+        ext4_view::Ext4::load(Box::new(At(std::fs::File::open(image).unwrap(), start))).unwrap();
+    fs.read_to_string(path).ok()
+}
