@@ -1,11 +1,11 @@
 //! The command line: the original's subcommands and flags (Go `flag` style, see
-//! [`crate::goflags`]), plus the flags of local builds.
+//! [`cos_customizer_common::goflags`]), plus the flags of local builds.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::goflags::parse_bool;
+use cos_customizer_common::goflags::parse_bool;
 
 /// Turns a Container-Optimized OS image into a customized image.
 ///
@@ -59,85 +59,75 @@ fn go_bool(s: &str) -> Result<bool, String> {
 #[derive(Debug, Args)]
 pub struct StartOpts {
     /// File or folder whose contents the steps can use (archived now).
-    #[arg(
-        long,
-        default_value = ".",
-        value_name = "PATH",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, default_value = ".", value_name = "PATH")]
     pub build_context: PathBuf,
     /// Cloud Storage bucket for scratch files (GCE builds).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub gcs_bucket: String,
     /// Folder in -gcs-bucket for scratch files (GCE builds).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub gcs_workdir: String,
     /// Project of the source image (GCE builds).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub image_project: String,
     /// Source image name.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub image_name: String,
     /// Source image: the newest cos-cloud image of this milestone.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub image_milestone: i64,
     /// Source image family.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub image_family: String,
     /// Source image as a local file (raw, qcow2, or GCE tar.gz holding disk.raw): a local build.
-    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
+    #[arg(long, value_name = "PATH")]
     pub image_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct RunScriptOpts {
     /// Script to run, as named in the build context (no ./ prefix).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub script: String,
     /// Environment for the script: NAME=VALUE[,NAME=VALUE]; repeatable; a later value wins.
     /// A segment without '=' continues the previous value (LIST=a,b); '\,' is a literal comma.
-    #[arg(long, value_name = "NAME=VALUE,…", allow_hyphen_values = true)]
+    #[arg(long, value_name = "NAME=VALUE,…")]
     pub env: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct InstallGpuOpts {
     /// Driver version (e.g. 535.129.03), or an installer file name ending in .run found in -deps-dir.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub version: String,
     /// MD5 checksum of the driver installer.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub md5sum: String,
     /// Where the drivers go on the image (setup_gpu.sh is written there).
-    #[arg(long, default_value = "/var/lib/nvidia", allow_hyphen_values = true)]
+    #[arg(long, default_value = "/var/lib/nvidia")]
     pub install_dir: String,
     /// GPU type to attach to the GCE build VM (finish-image-build -gpu-type overrides it).
     /// Unlike the original there is no default: a GCE build needs one given explicitly.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub gpu_type: String,
     /// Lists the valid driver versions and exits.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false",
-          default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub get_valid_drivers: bool,
     /// Local folder with the driver installer and its dependencies.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub deps_dir: String,
     /// cos-gpu-installer container image pulled on the VM.
-    #[arg(
-        long,
-        default_value = "gcr.io/cos-cloud/cos-gpu-installer:v20230815",
-        allow_hyphen_values = true
-    )]
+    #[arg(long, default_value = "gcr.io/cos-cloud/cos-gpu-installer:v20230815")]
     pub installer_container: String,
 }
 
 #[derive(Debug, Args)]
 pub struct AnthosOpts {
     /// Package spec: a path in the build context (folder or .tar.gz), or a gs://, http:// or https:// URL.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub pkgspec_url: String,
     /// Passed to anthos_installer -top-workdir.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub top_workdir: String,
 }
 
@@ -162,82 +152,79 @@ pub enum AccelKind {
 #[derive(Debug, Args)]
 pub struct FinishOpts {
     /// Project of the output image.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub image_project: String,
     /// Output image name.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub image_name: String,
     /// Output image name = source image name + this suffix.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub image_suffix: String,
     /// Output image family.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub image_family: String,
     /// Deprecates the older images of -image-family.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false",
-          default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub deprecate_old_images: bool,
     /// Seconds until deprecated images are deleted (needs -deprecate-old-images).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub old_image_ttl: i64,
     /// Zone of the build VM (GCE builds).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub zone: String,
     /// Project of the build VM and disks (GCE builds).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub project: String,
     /// Machine type of the build VM (QEMU maps it to vCPUs and memory).
-    #[arg(long, default_value = "n1-standard-1", allow_hyphen_values = true)]
+    #[arg(long, default_value = "n1-standard-1")]
     pub machine_type: String,
     /// Service account e-mail of the build VM.
-    #[arg(long, default_value = "default", allow_hyphen_values = true)]
+    #[arg(long, default_value = "default")]
     pub service_account: String,
     /// GPU type to attach to the build VM.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub gpu_type: String,
     /// Network of the build VM.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub network: String,
     /// Subnetwork of the build VM, e.g. regions/us-west1/subnetworks/x.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub subnet: String,
     /// Output image labels: NAME=VALUE[,NAME=VALUE]; repeatable.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     pub labels: Vec<String>,
     /// Output image licenses: comma list; repeatable.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long)]
     pub licenses: Vec<String>,
     /// Copies the source image's labels (explicit -labels win).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false",
-          default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub inherit_labels: bool,
     /// OEM partition size: N 512-byte sectors, or N with B, K, M or G; at least 16M.
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub oem_size: String,
     /// Disk type of the build disks (GCE builds).
-    #[arg(long, default_value = "pd-standard", allow_hyphen_values = true)]
+    #[arg(long, default_value = "pd-standard")]
     pub disk_type: String,
     /// Output disk size in GB (0 = 10).
     #[arg(long, default_value_t = 0, value_name = "GB")]
     pub disk_size_gb: i64,
     /// Timeout of each wait, Go syntax (1h, 90m, 1m30s).
-    #[arg(long, default_value = "1h", allow_hyphen_values = true)]
+    #[arg(long, default_value = "1h")]
     pub timeout: String,
     /// Deletes leftover build VMs older than a day first (GCE builds).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false",
-          default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub enable_cleanup: bool,
     /// SBOM input: a JSON file in the build context (needs -sbom-output-path).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub sbom_input_path: String,
     /// Folder the SPDX SBOM is written to (needs -sbom-input-path).
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    #[arg(long, default_value = "")]
     pub sbom_output_path: String,
     /// Backend: qemu or gce. Default: qemu for a local source image or -output-file, else gce.
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
     /// Local output image file (QEMU builds).
-    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
+    #[arg(long, value_name = "PATH")]
     pub output_file: Option<PathBuf>,
     /// Output format: raw, qcow2 or tar.gz (GCE import format). Default: from -output-file's name.
     #[arg(long, value_name = "FORMAT")]
@@ -247,11 +234,10 @@ pub struct FinishOpts {
     pub accel: AccelKind,
     /// Static provisioner binary to put on the CIDATA disk (default: $COS_CUSTOMIZER_PROVISIONER,
     /// else provisioner next to this program).
-    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
+    #[arg(long, value_name = "PATH")]
     pub provisioner: Option<PathBuf>,
     /// Prints the plan (config, disks, VM, image, reboots), creates nothing and keeps the state.
-    #[arg(long, num_args = 0..=1, require_equals = true, default_value = "false",
-          default_missing_value = "true", value_parser = go_bool, value_name = "BOOL")]
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub dry_run: bool,
 }
 

@@ -2,7 +2,6 @@
 
 mod cli;
 mod commands;
-mod goflags;
 
 use std::process::ExitCode;
 
@@ -11,7 +10,7 @@ use clap::CommandFactory;
 use cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
-    let args = goflags::translate(&Cli::command(), std::env::args_os());
+    let args = cos_customizer_common::goflags::translate(&Cli::command(), std::env::args_os());
     let cli = match <Cli as clap::Parser>::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

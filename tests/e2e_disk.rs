@@ -13,7 +13,7 @@ use std::process::Command;
 
 mod common;
 use common::{boot_and_check, read_file, vm_slots, Build};
-use cos_customizer_core::cmd;
+use cos_customizer_common::cmd;
 
 /// Runs a tool through the project's runner; a failure names the command and its stderr.
 fn run_ok(cmd: &mut Command) -> String {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::fsutil;
+use cos_customizer_common::fsutil;
 
 /// Archives `src` (a directory or a single file) into a new tar at `dst`.
 ///

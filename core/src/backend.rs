@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use async_trait::async_trait;
 
-use crate::config::SourceImage;
+use cos_customizer_common::config::SourceImage;
 
 /// A disk the backend created: a file path for QEMU, a disk name for GCE.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,8 +64,10 @@ pub struct VmSpec {
     pub service_account: String,
     /// GPU accelerator type; the VM then also stops on host maintenance.
     pub gpu_type: Option<String>,
-    pub network: String,
-    pub subnet: String,
+    /// The VM's network; `None` for the default.
+    pub network: Option<String>,
+    /// The VM's subnetwork; `None` for the network's default.
+    pub subnet: Option<String>,
     /// The backend stops the VM by force once it has run this long.
     pub max_lifetime: Duration,
 }

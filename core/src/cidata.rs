@@ -14,19 +14,14 @@ use anyhow::{bail, ensure, Context, Result};
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
 
 use crate::cloud_config;
-use crate::config::ProvisionerConfig;
-use crate::fsutil;
-
-/// Where the startup script mounts the disk in the guest.
-pub const MOUNT_POINT: &str = "/mnt/disks/cidata";
-/// The volume label cloud-init's NoCloud source and the startup script look for.
-pub const LABEL: &str = "CIDATA";
+use cos_customizer_common::config::ProvisionerConfig;
+use cos_customizer_common::fsutil;
+use cos_customizer_common::protocol::{
+    BUILD_CONTEXT_TAR, CIDATA_LABEL, CONFIG_JSON, PROVISIONER_AMD64,
+};
 
 pub const USER_DATA: &str = "user-data";
 pub const META_DATA: &str = "meta-data";
-pub const CONFIG_JSON: &str = "config.json";
-pub const PROVISIONER_AMD64: &str = "provisioner_amd64";
-pub const BUILD_CONTEXT_TAR: &str = "user_build_context.tar";
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -40,11 +35,6 @@ const MAX_CLUSTER: u64 = 32 * KIB;
 const FAT32_FROM: u64 = 512 * MIB;
 /// A FAT directory entry holds a 32-bit size.
 const MAX_FILE: u64 = u32::MAX as u64;
-
-/// The `file://` URL of a CIDATA file as the provisioner sees it in the guest.
-pub fn guest_url(name: &str) -> String {
-    format!("file://{MOUNT_POINT}/{name}")
-}
 
 /// One file in the root of the CIDATA volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,7 +192,7 @@ fn format_options(size: u64) -> FormatVolumeOptions {
         FatType::Fat32
     };
     let mut label = *b"           ";
-    label[..LABEL.len()].copy_from_slice(LABEL.as_bytes());
+    label[..CIDATA_LABEL.len()].copy_from_slice(CIDATA_LABEL.as_bytes());
     FormatVolumeOptions::new()
         .fat_type(fat_type)
         .volume_label(label)
@@ -253,8 +243,9 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::cmd;
+    use cos_customizer_common::cmd;
 
+    use cos_customizer_common::protocol::{cidata_url, CIDATA_MOUNT};
     /// Deterministic bytes that do not compress or repeat (xorshift64).
     fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
@@ -462,7 +453,7 @@ mod tests {
         );
         assert_eq!(files[3].source, CidataSource::Path(bin.to_path_buf()));
         let s = cloud_config::startup_script();
-        assert!(s.contains(&format!("CIDATA={MOUNT_POINT}\n")));
+        assert!(s.contains(&format!("CIDATA={CIDATA_MOUNT}\n")));
         assert!(s.contains("/provisioner_${ARCH}"));
 
         let tar = Path::new("/tmp/ctx.tar");
@@ -472,7 +463,7 @@ mod tests {
             &CidataFile::path(BUILD_CONTEXT_TAR, tar)
         );
         assert_eq!(
-            guest_url(BUILD_CONTEXT_TAR),
+            cidata_url(BUILD_CONTEXT_TAR),
             "file:///mnt/disks/cidata/user_build_context.tar"
         );
     }

@@ -10,24 +10,23 @@
 
 use serde_json::json;
 
-use crate::cidata;
-
-/// The serial-port line prefixes the preloader matches (upstream's Daisy `SerialOutput`).
-pub const STATUS_PREFIX: &str = "BuildStatus: ";
-pub const SUCCESS_MARKER: &str = "BuildSucceeded:";
-pub const FAILURE_MARKER: &str = "BuildFailed:";
+use cos_customizer_common::protocol::{
+    exit, ACK_METADATA_KEY, ACK_WAIT_SECS, CIDATA_MOUNT, CONFIG_JSON, FAILURE_MARKER,
+    PROVISIONER_PREFIX, STATE_DIR, STATUS_PREFIX, STATUS_TTY_AARCH64, STATUS_TTY_X86_64,
+    SUCCESS_MARKER,
+};
 
 /// The unit template; the instance is the escaped path of the tty it writes to.
 pub const UNIT_NAME: &str = "customizer@.service";
-/// ttyS2 is GCE's serial port 3, the one the preloader reads.
-pub const UNIT_INSTANCE_X86_64: &str = "customizer@-dev-ttyS2.service";
-pub const UNIT_INSTANCE_AARCH64: &str = "customizer@-dev-ttyAMA2.service";
+
+/// The unit instance that writes to `tty` (systemd's escaping of a path: `/dev/ttyS2` is
+/// `-dev-ttyS2`).
+fn unit_instance(tty: &str) -> String {
+    format!("customizer@{}.service", tty.replace('/', "-"))
+}
 
 /// Where cloud-init writes the startup script (tmpfs on COS, so it is rewritten each boot).
 pub const STARTUP_SCRIPT_PATH: &str = "/tmp/startup.sh";
-
-/// The metadata key the preloader sets once it has read the success line.
-pub const ACK_METADATA_KEY: &str = "DaisyEnd";
 
 /// The script the service runs: mount CIDATA, run or resume the provisioner, then act on
 /// its exit code (3 = reboot and resume).
@@ -76,8 +75,8 @@ if [[ -e /dev/disk/by-label/SCRATCH ]]; then
   mkdir -p "${{SCRATCH}}/gpu"
 fi
 
-provisioner="${{CIDATA}}/provisioner_${{ARCH}}"
-if [[ ! -e /var/lib/.cos-customizer ]]; then
+provisioner="${{CIDATA}}/{PROVISIONER_PREFIX}${{ARCH}}"
+if [[ ! -e {STATE_DIR} ]]; then
   args=(run "--config=${{CIDATA}}/{config}")
 else
   args=(resume)
@@ -90,13 +89,13 @@ case "${{rc}}" in
   0)
     echo "{SUCCESS_MARKER} Build completed with no errors. Shutting down..."
     # Serial output is lost once the VM stops: wait until the preloader has read it.
-    "${{provisioner}}" wait-metadata {ACK_METADATA_KEY} --timeout=300 ||
+    "${{provisioner}}" wait-metadata {ACK_METADATA_KEY} --timeout={ACK_WAIT_SECS} ||
       echo "no {ACK_METADATA_KEY} acknowledgement from the preloader; shutting down anyway"
     umount "${{CIDATA}}" || :
     umount "${{SCRATCH}}" || :
     shutdown -h now
     ;;
-  3)
+  {reboot})
     status echo "Rebooting..."
     sleep 1
     systemctl reboot
@@ -111,8 +110,9 @@ case "${{rc}}" in
     ;;
 esac
 "#,
-        mount = cidata::MOUNT_POINT,
-        config = cidata::CONFIG_JSON,
+        mount = CIDATA_MOUNT,
+        config = CONFIG_JSON,
+        reboot = exit::REBOOT,
     )
 }
 
@@ -140,8 +140,10 @@ TTYPath=%I
 /// The `user-data` for both GCE metadata and the NoCloud seed.
 pub fn user_data() -> String {
     let start = format!(
-        "if [ \"$(uname -m)\" = aarch64 ]; then unit={UNIT_INSTANCE_AARCH64}; \
-         else unit={UNIT_INSTANCE_X86_64}; fi; systemctl --no-block start \"$unit\""
+        "if [ \"$(uname -m)\" = aarch64 ]; then unit={}; \
+         else unit={}; fi; systemctl --no-block start \"$unit\"",
+        unit_instance(STATUS_TTY_AARCH64),
+        unit_instance(STATUS_TTY_X86_64),
     );
     let doc = json!({
         "write_files": [
@@ -174,7 +176,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::cmd;
+    use cos_customizer_common::cmd;
 
     fn parsed() -> serde_json::Value {
         let text = user_data();

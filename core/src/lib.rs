@@ -1,15 +1,10 @@
-//! The part of COS Customizer every backend shares: the build state recorded by the
-//! CLI steps, the provisioner config, the CIDATA disk and the preload flow.
+//! The host side of COS Customizer: the local state folder, the build context
+//! archive, the CIDATA disk, the backend trait and the preload flow every backend shares.
 
 pub mod archive;
+pub mod async_cmd;
 pub mod backend;
 pub mod cidata;
 pub mod cloud_config;
-pub mod cmd;
-pub mod config;
-pub mod duration;
-pub mod env;
-pub mod fsutil;
-pub mod oem;
 pub mod preload;
 pub mod state;

@@ -15,17 +15,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::backend::{Backend, DiskId, DiskSource, DiskSpec, OutputImage, VmId, VmSpec, VmStatus};
-use crate::cloud_config::{ACK_METADATA_KEY, FAILURE_MARKER, SUCCESS_MARKER};
-use crate::config::{BuildConfig, ProvisionerConfig, SourceImage};
-use crate::duration;
+use cos_customizer_common::config::{BuildConfig, ProvisionerConfig, SourceImage};
+use cos_customizer_common::duration;
+use cos_customizer_common::protocol::{
+    ACK_METADATA_KEY, ACK_METADATA_VALUE, FAILURE_MARKER, RESIZE_TRIGGER, STATUS_PORT,
+    STATUS_PREFIX, SUCCESS_MARKER,
+};
+use cos_customizer_common::sizing::{initial_disk_gb, moves_partitions, resize_to_gb};
 
-/// Serial port the provisioner reports on (the guest's ttyS2).
-pub const STATUS_PORT: u8 = 3;
-pub const STATUS_MATCH: &str = "BuildStatus:";
-/// The provisioner prints this when it waits for the boot disk to grow.
-pub const RESIZE_MATCH: &str = "waiting for the boot disk size to change";
-/// The boot disk's size while partitions move (COS grows STATE to fill the disk at boot).
-pub const DEFAULT_DISK_GB: u64 = 10;
 pub const VM_NAME: &str = "preload-vm";
 pub const CLEANUP_LABEL: &str = "cos-customizer-cleanup";
 
@@ -45,24 +42,6 @@ pub struct Request {
     pub timeout: Duration,
 }
 
-/// `needDiskResize` of the original: the disk grows after the partitions move.
-pub fn needs_disk_resize(build: &BuildConfig, prov: &ProvisionerConfig) -> bool {
-    build.disk_size > DEFAULT_DISK_GB as i64
-        && (!prov.boot_disk.oem_size.is_empty() || prov.boot_disk.reclaim_sda3)
-}
-
-/// The boot disk's size at creation: the requested size only when no partition moves.
-pub fn initial_disk_gb(build: &BuildConfig, prov: &ProvisionerConfig) -> u64 {
-    if prov.boot_disk.oem_size.is_empty()
-        && build.disk_size > DEFAULT_DISK_GB as i64
-        && !prov.boot_disk.reclaim_sda3
-    {
-        build.disk_size as u64
-    } else {
-        DEFAULT_DISK_GB
-    }
-}
-
 /// The reboots the provisioner will ask for: switching the root to ROOT-B and shrinking
 /// ROOT-A when reclaiming it, and moving partitions at shutdown.
 pub fn expected_reboots(prov: &ProvisionerConfig) -> Vec<&'static str> {
@@ -71,7 +50,7 @@ pub fn expected_reboots(prov: &ProvisionerConfig) -> Vec<&'static str> {
         r.push("boot from ROOT-B so ROOT-A can be reclaimed");
         r.push("shrink ROOT-A (sda3)");
     }
-    if prov.boot_disk.reclaim_sda3 || !prov.boot_disk.oem_size.is_empty() {
+    if moves_partitions(&prov.boot_disk) {
         r.push("move STATE and OEM at shutdown");
     }
     r
@@ -98,16 +77,15 @@ pub fn plan(req: &Request, backend: &str) -> Result<String> {
     out += "Disks:\n";
     out += "  cidata-disk: CIDATA FAT image built from the provisioner, its config and the build context\n";
     out += &format!("  boot-disk: {boot_gb} GB from {}\n", req.source.url());
-    if let Some(gb) = needs_disk_resize(&req.build, &req.prov).then_some(req.build.disk_size) {
+    if let Some(gb) = resize_to_gb(&req.build, &req.prov) {
         out += &format!("  boot-disk grows to {gb} GB when the provisioner asks\n");
     }
     out += &format!(
         "VM: {VM_NAME}, machine type {}, disks [boot-disk, cidata-disk]{}, timeout {} per wait\n",
         req.build.machine_type,
-        if req.build.gpu_type.is_empty() {
-            String::new()
-        } else {
-            format!(", GPU {}", req.build.gpu_type)
+        match &req.build.gpu_type {
+            Some(gpu) => format!(", GPU {gpu}"),
+            None => String::new(),
         },
         duration::format(req.timeout)
     );
@@ -215,7 +193,7 @@ impl Preloader {
                 labels: BTreeMap::from([(CLEANUP_LABEL.to_string(), String::new())]),
                 machine_type: req.build.machine_type.clone(),
                 service_account: req.build.service_account.clone(),
-                gpu_type: Some(req.build.gpu_type.clone()).filter(|g| !g.is_empty()),
+                gpu_type: req.build.gpu_type.clone(),
                 network: req.build.network.clone(),
                 subnet: req.build.subnet.clone(),
                 // Three waits of `timeout` each, plus time to boot and shut down.
@@ -228,11 +206,10 @@ impl Preloader {
             "Started {VM_NAME}; waiting for the provisioner (timeout {timeout_text} per wait)"
         ));
 
-        let resize_to =
-            needs_disk_resize(&req.build, &req.prov).then_some(req.build.disk_size as u64);
+        let resize_to = resize_to_gb(&req.build, &req.prov);
         self.watch(&vm, &boot, resize_to, req.timeout, log).await?;
 
-        b.set_metadata(&vm, ACK_METADATA_KEY, "ack")
+        b.set_metadata(&vm, ACK_METADATA_KEY, ACK_METADATA_VALUE)
             .await
             .context("acknowledging the build (metadata DaisyEnd)")?;
         log("Build succeeded; waiting for the VM to stop");
@@ -270,7 +247,7 @@ impl Preloader {
             while let Some(nl) = partial.find('\n') {
                 let line: String = partial.drain(..=nl).collect();
                 let line = line.trim_end_matches(['\r', '\n']);
-                if line.contains(STATUS_MATCH) {
+                if line.contains(STATUS_PREFIX.trim_end()) {
                     log(line);
                     last_report = Instant::now();
                 }
@@ -281,7 +258,7 @@ impl Preloader {
                     log(line);
                     return Ok(());
                 }
-                if line.contains(RESIZE_MATCH) {
+                if line.contains(RESIZE_TRIGGER) {
                     if let Some(gb) = resize_to.take() {
                         log(&format!("Resizing the boot disk to {gb} GB"));
                         self.backend
@@ -492,7 +469,7 @@ mod tests {
         *fake.serial.lock().unwrap() =
             "BuildStatus: WaitForDiskResize is set; waiting for the boot disk size to change. Timeout is 3 minutes\n".into();
         let mut req = request(Duration::from_secs(30));
-        req.build.disk_size = 12;
+        req.build.disk_size_gb = Some(12);
         req.prov.boot_disk.reclaim_sda3 = true;
         let (r, _, calls) = run(fake, &req).await;
         r.unwrap();
@@ -535,19 +512,10 @@ mod tests {
     }
 
     #[test]
-    fn disk_size_rules() {
-        let mut b = BuildConfig {
-            disk_size: 20,
-            ..Default::default()
-        };
+    fn reboots_to_expect() {
         let mut p = ProvisionerConfig::default();
-        assert_eq!(initial_disk_gb(&b, &p), 20);
-        assert!(!needs_disk_resize(&b, &p));
-        p.boot_disk.oem_size = "1023M".into();
-        assert_eq!(initial_disk_gb(&b, &p), 10);
-        assert!(needs_disk_resize(&b, &p));
-        b.disk_size = 10;
-        assert!(!needs_disk_resize(&b, &p));
+        assert!(expected_reboots(&p).is_empty());
+        p.boot_disk.oem_size = Some("1023M".into());
         assert_eq!(expected_reboots(&p).len(), 1);
         p.boot_disk.reclaim_sda3 = true;
         assert_eq!(expected_reboots(&p).len(), 3);
@@ -556,7 +524,7 @@ mod tests {
     #[test]
     fn plan_shows_config_disks_and_reboots() {
         let mut req = request(Duration::from_secs(90));
-        req.build.disk_size = 12;
+        req.build.disk_size_gb = Some(12);
         req.prov.boot_disk.reclaim_sda3 = true;
         let text = plan(&req, "fake").unwrap();
         assert!(

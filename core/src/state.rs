@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::archive;
-use crate::config::{parse_json, BuildConfig, ProvisionerConfig, SourceImage};
-use crate::fsutil::write_atomic;
+use cos_customizer_common::config::{parse_json, BuildConfig, ProvisionerConfig, SourceImage};
+use cos_customizer_common::fsutil::write_atomic;
+use cos_customizer_common::protocol::BUILD_CONTEXT_TAR;
 
 /// The original's default `-local-state-workdir`.
 pub const DEFAULT_WORKDIR: &str = ".cos-customizer-workdir";
@@ -48,7 +49,7 @@ impl StateDir {
     }
 
     pub fn context_archive(&self) -> PathBuf {
-        self.root.join("user_build_context.tar")
+        self.root.join(BUILD_CONTEXT_TAR)
     }
 
     fn config_file(&self, name: &str) -> PathBuf {
@@ -129,7 +130,7 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RunScriptArgs, Step};
+    use cos_customizer_common::config::{RunScriptArgs, Step};
 
     #[test]
     fn start_load_save_round_trip() {

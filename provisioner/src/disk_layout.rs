@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::{cmd, oem};
+use cos_customizer_common::{cmd, sizing};
 
 use crate::bootdisk::{BootDisk, ROOT_A};
 use crate::host::Host;
@@ -129,7 +129,7 @@ pub fn run(
     println!("Old partition table:\n{}", table.text());
     let oem_bytes = match oem_size {
         "" => 0,
-        s => oem::parse_size(s).with_context(|| format!("reading the OEM size {s:?}"))?,
+        s => sizing::parse_size(s).with_context(|| format!("reading the OEM size {s:?}"))?,
     };
     let actions = plan(&table, state, oem_part, oem_bytes, reclaim)?;
     if actions.is_empty() {

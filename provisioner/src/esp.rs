@@ -5,7 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::fsutil;
+use cos_customizer_common::fsutil;
 
 use crate::bootdisk;
 use crate::grub_cfg;

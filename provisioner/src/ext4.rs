@@ -84,7 +84,7 @@ mod tests {
         );
         let d = tempfile::tempdir().unwrap();
         let img = d.path().join("fs.img");
-        cos_customizer_core::cmd::run(
+        cos_customizer_common::cmd::run(
             std::process::Command::new("mkfs.ext4")
                 .args(["-q", "-F", "-b", "4096"])
                 .arg(&img)

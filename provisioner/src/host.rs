@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use cos_customizer_core::cmd;
+use cos_customizer_common::cmd;
 
 #[derive(Debug, Clone)]
 pub struct Host {

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use cos_customizer_core::config::ProvisionerConfig;
+use cos_customizer_common::config::ProvisionerConfig;
 
 use crate::cleanup::{cleanup, stop_services};
 use crate::contexts::unpack_all;
@@ -57,7 +57,7 @@ pub mod tests {
     use super::*;
     use crate::contexts::tests::make_context_tar;
     use crate::state::state_file;
-    use cos_customizer_core::config::{RunScriptArgs, Step};
+    use cos_customizer_common::config::{RunScriptArgs, Step};
     use std::collections::BTreeMap;
 
     /// A provisioner aimed at `root`, with systemctl, mount and umount doing nothing.

@@ -10,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::cmd;
-use cos_customizer_core::config::BootDiskConfig;
+use cos_customizer_common::config::BootDiskConfig;
+use cos_customizer_common::{cmd, sizing};
 
 use crate::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
 use crate::disk_layout::{MIN_PARTITION_SECTORS, RECLAIM_MARGIN_SECTORS};
@@ -37,7 +37,7 @@ pub const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<()> {
     let boot = state.config.boot_disk.clone();
-    if !boot.reclaim_sda3 && boot.oem_size.is_empty() && !boot.wait_for_disk_resize {
+    if !boot.reclaim_sda3 && boot.oem_size.is_none() && !boot.wait_for_disk_resize {
         println!("No repartitioning requested");
         return Ok(());
     }
@@ -54,7 +54,7 @@ pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<(
         state.save(state_dir)?;
         fix_backup_gpt(&disk)?;
     }
-    if boot.reclaim_sda3 || !boot.oem_size.is_empty() {
+    if sizing::moves_partitions(&boot) {
         relocate_partitions(host, &disk, &boot)?;
         resize_oem_fs(host, &disk, &boot)?;
     }
@@ -200,7 +200,7 @@ fn wait_for_disk_resize(disk: &BootDisk, timeout: Duration, interval: Duration) 
 fn relocate_partitions(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<()> {
     let t = sfdisk::read(&disk.dev)?;
     let root_a = t.get(ROOT_A)?;
-    let done = if !boot.oem_size.is_empty() {
+    let done = if boot.oem_size.is_some() {
         t.get(OEM)?.start > root_a.end()
     } else {
         root_a.size <= MIN_PARTITION_SECTORS

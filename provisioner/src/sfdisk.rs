@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::cmd;
+use cos_customizer_common::cmd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partition {

@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use cos_customizer_core::config::BootDiskConfig;
-use cos_customizer_core::fsutil;
+use cos_customizer_common::config::BootDiskConfig;
+use cos_customizer_common::fsutil;
 
 use crate::bootdisk::{OEM, STATE};
 use crate::host::Host;
@@ -39,7 +39,7 @@ StandardError=tty
 TTYPath={TTY}
 "#,
         disk = disk.display(),
-        oem = boot.oem_size,
+        oem = boot.oem_size.as_deref().unwrap_or(""),
         reclaim = boot.reclaim_sda3,
     )
 }
@@ -94,7 +94,7 @@ mod tests {
     #[test]
     fn unit_runs_handle_disk_layout_at_shutdown() {
         let boot = BootDiskConfig {
-            oem_size: "99M".into(),
+            oem_size: Some("99M".into()),
             oem_fs_size_4k: 12800,
             reclaim_sda3: true,
             wait_for_disk_resize: false,

@@ -5,8 +5,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::config::ProvisionerConfig;
-use cos_customizer_core::fsutil;
+use cos_customizer_common::config::ProvisionerConfig;
+use cos_customizer_common::fsutil;
 use serde::{Deserialize, Serialize};
 
 /// The original's `stateData`, with its Go field names.
@@ -76,7 +76,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cos_customizer_core::config::{RunScriptArgs, Step};
+    use cos_customizer_common::config::{RunScriptArgs, Step};
 
     #[test]
     fn round_trip_with_go_field_names() {

@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
-use cos_customizer_core::cmd;
+use cos_customizer_common::cmd;
 
 fn line(c: &Command) -> String {
     cmd::render(c.get_program(), c.get_args())

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cos_customizer_common::config::Step;
+use cos_customizer_common::{duration, env, protocol, sizing};
 use cos_customizer_core::backend::{Backend, ImageFormat, OutputImage};
-use cos_customizer_core::config::Step;
 use cos_customizer_core::preload::{self, Preloader, Request};
 use cos_customizer_core::state::{BuildState, StateDir};
-use cos_customizer_core::{cidata, cloud_config, duration, env, oem};
+use cos_customizer_core::{cidata, cloud_config};
 
 use crate::cli::{AccelKind, BackendKind, FinishOpts};
 use crate::commands::provisioner_bin;
@@ -123,7 +124,7 @@ fn output_image(o: &FinishOpts, s: &BuildState) -> Result<OutputImage> {
 
 /// An absolute path whose folder exists, so the output can be renamed into place.
 fn absolute(p: &Path) -> Result<PathBuf> {
-    let dir = cos_customizer_core::fsutil::parent_dir(p);
+    let dir = cos_customizer_common::fsutil::parent_dir(p);
     let dir = std::fs::canonicalize(dir).with_context(|| {
         format!(
             "checking -output-file {}: its folder {} must exist",
@@ -145,12 +146,12 @@ fn apply(o: &FinishOpts, s: &mut BuildState, kind: BackendKind, timeout: Duratio
     b.machine_type = o.machine_type.clone();
     b.service_account = o.service_account.clone();
     b.disk_type = o.disk_type.clone();
-    b.disk_size = o.disk_size_gb;
+    b.disk_size_gb = u64::try_from(o.disk_size_gb).ok().filter(|&gb| gb > 0);
     b.timeout = duration::format(timeout);
-    b.network = o.network.clone();
-    b.subnet = o.subnet.clone();
+    b.network = Some(o.network.clone()).filter(|n| !n.is_empty());
+    b.subnet = Some(o.subnet.clone()).filter(|n| !n.is_empty());
     if !o.gpu_type.is_empty() {
-        b.gpu_type = o.gpu_type.clone();
+        b.gpu_type = Some(o.gpu_type.clone());
     }
     let has_gpu_step = s
         .prov
@@ -161,16 +162,16 @@ fn apply(o: &FinishOpts, s: &mut BuildState, kind: BackendKind, timeout: Duratio
         BackendKind::Qemu if has_gpu_step => bail!(
             "install-gpu needs a GPU in the build VM, which the QEMU backend cannot attach: build on GCE (-backend=gce)"
         ),
-        BackendKind::Gce if has_gpu_step && b.gpu_type.is_empty() => bail!(
+        BackendKind::Gce if has_gpu_step && b.gpu_type.is_none() => bail!(
             "the build has an install-gpu step but no GPU type: give -gpu-type (e.g. -gpu-type=nvidia-tesla-t4)"
         ),
         _ => {}
     }
-    s.prov.boot_disk.oem_size = o.oem_size.clone();
-    oem::validate(o.disk_size_gb.max(0) as u64, &mut s.prov)?;
-    s.prov.boot_disk.wait_for_disk_resize = preload::needs_disk_resize(&s.build, &s.prov);
+    s.prov.boot_disk.oem_size = Some(o.oem_size.clone()).filter(|o| !o.is_empty());
+    sizing::validate_oem(s.build.disk_size_gb, &mut s.prov)?;
+    s.prov.boot_disk.wait_for_disk_resize = sizing::resize_to_gb(&s.build, &s.prov).is_some();
     let context_url = match kind {
-        BackendKind::Qemu => cidata::guest_url(cidata::BUILD_CONTEXT_TAR),
+        BackendKind::Qemu => protocol::cidata_url(protocol::BUILD_CONTEXT_TAR),
         BackendKind::Gce => format!(
             "gs://{}/{}/cos-customizer/user_build_context.tar",
             s.build.gcs_bucket,
@@ -322,7 +323,7 @@ mod tests {
             "--image-name=x",
             "--zone=z",
             "--project=p",
-            "--deprecate-old-images"
+            "--deprecate-old-images=true"
         ])
         .is_err());
         assert!(gce(&[

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::config::{InstallGpuArgs, Step};
+use cos_customizer_common::config::{InstallGpuArgs, Step};
 use cos_customizer_core::state::StateDir;
 
 use crate::cli::InstallGpuOpts;
@@ -86,7 +86,7 @@ pub fn run(state: &StateDir, o: InstallGpuOpts) -> Result<()> {
         bail!("install-gpu can only be invoked once in an image build process");
     }
     if !o.gpu_type.is_empty() {
-        s.build.gpu_type = o.gpu_type.clone();
+        s.build.gpu_type = Some(o.gpu_type.clone());
     }
     s.build.gcs_files.extend(deps_files(&o.deps_dir)?);
     s.prov.steps.push(Step::InstallGpu(InstallGpuArgs {

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
+use cos_customizer_common::config::{RunScriptArgs, Step};
+use cos_customizer_common::env;
 use cos_customizer_core::archive;
-use cos_customizer_core::config::{RunScriptArgs, Step};
-use cos_customizer_core::env;
 use cos_customizer_core::state::StateDir;
 
 use crate::cli::RunScriptOpts;

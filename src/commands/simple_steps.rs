@@ -2,7 +2,7 @@
 //! `anthos-installer-install`.
 
 use anyhow::{bail, Result};
-use cos_customizer_core::config::{InstallPackagesArgs, Step};
+use cos_customizer_common::config::{InstallPackagesArgs, Step};
 use cos_customizer_core::state::StateDir;
 
 use crate::cli::AnthosOpts;

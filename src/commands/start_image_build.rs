@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::config::{BuildConfig, SourceImage};
+use cos_customizer_common::config::{BuildConfig, SourceImage};
 use cos_customizer_core::state::StateDir;
 
 use crate::cli::StartOpts;

@@ -7,9 +7,9 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use cos_customizer_common::config::SourceImage;
 use cos_customizer_core::backend::{Backend, DiskSource, DiskSpec, VmSpec, VmStatus};
 use cos_customizer_core::cidata::{build_cidata, CidataFile};
-use cos_customizer_core::config::SourceImage;
 use cos_customizer_qemu::{QemuBackend, QemuOptions};
 
 pub fn repo() -> PathBuf {
@@ -210,8 +210,8 @@ pub fn boot_and_check(image: &Path, checks: &str) -> String {
                 machine_type: "n1-standard-1".into(),
                 service_account: String::new(),
                 gpu_type: None,
-                network: String::new(),
-                subnet: String::new(),
+                network: None,
+                subnet: None,
                 max_lifetime: Duration::from_secs(400),
             })
             .await

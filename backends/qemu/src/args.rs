@@ -58,7 +58,8 @@ pub fn qemu_argv(a: &VmArgs) -> Vec<String> {
     let mut netdev = format!("{NETDEV_BASE},hostname={}", a.name);
     if let Some((prog, rest)) = a.metadata_proxy.split_first() {
         // libslirp splits the command shell-style; QEMU's option parser needs `,,`.
-        let line = cos_customizer_core::cmd::render(OsStr::new(prog), rest.iter().map(OsStr::new));
+        let line =
+            cos_customizer_common::cmd::render(OsStr::new(prog), rest.iter().map(OsStr::new));
         netdev.push_str(",guestfwd=tcp:169.254.169.254:80-cmd:");
         netdev.push_str(&line.replace(',', ",,"));
     }

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use cos_customizer_core::config::SourceImage;
+use cos_customizer_common::config::SourceImage;
 
 use super::*;
 
@@ -118,8 +118,8 @@ fn vm_spec(name: &str, disks: Vec<DiskId>, lifetime: Duration) -> VmSpec {
         machine_type: "n1-standard-1".into(),
         service_account: "default".into(),
         gpu_type: None,
-        network: String::new(),
-        subnet: String::new(),
+        network: None,
+        subnet: None,
         max_lifetime: lifetime,
     }
 }

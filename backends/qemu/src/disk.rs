@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::cmd;
+use cos_customizer_core::async_cmd;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
@@ -21,7 +21,7 @@ pub struct ImageInfo {
 
 pub async fn image_info(path: &Path) -> Result<ImageInfo> {
     // -U: also works while a running QEMU holds the image's lock.
-    let out = cmd::run_async(
+    let out = async_cmd::run(
         Command::new("qemu-img")
             .args(["info", "-U", "--output=json"])
             .arg(path),
@@ -50,7 +50,7 @@ pub async fn extract_disk_raw(archive: &Path, dir: &Path) -> Result<PathBuf> {
     tokio::fs::create_dir_all(dir)
         .await
         .with_context(|| format!("creating {}", dir.display()))?;
-    cmd::run_async(
+    async_cmd::run(
         Command::new("tar")
             .arg("-xzSf")
             .arg(archive)
@@ -103,13 +103,13 @@ pub async fn create_overlay(
     if let Some(bytes) = size {
         c.arg(bytes.to_string());
     }
-    cmd::run_async(&mut c).await?;
+    async_cmd::run(&mut c).await?;
     Ok(())
 }
 
 /// Grows a disk file that no VM has open.
 pub async fn resize_offline(path: &Path, bytes: u64) -> Result<()> {
-    cmd::run_async(
+    async_cmd::run(
         Command::new("qemu-img")
             .args(["resize", "-q", "-f", "qcow2"])
             .arg(path)

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
+use cos_customizer_common::fsutil;
+use cos_customizer_core::async_cmd;
 use cos_customizer_core::backend::ImageFormat;
-use cos_customizer_core::{cmd, fsutil};
 use tempfile::TempPath;
 use tokio::process::Command;
 
@@ -26,7 +27,7 @@ pub async fn export(disk: &Path, out: &Path, format: ImageFormat, scratch: &Path
             let raw = raw_dir.path().join("disk.raw");
             convert(disk, "raw", &raw).await?;
             // GCE's import format: oldgnu tar, sparse, holding only disk.raw.
-            cmd::run_async(
+            async_cmd::run(
                 Command::new("tar")
                     .args(["--format=oldgnu", "-Sczf"])
                     .arg(&tmp)
@@ -63,7 +64,7 @@ fn temp_path_beside(out: &Path) -> Result<TempPath> {
 
 async fn convert(disk: &Path, format: &str, to: &Path) -> Result<()> {
     // qemu-img writes raw output sparse (it skips zero blocks).
-    cmd::run_async(
+    async_cmd::run(
         Command::new("qemu-img")
             .args(["convert", "-q", "-O", format])
             .arg(disk)

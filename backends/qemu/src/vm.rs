@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cos_customizer_common::cmd;
 use cos_customizer_core::backend::VmStatus;
-use cos_customizer_core::cmd;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
@@ -62,7 +62,7 @@ impl VmProcess {
             log.to_path_buf(),
             format!(
                 "VM {name} killed after its deadline of {}",
-                cos_customizer_core::duration::format(deadline)
+                cos_customizer_common::duration::format(deadline)
             ),
             Instant::now() + deadline,
         ));

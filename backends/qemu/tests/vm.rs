@@ -18,8 +18,8 @@ fn vm_spec(name: &str, disk: &cos_customizer_core::backend::DiskId, lifetime: Du
         machine_type: "e2-small".into(),
         service_account: String::new(),
         gpu_type: None,
-        network: String::new(),
-        subnet: String::new(),
+        network: None,
+        subnet: None,
         max_lifetime: lifetime,
     }
 }

@@ -5,7 +5,7 @@ mod run_script;
 mod seal_oem;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::config::Step;
+use cos_customizer_common::config::Step;
 
 use crate::provision::Provisioner;
 use crate::state::State;

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::config::RunScriptArgs;
+use cos_customizer_common::config::RunScriptArgs;
 
 use crate::provision::Provisioner;
 use crate::setup::child_path;
@@ -22,7 +22,7 @@ pub fn run(p: &Provisioner, args: &RunScriptArgs) -> Result<()> {
             args.path
         );
     }
-    let env = cos_customizer_core::env::decode(&args.env)?;
+    let env = cos_customizer_common::env::decode(&args.env)?;
     let dir = p.state_dir.join(&args.build_context);
     let script = dir.join(&args.path);
     let mut child = Command::new("/bin/bash")

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::cmd;
+use cos_customizer_common::cmd;
 
 use crate::bootdisk::{BootDisk, OEM};
 use crate::esp;

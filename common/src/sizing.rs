@@ -1,12 +1,14 @@
-//! The OEM partition arithmetic of `finish-image-build`, exactly as the original's
-//! `validateOEM`: how large the OEM partition and file system become, and how large
-//! the disk must be for them.
+//! The sizing rules of `finish-image-build`, exactly as the original's: the OEM
+//! arithmetic of `validateOEM` (how large the OEM partition and file system become,
+//! and how large the disk must be for them), and how large the boot disk is made and
+//! when it grows (`needDiskResize`).
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{ProvisionerConfig, Step};
+use crate::config::{BootDiskConfig, BuildConfig, ProvisionerConfig, Step};
 
-/// The size of a COS image's disk, in GB.
+/// The size of a COS image's disk, in GB: the boot disk's size while partitions move,
+/// and the output's size when `-disk-size-gb` is not given.
 pub const IMAGE_SIZE_GB: u64 = 10;
 /// What reclaiming ROOT-A (sda3) frees, in MiB.
 pub const RECLAIMED_MIB: u64 = 2046;
@@ -43,25 +45,19 @@ fn ceil_gb(bytes: u64) -> u64 {
 }
 
 /// Checks the disk size against the OEM request and fills in `OEMSize` and
-/// `OEMFSSize4K`. `disk_size_gb` 0 means the default of 10.
-pub fn validate(disk_size_gb: u64, prov: &mut ProvisionerConfig) -> Result<()> {
-    let disk = if disk_size_gb == 0 {
-        IMAGE_SIZE_GB
-    } else {
-        disk_size_gb
-    };
+/// `OEMFSSize4K`. No `disk_size_gb` means the default of 10.
+pub fn validate_oem(disk_size_gb: Option<u64>, prov: &mut ProvisionerConfig) -> Result<()> {
+    let disk = disk_size_gb.unwrap_or(IMAGE_SIZE_GB);
     let sealed = prov.steps.contains(&Step::SealOem);
     let boot = &mut prov.boot_disk;
-    if !sealed && boot.oem_size.is_empty() {
+    let Some(requested) = boot.oem_size.clone() else {
+        if sealed {
+            // A 16 MiB file system plus its hash tree.
+            boot.oem_size = Some("32M".into());
+            boot.oem_fs_size_4k = 4096;
+        }
         return Ok(());
-    }
-    if sealed && boot.oem_size.is_empty() {
-        // A 16 MiB file system plus its hash tree.
-        boot.oem_size = "32M".into();
-        boot.oem_fs_size_4k = 4096;
-        return Ok(());
-    }
-    let requested = boot.oem_size.clone();
+    };
     let size = parse_size(&requested).with_context(|| "checking -oem-size".to_string())?;
     if size < MIN_OEM_BYTES {
         bail!("-oem-size={requested} is too small: the OEM partition must be at least 16M");
@@ -89,8 +85,30 @@ pub fn validate(disk_size_gb: u64, prov: &mut ProvisionerConfig) -> Result<()> {
         );
     }
     // One MiB less, to absorb rounding when the partitions are moved.
-    boot.oem_size = format!("{}M", (bytes >> 20) - 1);
+    boot.oem_size = Some(format!("{}M", (bytes >> 20) - 1));
     Ok(())
+}
+
+/// Whether partitions move during the build (`ReclaimSDA3` or an `OEMSize`).
+pub fn moves_partitions(boot: &BootDiskConfig) -> bool {
+    boot.reclaim_sda3 || boot.oem_size.is_some()
+}
+
+/// `needDiskResize` of the original: the size the boot disk grows to once the
+/// partitions have moved, if it grows at all.
+pub fn resize_to_gb(build: &BuildConfig, prov: &ProvisionerConfig) -> Option<u64> {
+    build
+        .disk_size_gb
+        .filter(|&gb| gb > IMAGE_SIZE_GB && moves_partitions(&prov.boot_disk))
+}
+
+/// The boot disk's size at creation: the requested size only when no partition moves
+/// (partitions are moved on a disk of the image's size, which then grows).
+pub fn initial_disk_gb(build: &BuildConfig, prov: &ProvisionerConfig) -> u64 {
+    match build.disk_size_gb {
+        Some(gb) if gb > IMAGE_SIZE_GB && !moves_partitions(&prov.boot_disk) => gb,
+        _ => IMAGE_SIZE_GB,
+    }
 }
 
 #[cfg(test)]
@@ -102,7 +120,7 @@ mod tests {
         if sealed {
             c.steps.push(Step::SealOem);
         }
-        c.boot_disk.oem_size = oem.into();
+        c.boot_disk.oem_size = Some(oem.to_string()).filter(|o| !o.is_empty());
         c.boot_disk.reclaim_sda3 = reclaim || sealed;
         c
     }
@@ -110,27 +128,36 @@ mod tests {
     #[test]
     fn worked_examples() {
         let mut c = config(true, "1G", true);
-        validate(12, &mut c).unwrap();
+        validate_oem(Some(12), &mut c).unwrap();
         assert_eq!(
-            (c.boot_disk.oem_fs_size_4k, c.boot_disk.oem_size.as_str()),
+            (
+                c.boot_disk.oem_fs_size_4k,
+                c.boot_disk.oem_size.as_deref().unwrap()
+            ),
             (262144, "2047M")
         );
 
         let mut c = config(true, "50M", true);
-        validate(10, &mut c).unwrap();
+        validate_oem(Some(10), &mut c).unwrap();
         assert_eq!(
-            (c.boot_disk.oem_fs_size_4k, c.boot_disk.oem_size.as_str()),
+            (
+                c.boot_disk.oem_fs_size_4k,
+                c.boot_disk.oem_size.as_deref().unwrap()
+            ),
             (12800, "99M")
         );
 
         let mut c = config(false, "1G", false);
-        validate(11, &mut c).unwrap();
-        assert_eq!(c.boot_disk.oem_size, "1023M");
+        validate_oem(Some(11), &mut c).unwrap();
+        assert_eq!(c.boot_disk.oem_size.as_deref(), Some("1023M"));
 
         let mut c = config(true, "", true);
-        validate(0, &mut c).unwrap();
+        validate_oem(None, &mut c).unwrap();
         assert_eq!(
-            (c.boot_disk.oem_fs_size_4k, c.boot_disk.oem_size.as_str()),
+            (
+                c.boot_disk.oem_fs_size_4k,
+                c.boot_disk.oem_size.as_deref().unwrap()
+            ),
             (4096, "32M")
         );
     }
@@ -138,7 +165,7 @@ mod tests {
     #[test]
     fn small_disk_size_fails() {
         let mut c = config(false, "3072M", false);
-        let e = validate(11, &mut c).unwrap_err().to_string();
+        let e = validate_oem(Some(11), &mut c).unwrap_err().to_string();
         assert!(
             e.contains("'disk-size-gb' must be at least 'oem-size' + image size (10GB)"),
             "{e}"
@@ -150,17 +177,35 @@ mod tests {
     fn reclaim_without_seal_counts_reclaimed_space() {
         // disable-auto-update frees 2046 MiB, so a 2G OEM fits in 11 GB.
         let mut c = config(false, "2G", true);
-        validate(11, &mut c).unwrap();
-        assert_eq!(c.boot_disk.oem_size, "2047M");
+        validate_oem(Some(11), &mut c).unwrap();
+        assert_eq!(c.boot_disk.oem_size.as_deref(), Some("2047M"));
         let mut c = config(false, "2G", false);
-        assert!(validate(11, &mut c).is_err());
+        assert!(validate_oem(Some(11), &mut c).is_err());
     }
 
     #[test]
     fn nothing_to_check_without_seal_or_size() {
         let mut c = config(false, "", false);
-        validate(0, &mut c).unwrap();
+        validate_oem(None, &mut c).unwrap();
         assert_eq!(c.boot_disk, Default::default());
+    }
+
+    #[test]
+    fn disk_size_rules() {
+        let mut b = BuildConfig {
+            disk_size_gb: Some(20),
+            ..Default::default()
+        };
+        let mut p = ProvisionerConfig::default();
+        assert_eq!(initial_disk_gb(&b, &p), 20);
+        assert_eq!(resize_to_gb(&b, &p), None);
+        p.boot_disk.oem_size = Some("1023M".into());
+        assert_eq!(initial_disk_gb(&b, &p), 10);
+        assert_eq!(resize_to_gb(&b, &p), Some(20));
+        b.disk_size_gb = Some(10);
+        assert_eq!(resize_to_gb(&b, &p), None);
+        b.disk_size_gb = None;
+        assert_eq!(initial_disk_gb(&b, &p), 10);
     }
 
     #[test]
@@ -173,7 +218,7 @@ mod tests {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
         let mut c = config(false, "8M", false);
-        assert!(validate(20, &mut c)
+        assert!(validate_oem(Some(20), &mut c)
             .unwrap_err()
             .to_string()
             .contains("at least 16M"));

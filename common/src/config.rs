@@ -36,8 +36,14 @@ pub struct ProvisionerConfig {
 /// What the provisioner does to the boot disk's partitions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootDiskConfig {
-    #[serde(rename = "OEMSize", default)]
-    pub oem_size: String,
+    /// The OEM partition's new size (`2047M`); `None` (Go's `""`) leaves OEM as it is.
+    #[serde(
+        rename = "OEMSize",
+        default,
+        serialize_with = "none_as_empty",
+        deserialize_with = "empty_as_none"
+    )]
+    pub oem_size: Option<String>,
     #[serde(rename = "OEMFSSize4K", default)]
     pub oem_fs_size_4k: u64,
     #[serde(rename = "ReclaimSDA3", default)]
@@ -178,10 +184,22 @@ pub struct BuildConfig {
     pub service_account: String,
     #[serde(rename = "DiskType", default)]
     pub disk_type: String,
-    #[serde(rename = "DiskSize", default)]
-    pub disk_size: i64,
-    #[serde(rename = "GPUType", default)]
-    pub gpu_type: String,
+    /// The output disk's size; `None` (Go's `0`) keeps the image's.
+    #[serde(
+        rename = "DiskSize",
+        default,
+        serialize_with = "none_as_zero",
+        deserialize_with = "zero_as_none"
+    )]
+    pub disk_size_gb: Option<u64>,
+    /// The GPU attached to the build VM; `None` (Go's `""`) for none.
+    #[serde(
+        rename = "GPUType",
+        default,
+        serialize_with = "none_as_empty",
+        deserialize_with = "empty_as_none"
+    )]
+    pub gpu_type: Option<String>,
     #[serde(rename = "Timeout", default)]
     pub timeout: String,
     #[serde(
@@ -193,10 +211,22 @@ pub struct BuildConfig {
     pub gcs_files: Vec<String>,
     #[serde(rename = "GCEEndpoint", default)]
     pub gce_endpoint: String,
-    #[serde(rename = "Network", default)]
-    pub network: String,
-    #[serde(rename = "Subnet", default)]
-    pub subnet: String,
+    /// The build VM's network; `None` (Go's `""`) for the project's default.
+    #[serde(
+        rename = "Network",
+        default,
+        serialize_with = "none_as_empty",
+        deserialize_with = "empty_as_none"
+    )]
+    pub network: Option<String>,
+    /// The build VM's subnetwork; `None` (Go's `""`) for the network's default.
+    #[serde(
+        rename = "Subnet",
+        default,
+        serialize_with = "none_as_empty",
+        deserialize_with = "empty_as_none"
+    )]
+    pub subnet: Option<String>,
 }
 
 /// `config/source_image`: the GCE image JSON (lowerCamel) plus `Project`.
@@ -270,6 +300,29 @@ fn empty_vec_as_null<T: Serialize, S: Serializer>(v: &[T], s: S) -> Result<S::Ok
     }
 }
 
+fn none_as_empty<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.as_deref().unwrap_or(""))
+}
+
+fn empty_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|v| !v.is_empty()))
+}
+
+fn none_as_zero<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(v.unwrap_or(0))
+}
+
+/// Go's `int` 0 is "not given"; a negative size is refused with the field named.
+fn zero_as_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<i64>::deserialize(d)? {
+        None | Some(0) => Ok(None),
+        Some(n) if n > 0 => Ok(Some(n as u64)),
+        Some(n) => Err(serde::de::Error::custom(format!(
+            "DiskSize {n} is negative"
+        ))),
+    }
+}
+
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -321,6 +374,21 @@ mod tests {
             serde_json::to_string(&b).unwrap(),
             r#"{"GCSBucket":"b","GCSDir":"d","Project":"","Zone":"","MachineType":"","ServiceAccount":"","DiskType":"","DiskSize":0,"GPUType":"","Timeout":"","GCSFiles":null,"GCEEndpoint":"","Network":"","Subnet":""}"#
         );
+    }
+
+    #[test]
+    fn go_zero_values_are_none() {
+        let text = r#"{"GCSBucket":"","GCSDir":"","Project":"","Zone":"","MachineType":"","ServiceAccount":"","DiskType":"","DiskSize":12,"GPUType":"nvidia-tesla-t4","Timeout":"","GCSFiles":null,"GCEEndpoint":"","Network":"","Subnet":"s"}"#;
+        let b: BuildConfig = serde_json::from_str(text).unwrap();
+        assert_eq!(b.disk_size_gb, Some(12));
+        assert_eq!(b.gpu_type.as_deref(), Some("nvidia-tesla-t4"));
+        assert_eq!((b.network, b.subnet.as_deref()), (None, Some("s")));
+        let b: BuildConfig = serde_json::from_str(r#"{"DiskSize":0}"#).unwrap();
+        assert_eq!(b.disk_size_gb, None);
+        let e = serde_json::from_str::<BuildConfig>(r#"{"DiskSize":-1}"#).unwrap_err();
+        assert!(e.to_string().contains("DiskSize -1 is negative"), "{e}");
+        let c: BootDiskConfig = serde_json::from_str(r#"{"OEMSize":""}"#).unwrap();
+        assert_eq!(c.oem_size, None);
     }
 
     #[test]

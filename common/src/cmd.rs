@@ -38,7 +38,8 @@ fn tail(bytes: &[u8]) -> String {
     }
 }
 
-fn check(line: String, out: Output) -> Result<Output> {
+/// `out` if the command succeeded, else [`failure`]'s error.
+pub fn check(line: String, out: Output) -> Result<Output> {
     if out.status.success() {
         return Ok(out);
     }
@@ -94,19 +95,6 @@ pub fn run_with_input(cmd: &mut Command, input: &str) -> Result<String> {
     String::from_utf8(out.stdout).context("decoding command output as UTF-8")
 }
 
-/// The async form of [`run`], for the host side.
-pub async fn run_async(cmd: &mut tokio::process::Command) -> Result<Output> {
-    let std_cmd = cmd.as_std();
-    let line = render(std_cmd.get_program(), std_cmd.get_args());
-    let out = cmd
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .with_context(|| format!("starting `{line}`"))?;
-    check(line, out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,13 +143,5 @@ mod tests {
         let e = run_with_input(Command::new("sh").args(["-c", "echo no >&2; exit 2"]), "x")
             .unwrap_err();
         assert!(format!("{e:#}").ends_with("no"));
-    }
-
-    #[tokio::test]
-    async fn async_failure_names_command() {
-        let e = run_async(&mut tokio::process::Command::new("false"))
-            .await
-            .unwrap_err();
-        assert!(format!("{e:#}").contains("`false` failed"));
     }
 }
