@@ -42,6 +42,7 @@ pub enum DiskSource {
     RawFile(PathBuf),
 }
 
+/// A disk to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiskSpec {
     pub name: String,
@@ -154,13 +155,23 @@ impl OutputImage {
     }
 }
 
+/// What the preload flow must know of a backend before it creates anything (also for
+/// `-dry-run`, which opens no backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Short name for messages (`qemu`, `gce`).
+    pub name: &'static str,
+    /// Whether the build VM can have a GPU (`install-gpu` needs one).
+    pub attaches_gpus: bool,
+}
+
 /// A place to build images: QEMU on this machine, or GCE.
 ///
 /// Deleting something that is already gone is not an error.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// Short name for messages (`qemu`, `gce`).
-    fn name(&self) -> &'static str;
+    /// What this backend is and can do.
+    fn info(&self) -> BackendInfo;
     /// Whether the output image already exists (then the build is a no-op, as upstream).
     async fn image_exists(&self, out: &OutputImage) -> Result<bool>;
     async fn create_disk(&self, spec: &DiskSpec) -> Result<DiskId>;

@@ -76,8 +76,10 @@ impl CidataFile {
 }
 
 /// The files the build VM needs, with the names the startup script expects.
+/// `user_data` is the same cloud-config the VM gets as instance metadata.
 pub fn cidata_files(
     config: &ProvisionerConfig,
+    user_data: &str,
     provisioner_bin: &Path,
     build_context_tar: Option<&Path>,
     instance_id: &str,
@@ -85,7 +87,7 @@ pub fn cidata_files(
     // Compact, like the original's json.Marshal.
     let config_json = serde_json::to_vec(config).context("serializing the provisioner config")?;
     let mut files = vec![
-        CidataFile::bytes(USER_DATA, cloud_config::user_data()),
+        CidataFile::bytes(USER_DATA, user_data),
         CidataFile::bytes(META_DATA, cloud_config::meta_data(instance_id)),
         CidataFile::bytes(CONFIG_JSON, config_json),
         CidataFile::path(PROVISIONER_AMD64, provisioner_bin),
@@ -441,7 +443,7 @@ mod tests {
     fn cidata_files_match_the_startup_script() {
         let config = ProvisionerConfig::default();
         let bin = Path::new("/bin/provisioner");
-        let files = cidata_files(&config, bin, None, "id-1").unwrap();
+        let files = cidata_files(&config, "#cloud-config\n", bin, None, "id-1").unwrap();
         let names: Vec<_> = files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(
             names,
@@ -457,7 +459,7 @@ mod tests {
         assert!(s.contains("/provisioner_${ARCH}"));
 
         let tar = Path::new("/tmp/ctx.tar");
-        let files = cidata_files(&config, bin, Some(tar), "id-1").unwrap();
+        let files = cidata_files(&config, "#cloud-config\n", bin, Some(tar), "id-1").unwrap();
         assert_eq!(
             files.last().unwrap(),
             &CidataFile::path(BUILD_CONTEXT_TAR, tar)

@@ -6,5 +6,7 @@ pub mod async_cmd;
 pub mod backend;
 pub mod cidata;
 pub mod cloud_config;
+pub mod finish;
 pub mod preload;
+pub mod provisioner_bin;
 pub mod state;

@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::archive;
-use cos_customizer_common::config::{parse_json, BuildConfig, ProvisionerConfig, SourceImage};
+use cos_customizer_common::config::{
+    parse_json, BuildConfig, ProvisionerConfig, SourceImage, Step,
+};
 use cos_customizer_common::fsutil::write_atomic;
 use cos_customizer_common::protocol::BUILD_CONTEXT_TAR;
 
@@ -21,6 +23,14 @@ pub struct BuildState {
     pub source: SourceImage,
     pub build: BuildConfig,
     pub prov: ProvisionerConfig,
+}
+
+impl BuildState {
+    /// Appends a step and returns its number, counted from 0 as in every message.
+    pub fn add_step(&mut self, step: Step) -> usize {
+        self.prov.steps.push(step);
+        self.prov.steps.len() - 1
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +140,7 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cos_customizer_common::config::{RunScriptArgs, Step};
+    use cos_customizer_common::config::RunScriptArgs;
 
     #[test]
     fn start_load_save_round_trip() {
@@ -159,11 +169,12 @@ mod tests {
         );
         let mut state = dir.load().unwrap();
         assert_eq!(state.source, source);
-        state.prov.steps.push(Step::RunScript(RunScriptArgs {
+        let n = state.add_step(Step::RunScript(RunScriptArgs {
             build_context: "user".into(),
             path: "a.sh".into(),
             env: String::new(),
         }));
+        assert_eq!(n, 0);
         dir.save_provisioner(&state.prov).unwrap();
         assert_eq!(dir.load().unwrap().prov.steps.len(), 1);
         let e = dir

@@ -1,30 +1,21 @@
-//! `finish-image-build`: checks the flags against the recorded build, then runs the
-//! preloader on the chosen backend and makes the output image.
+//! `finish-image-build`: turns the flags into [`FinishOptions`], picks the backend and
+//! hands both to [`cos_customizer_core::finish`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_common::config::Step;
-use cos_customizer_common::{duration, env, protocol, sizing};
-use cos_customizer_core::backend::{Backend, ImageFormat, OutputImage};
-use cos_customizer_core::preload::{self, Preloader, Request};
+use cos_customizer_common::{duration, env};
+use cos_customizer_core::backend::ImageFormat;
+use cos_customizer_core::finish::{self, FinishOptions, ImageName, ImageOptions, VmOptions};
+use cos_customizer_core::preload::LogLine;
 use cos_customizer_core::state::{BuildState, StateDir};
-use cos_customizer_core::{cidata, cloud_config};
 
-use crate::cli::{AccelKind, BackendKind, FinishOpts};
-use crate::commands::provisioner_bin;
-
-const LICENSE_PREFIX: &str = "https://www.googleapis.com/compute/v1/";
+use crate::cli::{BackendKind, FinishOpts};
+use crate::commands::backend;
 
 /// Flag checks that need no state, as the original's `validate`.
-fn validate(o: &FinishOpts, kind: BackendKind) -> Result<Duration> {
-    let timeout = duration::parse(&o.timeout).context("checking -timeout")?;
-    if timeout.is_zero() {
-        bail!("-timeout must be longer than 0, e.g. -timeout=1h");
-    }
+fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
     if !o.image_name.is_empty() && !o.image_suffix.is_empty() {
         bail!("only one of -image-name and -image-suffix may be given");
     }
@@ -58,7 +49,7 @@ fn validate(o: &FinishOpts, kind: BackendKind) -> Result<Duration> {
     if o.disk_size_gb < 0 {
         bail!("-disk-size-gb must not be negative");
     }
-    Ok(timeout)
+    Ok(())
 }
 
 fn backend_kind(o: &FinishOpts, s: &BuildState) -> BackendKind {
@@ -71,36 +62,16 @@ fn backend_kind(o: &FinishOpts, s: &BuildState) -> BackendKind {
     )
 }
 
-/// The original's licenses sanitising: comma lists, empties dropped, API prefix trimmed.
-fn licenses(values: &[String]) -> Vec<String> {
-    values
-        .iter()
-        .flat_map(|v| v.split(','))
-        .filter(|l| !l.is_empty())
-        .map(|l| l.strip_prefix(LICENSE_PREFIX).unwrap_or(l).to_string())
-        .collect()
+/// An empty flag is an unset one.
+fn given(v: &str) -> Option<String> {
+    Some(v.to_string()).filter(|v| !v.is_empty())
 }
 
-fn labels(o: &FinishOpts, s: &BuildState) -> Result<BTreeMap<String, String>> {
-    let mut out = if o.inherit_labels {
-        s.source.labels()
-    } else {
-        BTreeMap::new()
-    };
-    let mut given = BTreeMap::new();
+fn options(o: &FinishOpts) -> Result<FinishOptions> {
+    let mut labels = BTreeMap::new();
     for v in &o.labels {
-        env::parse_flag_value(v, &mut given).context("checking -labels")?;
+        env::parse_flag_value(v, &mut labels).context("checking -labels")?;
     }
-    out.extend(given);
-    Ok(out)
-}
-
-fn output_image(o: &FinishOpts, s: &BuildState) -> Result<OutputImage> {
-    let name = if o.image_suffix.is_empty() {
-        o.image_name.clone()
-    } else {
-        format!("{}{}", s.source.name, o.image_suffix)
-    };
     let local_file = match &o.output_file {
         Some(p) => {
             let format = match &o.output_format {
@@ -111,14 +82,34 @@ fn output_image(o: &FinishOpts, s: &BuildState) -> Result<OutputImage> {
         }
         None => None,
     };
-    Ok(OutputImage {
-        name,
-        project: o.image_project.clone(),
-        family: o.image_family.clone(),
-        labels: labels(o, s)?,
-        licenses: licenses(&o.licenses),
-        description: format!("Derivative of {}.", s.source.url()),
-        local_file,
+    Ok(FinishOptions {
+        timeout: duration::parse(&o.timeout).context("checking -timeout")?,
+        disk_size_gb: u64::try_from(o.disk_size_gb).ok().filter(|&gb| gb > 0),
+        oem_size: given(&o.oem_size),
+        vm: VmOptions {
+            project: o.project.clone(),
+            zone: o.zone.clone(),
+            machine_type: o.machine_type.clone(),
+            service_account: o.service_account.clone(),
+            disk_type: o.disk_type.clone(),
+            gpu_type: given(&o.gpu_type),
+            network: given(&o.network),
+            subnet: given(&o.subnet),
+        },
+        image: ImageOptions {
+            name: match (given(&o.image_name), given(&o.image_suffix)) {
+                (Some(n), _) => ImageName::Name(n),
+                (None, Some(s)) => ImageName::Suffix(s),
+                (None, None) => ImageName::Unnamed,
+            },
+            project: o.image_project.clone(),
+            family: o.image_family.clone(),
+            labels,
+            inherit_labels: o.inherit_labels,
+            licenses: o.licenses.clone(),
+            local_file,
+        },
+        provisioner: o.provisioner.clone(),
     })
 }
 
@@ -138,155 +129,31 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-/// Copies the flags into the recorded build, as the original does before validateOEM.
-fn apply(o: &FinishOpts, s: &mut BuildState, kind: BackendKind, timeout: Duration) -> Result<()> {
-    let b = &mut s.build;
-    b.project = o.project.clone();
-    b.zone = o.zone.clone();
-    b.machine_type = o.machine_type.clone();
-    b.service_account = o.service_account.clone();
-    b.disk_type = o.disk_type.clone();
-    b.disk_size_gb = u64::try_from(o.disk_size_gb).ok().filter(|&gb| gb > 0);
-    b.timeout = duration::format(timeout);
-    b.network = Some(o.network.clone()).filter(|n| !n.is_empty());
-    b.subnet = Some(o.subnet.clone()).filter(|n| !n.is_empty());
-    if !o.gpu_type.is_empty() {
-        b.gpu_type = Some(o.gpu_type.clone());
-    }
-    let has_gpu_step = s
-        .prov
-        .steps
-        .iter()
-        .any(|st| matches!(st, Step::InstallGpu(_)));
-    match kind {
-        BackendKind::Qemu if has_gpu_step => bail!(
-            "install-gpu needs a GPU in the build VM, which the QEMU backend cannot attach: build on GCE (-backend=gce)"
-        ),
-        BackendKind::Gce if has_gpu_step && b.gpu_type.is_none() => bail!(
-            "the build has an install-gpu step but no GPU type: give -gpu-type (e.g. -gpu-type=nvidia-tesla-t4)"
-        ),
-        _ => {}
-    }
-    s.prov.boot_disk.oem_size = Some(o.oem_size.clone()).filter(|o| !o.is_empty());
-    sizing::validate_oem(s.build.disk_size_gb, &mut s.prov)?;
-    s.prov.boot_disk.wait_for_disk_resize = sizing::resize_to_gb(&s.build, &s.prov).is_some();
-    let context_url = match kind {
-        BackendKind::Qemu => protocol::cidata_url(protocol::BUILD_CONTEXT_TAR),
-        BackendKind::Gce => format!(
-            "gs://{}/{}/cos-customizer/user_build_context.tar",
-            s.build.gcs_bucket,
-            s.build.gcs_dir.trim_matches('/')
-        ),
-    };
-    s.prov.build_contexts = BTreeMap::from([("user".to_string(), context_url)]);
-    Ok(())
-}
-
 pub fn run(state: &StateDir, o: FinishOpts) -> Result<()> {
-    let mut s = state.load()?;
-    let kind = backend_kind(&o, &s);
+    let kind = backend_kind(&o, &state.load()?);
     // Bad flags keep the recorded steps: fix the flag and run finish again.
-    let timeout = validate(&o, kind)?;
-    apply(&o, &mut s, kind, timeout)?;
-    let output = output_image(&o, &s)?;
-    let workdir = tempfile::Builder::new()
-        .prefix("cos-customizer-")
-        .tempdir()
-        .context("creating a temporary folder")?;
-    let req = Request {
-        user_data: cloud_config::user_data(),
-        cidata: workdir.path().join("cidata.img"),
-        source: s.source.clone(),
-        build: s.build.clone(),
-        prov: s.prov.clone(),
-        output,
-        timeout,
-    };
-    let backend_name = match kind {
-        BackendKind::Qemu => "qemu",
-        BackendKind::Gce => "gce",
-    };
+    validate(&o, kind)?;
+    let opts = options(&o)?;
     if o.dry_run {
-        print!("{}", preload::plan(&req, backend_name)?);
+        print!("{}", finish::plan(state, &opts, backend::info(kind))?);
         return Ok(());
     }
-    if kind == BackendKind::Gce {
-        bail!(
-            "this build of cos-customizer has only the QEMU backend; build locally with start-image-build -image-file and finish-image-build -output-file (your build state is kept)"
-        );
-    }
-    // A missing provisioner is a set-up mistake: say so and keep the state.
-    let provisioner = provisioner_bin::locate(o.provisioner.as_deref())?;
-    let result = build(state, &req, &provisioner, o.accel);
-    // As the original: once a build has run, its state is gone whatever the outcome.
-    let removed = state.remove();
-    result?;
-    removed
-}
-
-fn build(state: &StateDir, req: &Request, provisioner: &Path, accel: AccelKind) -> Result<()> {
+    let backend = backend::open(kind, o.accel)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async {
-        let backend: Arc<dyn Backend> = Arc::new(crate::commands::qemu::open(accel)?);
-        if backend.image_exists(&req.output).await? {
-            eprintln!(
-                "Result image {} already exists. Exiting.",
-                req.output.display_name()
-            );
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let files = cidata::cidata_files(
-            &req.prov,
-            provisioner,
-            Some(&state.context_archive()),
-            &format!("cos-customizer-{}", std::process::id()),
-        )?;
-        cidata::build_cidata(&req.cidata, &files).context("building the CIDATA disk")?;
-        eprintln!(
-            "Built the CIDATA disk in {:.2}s; provisioner config: {}",
-            started.elapsed().as_secs_f64(),
-            serde_json::to_string(&req.prov).context("encoding the provisioner config")?
-        );
-        let preloader = Preloader::new(backend.clone());
-        let mut log = |line: &str| println!("{line}");
-        let result = tokio::select! {
-            r = preloader.run(req, &mut log) => r,
-            s = interrupted() => Err(s),
-        };
-        let leftovers = preloader.cleanup().await;
-        for l in &leftovers {
-            eprintln!("warning: {l}");
-        }
-        match result {
-            Ok(()) => {
-                eprintln!(
-                    "Image {} created in {}s",
-                    req.output.display_name(),
-                    started.elapsed().as_secs()
-                );
-                Ok(())
-            }
-            Err(e) => Err(e.context("the image build failed; no output image was made")),
-        }
-    })
-}
-
-/// Resolves on Ctrl-C or SIGTERM, so the build's resources are removed before exiting.
-async fn interrupted() -> anyhow::Error {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(e) => return anyhow::Error::new(e).context("listening for SIGTERM"),
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => anyhow::anyhow!("interrupted (Ctrl-C)"),
-        _ = term.recv() => anyhow::anyhow!("terminated (SIGTERM)"),
-    }
+    // The VM's progress goes to stdout, this program's own notes to stderr.
+    rt.block_on(finish::finish(
+        state,
+        &opts,
+        backend,
+        &mut |line| match line {
+            LogLine::Guest(l) => println!("{l}"),
+            LogLine::Host(l) => eprintln!("{l}"),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -309,7 +176,8 @@ mod tests {
     fn validate_failures() {
         let gce = |a: &[&str]| validate(&opts(a), BackendKind::Gce);
         gce(&["--image-name=x", "--zone=z", "--project=p"]).unwrap();
-        assert!(gce(&["--image-name=x", "--zone=z", "--project=p", "--timeout=abc"]).is_err());
+        let o = opts(&["--image-name=x", "--zone=z", "--project=p", "--timeout=abc"]);
+        assert!(options(&o).is_err());
         assert!(gce(&[
             "--image-name=x",
             "--image-suffix=-s",
@@ -345,20 +213,5 @@ mod tests {
             .to_string();
         assert!(e.contains("-output-file"), "{e}");
         validate(&opts(&["--output-file=o.img"]), BackendKind::Qemu).unwrap();
-    }
-
-    #[test]
-    fn licenses_are_sanitised() {
-        let l = licenses(&[
-            "https://www.googleapis.com/compute/v1/projects/p/global/licenses/a,".into(),
-            "projects/p/global/licenses/b".into(),
-        ]);
-        assert_eq!(
-            l,
-            [
-                "projects/p/global/licenses/a",
-                "projects/p/global/licenses/b"
-            ]
-        );
     }
 }

@@ -89,7 +89,7 @@ pub fn run(state: &StateDir, o: InstallGpuOpts) -> Result<()> {
         s.build.gpu_type = Some(o.gpu_type.clone());
     }
     s.build.gcs_files.extend(deps_files(&o.deps_dir)?);
-    s.prov.steps.push(Step::InstallGpu(InstallGpuArgs {
+    let n = s.add_step(Step::InstallGpu(InstallGpuArgs {
         nvidia_driver_version: o.version.clone(),
         nvidia_driver_md5sum: o.md5sum.clone(),
         nvidia_install_dir_host: o.install_dir.clone(),
@@ -98,11 +98,7 @@ pub fn run(state: &StateDir, o: InstallGpuOpts) -> Result<()> {
     }));
     state.save_build(&s.build)?;
     state.save_provisioner(&s.prov)?;
-    eprintln!(
-        "Added step {}: install GPU driver {}",
-        s.prov.steps.len(),
-        o.version
-    );
+    eprintln!("Added step {n} (InstallGPU {})", o.version);
     Ok(())
 }
 

@@ -1,9 +1,8 @@
-//! One module per subcommand.
+//! One module per subcommand, and the one place that picks a backend.
 
+pub mod backend;
 pub mod finish_image_build;
 pub mod install_gpu;
-pub mod provisioner_bin;
-pub mod qemu;
 pub mod run_script;
 pub mod simple_steps;
 pub mod start_image_build;

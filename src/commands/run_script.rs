@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use cos_customizer_common::config::{RunScriptArgs, Step};
 use cos_customizer_common::env;
+use cos_customizer_common::protocol::USER_CONTEXT;
 use cos_customizer_core::archive;
 use cos_customizer_core::state::StateDir;
 
@@ -17,16 +18,12 @@ pub fn run(state: &StateDir, o: RunScriptOpts) -> Result<()> {
     for v in &o.env {
         env::parse_flag_value(v, &mut vars)?;
     }
-    s.prov.steps.push(Step::RunScript(RunScriptArgs {
-        build_context: "user".into(),
+    let n = s.add_step(Step::RunScript(RunScriptArgs {
+        build_context: USER_CONTEXT.into(),
         path: o.script.clone(),
         env: env::encode(&vars),
     }));
     state.save_provisioner(&s.prov)?;
-    eprintln!(
-        "Added step {} (RunScript {})",
-        s.prov.steps.len() - 1,
-        o.script
-    );
+    eprintln!("Added step {n} (RunScript {})", o.script);
     Ok(())
 }

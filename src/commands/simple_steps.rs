@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use cos_customizer_common::config::{InstallPackagesArgs, Step};
+use cos_customizer_common::protocol::USER_CONTEXT;
 use cos_customizer_core::state::StateDir;
 
 use crate::cli::AnthosOpts;
@@ -15,9 +16,9 @@ fn add(state: &StateDir, step: Step, reclaim: bool) -> Result<()> {
         s.prov.boot_disk.reclaim_sda3 = true;
     }
     let name = step.type_name();
-    s.prov.steps.push(step);
+    let n = s.add_step(step);
     state.save_provisioner(&s.prov)?;
-    eprintln!("Added step {} ({name})", s.prov.steps.len() - 1);
+    eprintln!("Added step {n} ({name})");
     Ok(())
 }
 
@@ -34,7 +35,7 @@ pub fn anthos_installer_install(state: &StateDir, o: AnthosOpts) -> Result<()> {
         bail!("-pkgspec-url is required: a path in the build context, or a gs://, http:// or https:// URL");
     }
     let step = Step::InstallPackages(InstallPackagesArgs {
-        build_context: "user".into(),
+        build_context: USER_CONTEXT.into(),
         pkg_spec_url: o.pkgspec_url,
         top_work_dir: o.top_workdir,
         anthos_installer_dir: String::new(),

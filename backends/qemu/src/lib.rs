@@ -26,8 +26,8 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use cos_customizer_core::backend::{
-    Backend, DiskId, DiskSource, DiskSpec, ImageFormat, OutputImage, SerialChunk, VmId, VmSpec,
-    VmStatus,
+    Backend, BackendInfo, DiskId, DiskSource, DiskSpec, ImageFormat, OutputImage, SerialChunk,
+    VmId, VmSpec, VmStatus,
 };
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -210,10 +210,16 @@ fn local_file(out: &OutputImage) -> Result<(&Path, ImageFormat)> {
     }
 }
 
+/// What the QEMU backend is: it attaches no GPU.
+pub const INFO: BackendInfo = BackendInfo {
+    name: "qemu",
+    attaches_gpus: false,
+};
+
 #[async_trait]
 impl Backend for QemuBackend {
-    fn name(&self) -> &'static str {
-        "qemu"
+    fn info(&self) -> BackendInfo {
+        INFO
     }
 
     async fn image_exists(&self, out: &OutputImage) -> Result<bool> {

@@ -1,63 +1,23 @@
-//! The preloader: the original's Daisy workflow (`build_image.wf.json`), written once
-//! for every backend.
-//!
-//! It creates the boot and CIDATA disks and the VM, follows serial port 3 until the
-//! provisioner reports `BuildSucceeded:` or `BuildFailed:` (growing the boot disk when
-//! asked), acknowledges through the `DaisyEnd` metadata key, waits for the VM to stop,
-//! makes the image, and removes everything it created, in reverse order, however the
-//! build ends.
+//! The preload flow: CIDATA, disks, VM, the serial-port watch, the acknowledgement and
+//! the image, in the order of the original's workflow.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::backend::{Backend, DiskId, DiskSource, DiskSpec, OutputImage, VmId, VmSpec, VmStatus};
-use cos_customizer_common::config::{BuildConfig, ProvisionerConfig, SourceImage};
+use super::{Created, LogLine, Preloader, Request, CLEANUP_LABEL, VM_NAME};
+use crate::backend::{DiskId, DiskSource, DiskSpec, VmId, VmSpec, VmStatus};
+use crate::cidata;
 use cos_customizer_common::duration;
 use cos_customizer_common::protocol::{
     ACK_METADATA_KEY, ACK_METADATA_VALUE, FAILURE_MARKER, RESIZE_TRIGGER, STATUS_PORT,
     STATUS_PREFIX, SUCCESS_MARKER,
 };
-use cos_customizer_common::sizing::{initial_disk_gb, moves_partitions, resize_to_gb};
-
-pub const VM_NAME: &str = "preload-vm";
-pub const CLEANUP_LABEL: &str = "cos-customizer-cleanup";
-
-/// Everything one build needs.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub source: SourceImage,
-    pub build: BuildConfig,
-    /// The provisioner config as it goes on the CIDATA disk.
-    pub prov: ProvisionerConfig,
-    /// The `user-data` cloud-config, also served as instance metadata.
-    pub user_data: String,
-    /// The CIDATA disk image, already built.
-    pub cidata: PathBuf,
-    pub output: OutputImage,
-    /// Applies to each wait, as the original's Daisy `-default_timeout`.
-    pub timeout: Duration,
-}
-
-/// The reboots the provisioner will ask for: switching the root to ROOT-B and shrinking
-/// ROOT-A when reclaiming it, and moving partitions at shutdown.
-pub fn expected_reboots(prov: &ProvisionerConfig) -> Vec<&'static str> {
-    let mut r = Vec::new();
-    if prov.boot_disk.reclaim_sda3 {
-        r.push("boot from ROOT-B so ROOT-A can be reclaimed");
-        r.push("shrink ROOT-A (sda3)");
-    }
-    if moves_partitions(&prov.boot_disk) {
-        r.push("move STATE and OEM at shutdown");
-    }
-    r
-}
+use cos_customizer_common::sizing::{initial_disk_gb, resize_to_gb};
 
 /// The instance metadata of the build VM, as the original's workflow sets it.
-pub fn vm_metadata(user_data: &str) -> BTreeMap<String, String> {
+fn vm_metadata(user_data: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("user-data".to_string(), user_data.to_string()),
         ("block-project-ssh-keys".to_string(), "TRUE".to_string()),
@@ -68,102 +28,16 @@ pub fn vm_metadata(user_data: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// What [`Preloader::run`] would do, for `finish-image-build -dry-run`.
-pub fn plan(req: &Request, backend: &str) -> Result<String> {
-    let config = serde_json::to_string(&req.prov).context("encoding the provisioner config")?;
-    let boot_gb = initial_disk_gb(&req.build, &req.prov);
-    let mut out = format!("Backend: {backend}\n");
-    out += &format!("Provisioner config (config.json on the CIDATA disk):\n{config}\n");
-    out += "Disks:\n";
-    out += "  cidata-disk: CIDATA FAT image built from the provisioner, its config and the build context\n";
-    out += &format!("  boot-disk: {boot_gb} GB from {}\n", req.source.url());
-    if let Some(gb) = resize_to_gb(&req.build, &req.prov) {
-        out += &format!("  boot-disk grows to {gb} GB when the provisioner asks\n");
-    }
-    out += &format!(
-        "VM: {VM_NAME}, machine type {}, disks [boot-disk, cidata-disk]{}, timeout {} per wait\n",
-        req.build.machine_type,
-        match &req.build.gpu_type {
-            Some(gpu) => format!(", GPU {gpu}"),
-            None => String::new(),
-        },
-        duration::format(req.timeout)
-    );
-    let o = &req.output;
-    out += &format!("Image: {}", o.display_name());
-    if let Some((_, format)) = &o.local_file {
-        out += &format!(" (format {})", format.as_str());
-    }
-    if !o.family.is_empty() {
-        out += &format!(", family {}", o.family);
-    }
-    if !o.labels.is_empty() {
-        out += &format!(", labels {:?}", o.labels);
-    }
-    if !o.licenses.is_empty() {
-        out += &format!(", licenses {:?}", o.licenses);
-    }
-    out += "\n";
-    let reboots = expected_reboots(&req.prov);
-    out += &format!("Reboots to expect: {}\n", reboots.len());
-    for r in reboots {
-        out += &format!("  - {r}\n");
-    }
-    Ok(out)
-}
-
-#[derive(Debug, Clone)]
-enum Created {
-    Disk(DiskId),
-    Vm(VmId),
-}
-
-/// Runs builds on one backend and remembers what it created, so that [`cleanup`]
-/// can remove it even when the build future was dropped (Ctrl-C, timeout).
-///
-/// [`cleanup`]: Preloader::cleanup
-pub struct Preloader {
-    backend: Arc<dyn Backend>,
-    created: Mutex<Vec<Created>>,
-}
-
 impl Preloader {
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Preloader {
-            backend,
-            created: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn record(&self, c: Created) {
-        self.created.lock().expect("cleanup list lock").push(c);
-    }
-
-    /// Deletes everything created so far, newest first. Returns the failures, each
-    /// naming what may be left behind; call it whatever the build's outcome.
-    pub async fn cleanup(&self) -> Vec<String> {
-        let created = std::mem::take(&mut *self.created.lock().expect("cleanup list lock"));
-        let mut failures = Vec::new();
-        for c in created.into_iter().rev() {
-            let r = match &c {
-                Created::Vm(vm) => self.backend.delete_vm(vm).await,
-                Created::Disk(d) => self.backend.delete_disk(d).await,
-            };
-            if let Err(e) = r {
-                failures.push(format!("deleting {c:?}: {e:#}"));
-            }
-        }
-        failures
-    }
-
     /// Builds the image. Does not clean up: call [`Preloader::cleanup`] afterwards.
-    pub async fn run(&self, req: &Request, log: &mut dyn FnMut(&str)) -> Result<()> {
+    pub async fn run(&self, req: &Request, log: &mut dyn FnMut(LogLine)) -> Result<()> {
         let b = &self.backend;
         let timeout_text = duration::format(req.timeout);
+        let cidata_image = self.build_cidata(req, log)?;
         let cidata = b
             .create_disk(&DiskSpec {
                 name: "cidata-disk".into(),
-                source: DiskSource::RawFile(req.cidata.clone()),
+                source: DiskSource::RawFile(cidata_image),
                 size_gb: None,
                 disk_type: req.build.disk_type.clone(),
             })
@@ -181,10 +55,10 @@ impl Preloader {
             .await
             .context("creating the boot disk from the source image")?;
         self.record(Created::Disk(boot.clone()));
-        log(&format!(
+        log(LogLine::Host(&format!(
             "Created boot disk ({boot_gb} GB) from {} and the CIDATA disk",
             req.source.url()
-        ));
+        )));
         let vm = b
             .create_vm(&VmSpec {
                 name: VM_NAME.into(),
@@ -202,9 +76,9 @@ impl Preloader {
             .await
             .context("creating the build VM")?;
         self.record(Created::Vm(vm.clone()));
-        log(&format!(
+        log(LogLine::Host(&format!(
             "Started {VM_NAME}; waiting for the provisioner (timeout {timeout_text} per wait)"
-        ));
+        )));
 
         let resize_to = resize_to_gb(&req.build, &req.prov);
         self.watch(&vm, &boot, resize_to, req.timeout, log).await?;
@@ -212,14 +86,42 @@ impl Preloader {
         b.set_metadata(&vm, ACK_METADATA_KEY, ACK_METADATA_VALUE)
             .await
             .context("acknowledging the build (metadata DaisyEnd)")?;
-        log("Build succeeded; waiting for the VM to stop");
+        log(LogLine::Host("Build succeeded; waiting for the VM to stop"));
         self.wait_stopped(&vm, req.timeout).await?;
 
-        log(&format!("Creating image {}", req.output.display_name()));
+        log(LogLine::Host(&format!(
+            "Creating image {}",
+            req.output.display_name()
+        )));
         b.create_image(&boot, &req.output)
             .await
             .with_context(|| format!("creating image {}", req.output.display_name()))?;
         Ok(())
+    }
+
+    /// Writes the CIDATA image (provisioner, config, cloud-config, build context) into
+    /// the preloader's folder.
+    fn build_cidata(
+        &self,
+        req: &Request,
+        log: &mut dyn FnMut(LogLine),
+    ) -> Result<std::path::PathBuf> {
+        let started = Instant::now();
+        let files = cidata::cidata_files(
+            &req.prov,
+            &req.user_data,
+            &req.provisioner,
+            Some(&req.context_tar),
+            &format!("cos-customizer-{}", std::process::id()),
+        )?;
+        let image = self.work_dir.path().join("cidata.img");
+        cidata::build_cidata(&image, &files).context("building the CIDATA disk")?;
+        log(LogLine::Host(&format!(
+            "Built the CIDATA disk in {:.2}s; provisioner config: {}",
+            started.elapsed().as_secs_f64(),
+            serde_json::to_string(&req.prov).context("encoding the provisioner config")?
+        )));
+        Ok(image)
     }
 
     /// Follows serial port 3 until success, failure, a stopped VM or the timeout.
@@ -229,7 +131,7 @@ impl Preloader {
         boot: &DiskId,
         mut resize_to: Option<u64>,
         timeout: Duration,
-        log: &mut dyn FnMut(&str),
+        log: &mut dyn FnMut(LogLine),
     ) -> Result<()> {
         let start = Instant::now();
         let mut offset = 0;
@@ -248,19 +150,19 @@ impl Preloader {
                 let line: String = partial.drain(..=nl).collect();
                 let line = line.trim_end_matches(['\r', '\n']);
                 if line.contains(STATUS_PREFIX.trim_end()) {
-                    log(line);
+                    log(LogLine::Guest(line));
                     last_report = Instant::now();
                 }
                 if line.contains(FAILURE_MARKER) {
                     bail!("the build failed in the VM: {line}");
                 }
                 if line.contains(SUCCESS_MARKER) {
-                    log(line);
+                    log(LogLine::Guest(line));
                     return Ok(());
                 }
                 if line.contains(RESIZE_TRIGGER) {
                     if let Some(gb) = resize_to.take() {
-                        log(&format!("Resizing the boot disk to {gb} GB"));
+                        log(LogLine::Host(&format!("Resizing the boot disk to {gb} GB")));
                         self.backend
                             .resize_disk(boot, gb)
                             .await
@@ -282,11 +184,11 @@ impl Preloader {
                 );
             }
             if last_report.elapsed() > Duration::from_secs(60) {
-                log(&format!(
+                log(LogLine::Host(&format!(
                     "Still waiting for the build VM ({}s elapsed, timeout {})",
                     start.elapsed().as_secs(),
                     duration::format(timeout)
-                ));
+                )));
                 last_report = Instant::now();
             }
             if !got_output {
@@ -317,7 +219,10 @@ impl Preloader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::SerialChunk;
+    use std::sync::{Arc, Mutex};
+
+    use super::super::sample_request;
+    use crate::backend::{Backend, BackendInfo, OutputImage, SerialChunk};
     use async_trait::async_trait;
 
     /// Records every call and plays a scripted serial log.
@@ -342,8 +247,11 @@ mod tests {
 
     #[async_trait]
     impl Backend for Fake {
-        fn name(&self) -> &'static str {
-            "fake"
+        fn info(&self) -> BackendInfo {
+            BackendInfo {
+                name: "fake",
+                attaches_gpus: false,
+            }
         }
         async fn image_exists(&self, _: &OutputImage) -> Result<bool> {
             Ok(false)
@@ -397,47 +305,29 @@ mod tests {
         }
     }
 
-    fn request(timeout: Duration) -> Request {
-        Request {
-            source: SourceImage {
-                name: "cos".into(),
-                project: "p".into(),
-                ..Default::default()
-            },
-            build: BuildConfig::default(),
-            prov: ProvisionerConfig::default(),
-            user_data: "#cloud-config\n{}".into(),
-            cidata: PathBuf::from("/tmp/cidata.img"),
-            output: OutputImage {
-                name: "out".into(),
-                project: "p".into(),
-                family: String::new(),
-                labels: BTreeMap::new(),
-                licenses: vec![],
-                description: String::new(),
-                local_file: None,
-            },
-            timeout,
-        }
-    }
-
     async fn run(fake: Arc<Fake>, req: &Request) -> (Result<()>, Vec<String>, Vec<String>) {
-        let p = Preloader::new(fake.clone());
+        let p = Preloader::new(fake.clone()).unwrap();
         let mut lines = Vec::new();
-        let r = p.run(req, &mut |l| lines.push(l.to_string())).await;
+        let r = p.run(req, &mut |l| lines.push(l.text().to_string())).await;
         assert!(p.cleanup().await.is_empty());
+        let work = p.work_dir.path().to_path_buf();
+        assert!(work.join("cidata.img").is_file(), "CIDATA built");
+        drop(p);
+        assert!(!work.exists(), "the CIDATA folder goes with the preloader");
         (r, lines, fake.calls())
     }
 
     #[tokio::test]
     async fn success_streams_status_acks_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake {
             stops_after_ack: true,
             ..Default::default()
         });
         *fake.serial.lock().unwrap() =
             "noise\nBuildStatus: hello\nBuildStatus: world\nBuildSucceeded: done\n".into();
-        let (r, lines, calls) = run(fake, &request(Duration::from_secs(30))).await;
+        let (r, lines, calls) =
+            run(fake, &sample_request(dir.path(), Duration::from_secs(30))).await;
         r.unwrap();
         assert!(
             lines.contains(&"BuildStatus: hello".to_string()),
@@ -461,6 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn resize_on_trigger_line() {
+        let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake {
             stops_after_ack: true,
             after_resize: "BuildSucceeded: ok\n".into(),
@@ -468,7 +359,7 @@ mod tests {
         });
         *fake.serial.lock().unwrap() =
             "BuildStatus: WaitForDiskResize is set; waiting for the boot disk size to change. Timeout is 3 minutes\n".into();
-        let mut req = request(Duration::from_secs(30));
+        let mut req = sample_request(dir.path(), Duration::from_secs(30));
         req.build.disk_size_gb = Some(12);
         req.prov.boot_disk.reclaim_sda3 = true;
         let (r, _, calls) = run(fake, &req).await;
@@ -482,10 +373,11 @@ mod tests {
 
     #[tokio::test]
     async fn failure_makes_no_image_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
         *fake.serial.lock().unwrap() =
             "BuildStatus: error in step 1 (RunScript)\nBuildFailed: exiting due to errors\n".into();
-        let (r, _, calls) = run(fake, &request(Duration::from_secs(30))).await;
+        let (r, _, calls) = run(fake, &sample_request(dir.path(), Duration::from_secs(30))).await;
         let e = r.unwrap_err().to_string();
         assert!(e.contains("BuildFailed: exiting due to errors"), "{e}");
         assert!(!calls
@@ -500,45 +392,19 @@ mod tests {
 
     #[tokio::test]
     async fn timeout_uses_the_original_wording() {
+        let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(Fake::default());
         *fake.serial.lock().unwrap() = "BuildStatus: sleeping\n".into();
-        let (r, _, calls) = run(fake, &request(Duration::from_millis(600))).await;
+        let (r, _, calls) = run(
+            fake,
+            &sample_request(dir.path(), Duration::from_millis(600)),
+        )
+        .await;
         let e = r.unwrap_err().to_string();
         assert!(
             e.contains("did not complete within the specified timeout"),
             "{e}"
         );
         assert!(calls.contains(&"delete_vm preload-vm".to_string()));
-    }
-
-    #[test]
-    fn reboots_to_expect() {
-        let mut p = ProvisionerConfig::default();
-        assert!(expected_reboots(&p).is_empty());
-        p.boot_disk.oem_size = Some("1023M".into());
-        assert_eq!(expected_reboots(&p).len(), 1);
-        p.boot_disk.reclaim_sda3 = true;
-        assert_eq!(expected_reboots(&p).len(), 3);
-    }
-
-    #[test]
-    fn plan_shows_config_disks_and_reboots() {
-        let mut req = request(Duration::from_secs(90));
-        req.build.disk_size_gb = Some(12);
-        req.prov.boot_disk.reclaim_sda3 = true;
-        let text = plan(&req, "fake").unwrap();
-        assert!(
-            text.contains(&serde_json::to_string(&req.prov).unwrap()),
-            "{text}"
-        );
-        assert!(
-            text.contains("boot-disk: 10 GB from projects/p/global/images/cos"),
-            "{text}"
-        );
-        assert!(
-            text.contains("grows to 12 GB") && text.contains("Reboots to expect: 3"),
-            "{text}"
-        );
-        assert!(text.contains("timeout 1m30s per wait"), "{text}");
     }
 }

@@ -1,0 +1,395 @@
+//! `finish-image-build` as one library call: resolved options and a backend in, the
+//! output image out. It applies the options to the recorded build (as the original does
+//! before `validateOEM`), checks what the backend can do, sizes the disks, then runs the
+//! preloader, and removes the build state once a build has run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use cos_customizer_common::config::Step;
+use cos_customizer_common::protocol::{cidata_url, BUILD_CONTEXT_TAR, USER_CONTEXT};
+use cos_customizer_common::{duration, sizing};
+
+use crate::backend::{Backend, BackendInfo, ImageFormat, OutputImage};
+use crate::cloud_config;
+use crate::preload::{self, LogLine, Preloader, Request};
+use crate::provisioner_bin;
+use crate::state::{BuildState, StateDir};
+
+/// The prefix the original trims from `-licenses` values.
+const LICENSE_PREFIX: &str = "https://www.googleapis.com/compute/v1/";
+
+/// Everything `finish-image-build` was asked, already parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FinishOptions {
+    /// Applies to each wait, as the original's Daisy `-default_timeout`.
+    pub timeout: Duration,
+    /// The output disk's size; `None` keeps the image's 10 GB.
+    pub disk_size_gb: Option<u64>,
+    /// The OEM partition's size as given (`-oem-size`).
+    pub oem_size: Option<String>,
+    /// The build VM.
+    pub vm: VmOptions,
+    /// The output image.
+    pub image: ImageOptions,
+    /// The static provisioner binary for the CIDATA disk (`-provisioner`); `None` looks in
+    /// the usual places ([`provisioner_bin::locate`]).
+    pub provisioner: Option<PathBuf>,
+}
+
+/// The build VM's flags; GCE-only ones are recorded for every backend, as the original.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmOptions {
+    /// Project of the VM and its disks.
+    pub project: String,
+    /// Zone of the VM and its disks.
+    pub zone: String,
+    /// Machine type (QEMU maps it to vCPUs and memory).
+    pub machine_type: String,
+    /// Service account of the VM.
+    pub service_account: String,
+    /// Disk type of the build disks.
+    pub disk_type: String,
+    /// GPU to attach; `None` keeps the one `install-gpu` recorded.
+    pub gpu_type: Option<String>,
+    /// Network; `None` for the default.
+    pub network: Option<String>,
+    /// Subnetwork; `None` for the network's default.
+    pub subnet: Option<String>,
+}
+
+/// How the output image is named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageName {
+    /// No name (a local build writes a file).
+    Unnamed,
+    /// This name.
+    Name(String),
+    /// The source image's name followed by this suffix.
+    Suffix(String),
+}
+
+/// The output image's flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageOptions {
+    /// Its name.
+    pub name: ImageName,
+    /// Project it is made in.
+    pub project: String,
+    /// Image family.
+    pub family: String,
+    /// Labels given with `-labels`; they win over inherited ones.
+    pub labels: BTreeMap<String, String>,
+    /// Whether the source image's labels are copied.
+    pub inherit_labels: bool,
+    /// `-licenses` values as given (comma lists).
+    pub licenses: Vec<String>,
+    /// For local builds: the absolute file to write, and its format.
+    pub local_file: Option<(PathBuf, ImageFormat)>,
+}
+
+/// What `finish-image-build -dry-run` prints: the same checks as a real build, then the
+/// plan; creates nothing and keeps the state.
+pub fn plan(state: &StateDir, opts: &FinishOptions, backend: BackendInfo) -> Result<String> {
+    let req = prepare(state, state.load()?, opts, backend)?;
+    preload::plan(&req, backend.name)
+}
+
+/// Builds the output image on `backend`. Bad options keep the state, so the user can fix
+/// the flag and run again; once the build has run, the state is removed whatever the
+/// outcome, as upstream. Ctrl-C, SIGTERM and SIGHUP stop the build and clean up.
+pub async fn finish(
+    state: &StateDir,
+    opts: &FinishOptions,
+    backend: Arc<dyn Backend>,
+    log: &mut dyn FnMut(LogLine),
+) -> Result<()> {
+    let mut req = prepare(state, state.load()?, opts, backend.info())?;
+    // A missing provisioner is a set-up mistake: say so and keep the state.
+    req.provisioner = provisioner_bin::locate(opts.provisioner.as_deref())?;
+    let result = build(&req, backend, log).await;
+    let removed = state.remove();
+    result?;
+    removed
+}
+
+/// Applies the options to the recorded build and checks them against the backend.
+fn prepare(
+    state: &StateDir,
+    mut s: BuildState,
+    opts: &FinishOptions,
+    backend: BackendInfo,
+) -> Result<Request> {
+    if opts.timeout.is_zero() {
+        bail!("-timeout must be longer than 0, e.g. -timeout=1h");
+    }
+    let b = &mut s.build;
+    let vm = &opts.vm;
+    b.project = vm.project.clone();
+    b.zone = vm.zone.clone();
+    b.machine_type = vm.machine_type.clone();
+    b.service_account = vm.service_account.clone();
+    b.disk_type = vm.disk_type.clone();
+    b.disk_size_gb = opts.disk_size_gb;
+    b.timeout = duration::format(opts.timeout);
+    b.network = vm.network.clone();
+    b.subnet = vm.subnet.clone();
+    if vm.gpu_type.is_some() {
+        b.gpu_type = vm.gpu_type.clone();
+    }
+    if s.prov
+        .steps
+        .iter()
+        .any(|st| matches!(st, Step::InstallGpu(_)))
+    {
+        if !backend.attaches_gpus {
+            bail!(
+                "install-gpu needs a GPU in the build VM, which the {} backend cannot attach: build on GCE (-backend=gce)",
+                backend.name.to_uppercase()
+            );
+        }
+        if b.gpu_type.is_none() {
+            bail!(
+                "the build has an install-gpu step but no GPU type: give -gpu-type (e.g. -gpu-type=nvidia-tesla-t4)"
+            );
+        }
+    }
+    s.prov.boot_disk.oem_size = opts.oem_size.clone();
+    sizing::validate_oem(s.build.disk_size_gb, &mut s.prov)?;
+    s.prov.boot_disk.wait_for_disk_resize = sizing::resize_to_gb(&s.build, &s.prov).is_some();
+    // Every backend carries the build context on the CIDATA disk.
+    s.prov.build_contexts =
+        BTreeMap::from([(USER_CONTEXT.to_string(), cidata_url(BUILD_CONTEXT_TAR))]);
+    Ok(Request {
+        output: output_image(&opts.image, &s),
+        user_data: cloud_config::user_data(),
+        provisioner: opts.provisioner.clone().unwrap_or_default(),
+        context_tar: state.context_archive(),
+        source: s.source,
+        build: s.build,
+        prov: s.prov,
+        timeout: opts.timeout,
+    })
+}
+
+fn output_image(o: &ImageOptions, s: &BuildState) -> OutputImage {
+    let mut labels = if o.inherit_labels {
+        s.source.labels()
+    } else {
+        BTreeMap::new()
+    };
+    labels.extend(o.labels.clone());
+    OutputImage {
+        name: match &o.name {
+            ImageName::Unnamed => String::new(),
+            ImageName::Name(n) => n.clone(),
+            ImageName::Suffix(suffix) => format!("{}{suffix}", s.source.name),
+        },
+        project: o.project.clone(),
+        family: o.family.clone(),
+        labels,
+        licenses: licenses(&o.licenses),
+        description: format!("Derivative of {}.", s.source.url()),
+        local_file: o.local_file.clone(),
+    }
+}
+
+/// The original's licenses sanitising: comma lists, empties dropped, API prefix trimmed.
+fn licenses(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix(LICENSE_PREFIX).unwrap_or(l).to_string())
+        .collect()
+}
+
+/// Runs the preloader, and cleans up whether it succeeds, fails or is interrupted.
+async fn build(
+    req: &Request,
+    backend: Arc<dyn Backend>,
+    log: &mut dyn FnMut(LogLine),
+) -> Result<()> {
+    if backend.image_exists(&req.output).await? {
+        log(LogLine::Host(&format!(
+            "Result image {} already exists. Exiting.",
+            req.output.display_name()
+        )));
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let preloader = Preloader::new(backend)?;
+    let result = tokio::select! {
+        r = preloader.run(req, log) => r,
+        s = interrupted() => Err(s),
+    };
+    for l in preloader.cleanup().await {
+        log(LogLine::Host(&format!("warning: {l}")));
+    }
+    match result {
+        Ok(()) => {
+            log(LogLine::Host(&format!(
+                "Image {} created in {}s",
+                req.output.display_name(),
+                started.elapsed().as_secs()
+            )));
+            Ok(())
+        }
+        Err(e) => Err(e.context("the image build failed; no output image was made")),
+    }
+}
+
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP, so the build's resources are removed before
+/// exiting.
+async fn interrupted() -> anyhow::Error {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (term, hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            return anyhow::Error::new(e).context("listening for SIGTERM and SIGHUP")
+        }
+    };
+    let (mut term, mut hup) = (term, hup);
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => anyhow::anyhow!("interrupted (Ctrl-C)"),
+        _ = term.recv() => anyhow::anyhow!("terminated (SIGTERM)"),
+        _ = hup.recv() => anyhow::anyhow!("hung up (SIGHUP)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cos_customizer_common::config::{BuildConfig, InstallGpuArgs, SourceImage};
+
+    const QEMU: BackendInfo = BackendInfo {
+        name: "qemu",
+        attaches_gpus: false,
+    };
+    const GCE: BackendInfo = BackendInfo {
+        name: "gce",
+        attaches_gpus: true,
+    };
+
+    fn options() -> FinishOptions {
+        FinishOptions {
+            timeout: Duration::from_secs(60),
+            disk_size_gb: None,
+            oem_size: None,
+            vm: VmOptions::default(),
+            image: ImageOptions {
+                name: ImageName::Suffix("-custom".into()),
+                project: "p".into(),
+                family: String::new(),
+                labels: BTreeMap::from([("a".into(), "given".into())]),
+                inherit_labels: true,
+                licenses: vec![],
+                local_file: None,
+            },
+            provisioner: None,
+        }
+    }
+
+    fn started() -> (tempfile::TempDir, StateDir) {
+        let home = tempfile::tempdir().unwrap();
+        let ctx = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(home.path(), "w");
+        let source: SourceImage = serde_json::from_str(
+            r#"{"name":"cos-1","labels":{"a":"src","b":"src"},"Project":"cos-cloud"}"#,
+        )
+        .unwrap();
+        dir.start(ctx.path(), &source, &BuildConfig::default())
+            .unwrap();
+        (home, dir)
+    }
+
+    #[test]
+    fn prepare_applies_flags_and_sizes() {
+        let (_home, dir) = started();
+        let mut s = dir.load().unwrap();
+        s.prov.boot_disk.reclaim_sda3 = true;
+        let mut o = options();
+        o.disk_size_gb = Some(12);
+        o.oem_size = Some("1G".into());
+        let req = prepare(&dir, s, &o, QEMU).unwrap();
+        assert_eq!(req.build.disk_size_gb, Some(12));
+        assert_eq!(req.build.timeout, "1m0s");
+        assert_eq!(req.prov.boot_disk.oem_size.as_deref(), Some("1023M"));
+        assert!(req.prov.boot_disk.wait_for_disk_resize);
+        assert_eq!(
+            req.prov.build_contexts["user"],
+            "file:///mnt/disks/cidata/user_build_context.tar"
+        );
+        assert_eq!(req.output.name, "cos-1-custom");
+        assert_eq!(req.output.labels["a"], "given");
+        assert_eq!(req.output.labels["b"], "src");
+        assert_eq!(
+            req.output.description,
+            "Derivative of projects/cos-cloud/global/images/cos-1."
+        );
+        assert_eq!(req.context_tar, dir.context_archive());
+    }
+
+    #[test]
+    fn gpu_steps_need_a_backend_with_gpus_and_a_type() {
+        let (_home, dir) = started();
+        let mut s = dir.load().unwrap();
+        s.add_step(Step::InstallGpu(InstallGpuArgs::default()));
+        let e = prepare(&dir, s.clone(), &options(), QEMU)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("QEMU backend cannot attach"), "{e}");
+        let e = prepare(&dir, s.clone(), &options(), GCE)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give -gpu-type"), "{e}");
+        let mut o = options();
+        o.vm.gpu_type = Some("nvidia-tesla-t4".into());
+        let req = prepare(&dir, s, &o, GCE).unwrap();
+        assert_eq!(req.build.gpu_type.as_deref(), Some("nvidia-tesla-t4"));
+    }
+
+    #[test]
+    fn zero_timeout_and_bad_sizes_are_refused() {
+        let (_home, dir) = started();
+        let mut o = options();
+        o.timeout = Duration::ZERO;
+        assert!(prepare(&dir, dir.load().unwrap(), &o, QEMU).is_err());
+        let mut o = options();
+        o.oem_size = Some("3072M".into());
+        o.disk_size_gb = Some(11);
+        let e = prepare(&dir, dir.load().unwrap(), &o, QEMU)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-disk-size-gb=13"), "{e}");
+    }
+
+    #[test]
+    fn plan_checks_like_a_build_and_keeps_the_state() {
+        let (_home, dir) = started();
+        let text = plan(&dir, &options(), GCE).unwrap();
+        assert!(text.starts_with("Backend: gce\n"), "{text}");
+        assert!(dir.load().is_ok(), "the state is kept");
+    }
+
+    #[test]
+    fn licenses_are_sanitised() {
+        let l = licenses(&[
+            "https://www.googleapis.com/compute/v1/projects/p/global/licenses/a,".into(),
+            "projects/p/global/licenses/b".into(),
+        ]);
+        assert_eq!(
+            l,
+            [
+                "projects/p/global/licenses/a",
+                "projects/p/global/licenses/b"
+            ]
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! The preloader: the original's Daisy workflow (`build_image.wf.json`), written once
+//! for every backend.
+//!
+//! It builds the CIDATA disk, creates the boot and CIDATA disks and the VM, follows
+//! serial port 3 until the provisioner reports `BuildSucceeded:` or `BuildFailed:`
+//! (growing the boot disk when asked), acknowledges through the `DaisyEnd` metadata key,
+//! waits for the VM to stop, makes the image, and removes everything it created, in
+//! reverse order, however the build ends. The flow is in `flow.rs`, the dry-run plan
+//! in `plan.rs`; the disk-size rules are in [`cos_customizer_common::sizing`].
+
+mod flow;
+mod plan;
+
+#[cfg(test)]
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::backend::{Backend, DiskId, OutputImage, VmId};
+use cos_customizer_common::config::{BuildConfig, ProvisionerConfig, SourceImage};
+
+pub use plan::{expected_reboots, plan};
+
+/// The build VM's name, as the original's workflow names it.
+pub const VM_NAME: &str = "preload-vm";
+/// The label on every build VM, so leftovers can be found and removed.
+pub const CLEANUP_LABEL: &str = "cos-customizer-cleanup";
+
+/// A line for the build log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLine<'a> {
+    /// What the provisioner reported on serial port 3 (`BuildStatus:` and the end marker).
+    Guest(&'a str),
+    /// What the preloader itself says.
+    Host(&'a str),
+}
+
+impl LogLine<'_> {
+    /// The line's text.
+    pub fn text(&self) -> &str {
+        match self {
+            LogLine::Guest(t) | LogLine::Host(t) => t,
+        }
+    }
+}
+
+/// Everything one build needs.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub source: SourceImage,
+    pub build: BuildConfig,
+    /// The provisioner config as it goes on the CIDATA disk.
+    pub prov: ProvisionerConfig,
+    /// The `user-data` cloud-config, also served as instance metadata.
+    pub user_data: String,
+    /// The static provisioner binary that goes on the CIDATA disk.
+    pub provisioner: PathBuf,
+    /// The build context archive that goes on the CIDATA disk.
+    pub context_tar: PathBuf,
+    pub output: OutputImage,
+    /// Applies to each wait, as the original's Daisy `-default_timeout`.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Created {
+    Disk(DiskId),
+    Vm(VmId),
+}
+
+/// Runs builds on one backend and remembers what it created, so that [`cleanup`]
+/// can remove it even when the build future was dropped (Ctrl-C, timeout).
+///
+/// [`cleanup`]: Preloader::cleanup
+pub struct Preloader {
+    backend: Arc<dyn Backend>,
+    created: Mutex<Vec<Created>>,
+    /// Holds the CIDATA image until the preloader is dropped, after cleanup.
+    work_dir: tempfile::TempDir,
+}
+
+impl Preloader {
+    /// A preloader for `backend`, with a private folder in `TMPDIR` for the CIDATA image.
+    pub fn new(backend: Arc<dyn Backend>) -> Result<Self> {
+        let work_dir = tempfile::Builder::new()
+            .prefix("cos-customizer-")
+            .tempdir()
+            .context("creating a temporary folder for the CIDATA disk")?;
+        Ok(Preloader {
+            backend,
+            created: Mutex::new(Vec::new()),
+            work_dir,
+        })
+    }
+
+    fn record(&self, c: Created) {
+        self.created.lock().expect("cleanup list lock").push(c);
+    }
+
+    /// Deletes everything created so far, newest first. Returns the failures, each
+    /// naming what may be left behind; call it whatever the build's outcome.
+    pub async fn cleanup(&self) -> Vec<String> {
+        let created = std::mem::take(&mut *self.created.lock().expect("cleanup list lock"));
+        let mut failures = Vec::new();
+        for c in created.into_iter().rev() {
+            let r = match &c {
+                Created::Vm(vm) => self.backend.delete_vm(vm).await,
+                Created::Disk(d) => self.backend.delete_disk(d).await,
+            };
+            if let Err(e) = r {
+                failures.push(format!("deleting {c:?}: {e:#}"));
+            }
+        }
+        failures
+    }
+}
+
+/// A request whose CIDATA inputs are small files in `dir`, for the flow and plan tests.
+#[cfg(test)]
+pub(crate) fn sample_request(dir: &std::path::Path, timeout: Duration) -> Request {
+    let provisioner = dir.join("provisioner");
+    let context_tar = dir.join("context.tar");
+    std::fs::write(&provisioner, "\x7fELF").unwrap();
+    std::fs::write(&context_tar, "").unwrap();
+    Request {
+        source: SourceImage {
+            name: "cos".into(),
+            project: "p".into(),
+            ..Default::default()
+        },
+        build: BuildConfig::default(),
+        prov: ProvisionerConfig::default(),
+        user_data: "#cloud-config\n{}".into(),
+        provisioner,
+        context_tar,
+        output: OutputImage {
+            name: "out".into(),
+            project: "p".into(),
+            family: String::new(),
+            labels: BTreeMap::new(),
+            licenses: vec![],
+            description: String::new(),
+            local_file: None,
+        },
+        timeout,
+    }
+}
