@@ -5,11 +5,10 @@ use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 
+use crate::context::Context;
 use crate::host::Host;
-use crate::provision::Provisioner;
-use crate::setup::bin_dir;
 
 const SERVICES: &[&str] = &[
     "crash-reporter.service",
@@ -47,20 +46,22 @@ const EMPTY: &[(&str, &[&str])] = &[
     ("/tmp", &[]),
 ];
 
+/// Stops the services that would write state into the image while it is cleaned.
 pub fn stop_services(host: &Host) -> Result<()> {
     SERVICES
         .iter()
         .try_for_each(|unit| host.stop_if_active(unit).map(|_| ()))
 }
 
-pub fn cleanup(p: &Provisioner) -> Result<()> {
-    let host = &p.host;
-    let bin = bin_dir(&p.state_dir);
+/// Removes the provisioner's own traces and what a first boot must not find.
+pub fn cleanup(ctx: &Context) -> Result<()> {
+    let host = &ctx.host;
+    let bin = ctx.bin_dir();
     if host.mounted_fs_type(&bin)?.is_some() {
         host.umount(&bin)
             .with_context(|| format!("unmounting {}", bin.display()))?;
     }
-    remove(&p.state_dir)?;
+    remove(&ctx.state_dir)?;
     // Nothing of the tmpfs is kept either way; it may already be gone.
     let _ = host.umount(&host.path("/root"));
     for path in REMOVE {
@@ -138,7 +139,7 @@ fn truncate_files(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provision::tests::test_provisioner;
+    use crate::context::tests::test_context;
 
     fn touch(root: &Path, rel: &str, body: &str) {
         let p = root.join(rel);
@@ -149,7 +150,7 @@ mod tests {
     #[test]
     fn removes_the_listed_things_and_truncates_logs() {
         let d = tempfile::tempdir().unwrap();
-        let p = test_provisioner(d.path());
+        let ctx = test_context(d.path());
         let r = d.path();
         for rel in [
             "state/state.json",
@@ -180,8 +181,8 @@ mod tests {
         touch(r, "var/log/nested/dir/x.log", "more");
         std::os::unix::fs::symlink("../../etc/ssh/sshd_config", r.join("var/log/link")).unwrap();
 
-        stop_services(&p.host).unwrap();
-        cleanup(&p).unwrap();
+        stop_services(&ctx.host).unwrap();
+        cleanup(&ctx).unwrap();
 
         for gone in [
             "state",
@@ -225,6 +226,6 @@ mod tests {
     #[test]
     fn missing_paths_are_fine() {
         let d = tempfile::tempdir().unwrap();
-        cleanup(&test_provisioner(d.path())).unwrap();
+        cleanup(&test_context(d.path())).unwrap();
     }
 }

@@ -2,78 +2,54 @@
 //! reboot the whole flow runs again from the saved state.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use cos_customizer_common::config::ProvisionerConfig;
 
+use crate::build_contexts::unpack_all;
 use crate::cleanup::{cleanup, stop_services};
-use crate::contexts::unpack_all;
-use crate::host::Host;
-use crate::repartition::repartition;
+use crate::context::Context;
+use crate::disk::repartition::repartition;
 use crate::setup::setup;
 use crate::state::State;
 use crate::steps;
 
-pub struct Provisioner {
-    pub host: Host,
-    pub state_dir: PathBuf,
-    pub docker_credential_gcr: Option<PathBuf>,
-    /// The veritysetup container image, for seal-oem where veritysetup is not installed.
-    pub veritysetup_image: Option<PathBuf>,
+/// `run`: records the config, unpacks the build contexts, then provisions.
+pub fn run(ctx: &Context, config_path: &Path) -> Result<()> {
+    let data = fs::read(config_path)
+        .with_context(|| format!("reading config {}", config_path.display()))?;
+    let config: ProvisionerConfig = serde_json::from_slice(&data)
+        .with_context(|| format!("parsing config {}", config_path.display()))?;
+    let state = State::create(&ctx.state_dir, config)?;
+    unpack_all(&ctx.state_dir, &state.config.build_contexts)?;
+    provision(ctx, state)
 }
 
-impl Provisioner {
-    /// `run`: records the config, unpacks the build contexts, then provisions.
-    pub fn start(&self, config_path: &Path) -> Result<()> {
-        let data = fs::read(config_path)
-            .with_context(|| format!("reading config {}", config_path.display()))?;
-        let config: ProvisionerConfig = serde_json::from_slice(&data)
-            .with_context(|| format!("parsing config {}", config_path.display()))?;
-        let state = State::create(&self.state_dir, config)?;
-        unpack_all(&self.state_dir, &state.config.build_contexts)?;
-        self.provision(state)
-    }
+/// `resume`: continues from the saved state.
+pub fn resume(ctx: &Context) -> Result<()> {
+    provision(ctx, State::load(&ctx.state_dir)?)
+}
 
-    /// `resume`: continues from the saved state.
-    pub fn resume(&self) -> Result<()> {
-        self.provision(State::load(&self.state_dir)?)
-    }
-
-    fn provision(&self, mut state: State) -> Result<()> {
-        repartition(&self.host, &mut state, &self.state_dir)
-            .context("repartitioning the boot disk")?;
-        setup(self).context("setting up the build VM")?;
-        steps::execute(self, &mut state)?;
-        stop_services(&self.host).context("stopping services")?;
-        cleanup(self).context("cleaning up the image")?;
-        println!("Provisioning complete");
-        Ok(())
-    }
+fn provision(ctx: &Context, mut state: State) -> Result<()> {
+    repartition(&ctx.host, &mut state, &ctx.state_dir).context("repartitioning the boot disk")?;
+    setup(ctx).context("setting up the build VM")?;
+    steps::execute(ctx, &mut state)?;
+    stop_services(&ctx.host).context("stopping services")?;
+    cleanup(ctx).context("cleaning up the image")?;
+    println!("Provisioning complete");
+    Ok(())
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
-    use crate::contexts::tests::make_context_tar;
+    use crate::build_contexts::tests::make_context_tar;
+    use crate::context::tests::test_context;
     use crate::state::state_file;
     use cos_customizer_common::config::{RunScriptArgs, Step};
     use std::collections::BTreeMap;
-
-    /// A provisioner aimed at `root`, with systemctl, mount and umount doing nothing.
-    pub fn test_provisioner(root: &Path) -> Provisioner {
-        Provisioner {
-            host: Host {
-                root: root.into(),
-                systemctl: "/bin/true".into(),
-                mount: "/bin/true".into(),
-                umount: "/bin/true".into(),
-            },
-            state_dir: root.join("state"),
-            docker_credential_gcr: Some("/bin/true".into()),
-            veritysetup_image: None,
-        }
-    }
+    use std::path::PathBuf;
 
     const SCRIPTS: &[(&str, &str, u32)] = &[
         // The original's fixtures: run.sh checks its cwd, run_env.sh needs TEST=t.
@@ -100,7 +76,7 @@ pub mod tests {
 
     struct Fixture {
         dir: tempfile::TempDir,
-        p: Provisioner,
+        ctx: Context,
     }
 
     impl Fixture {
@@ -109,7 +85,7 @@ pub mod tests {
             let root = dir.path().join("root");
             fs::create_dir(&root).unwrap();
             Fixture {
-                p: test_provisioner(&root),
+                ctx: test_context(&root),
                 dir,
             }
         }
@@ -134,16 +110,15 @@ pub mod tests {
         }
 
         fn run(&self, steps: Vec<Step>) -> Result<()> {
-            let config = self.config(steps);
-            self.p.start(&config)
+            run(&self.ctx, &self.config(steps))
         }
     }
 
     #[test]
     fn state_exists() {
         let f = Fixture::new();
-        fs::create_dir_all(&f.p.state_dir).unwrap();
-        fs::write(state_file(&f.p.state_dir), "{}").unwrap();
+        fs::create_dir_all(&f.ctx.state_dir).unwrap();
+        fs::write(state_file(&f.ctx.state_dir), "{}").unwrap();
         let e = f.run(vec![]).unwrap_err().to_string();
         assert!(
             e.contains("already exists") && e.contains("'resume'"),
@@ -154,7 +129,7 @@ pub mod tests {
     #[test]
     fn resume_without_state() {
         let f = Fixture::new();
-        let e = f.p.resume().unwrap_err().to_string();
+        let e = resume(&f.ctx).unwrap_err().to_string();
         assert!(e.contains("does not exist") && e.contains("'run'"), "{e}");
     }
 
@@ -180,7 +155,7 @@ pub mod tests {
             e,
             "error in step 0 (RunScript): script run_env.sh exited with status 1"
         );
-        assert_eq!(State::load(&f.p.state_dir).unwrap().current_step, 0);
+        assert_eq!(State::load(&f.ctx.state_dir).unwrap().current_step, 0);
     }
 
     #[test]
@@ -190,7 +165,10 @@ pub mod tests {
         f.run(vec![script("run.sh", &out), script("run_env.sh", "TEST=t")])
             .unwrap();
         assert_eq!(fs::read_to_string(f.out()).unwrap(), "ran\n");
-        assert!(!f.p.state_dir.exists(), "cleanup removes the state folder");
+        assert!(
+            !f.ctx.state_dir.exists(),
+            "cleanup removes the state folder"
+        );
     }
 
     #[test]
@@ -209,9 +187,9 @@ pub mod tests {
         ];
         let e = format!("{:#}", f.run(steps).unwrap_err());
         assert!(e.starts_with("error in step 1 (RunScript)"), "{e}");
-        assert_eq!(State::load(&f.p.state_dir).unwrap().current_step, 1);
+        assert_eq!(State::load(&f.ctx.state_dir).unwrap().current_step, 1);
         fs::write(&ok, "").unwrap();
-        f.p.resume().unwrap();
+        resume(&f.ctx).unwrap();
         assert_eq!(
             fs::read_to_string(f.out()).unwrap(),
             "ran\n",
@@ -243,11 +221,11 @@ pub mod tests {
         config.boot_disk.reclaim_sda3 = true;
         let path = f.dir.path().join("config2.json");
         fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
-        let e = format!("{:#}", f.p.start(&path).unwrap_err());
+        let e = format!("{:#}", run(&f.ctx, &path).unwrap_err());
         assert!(
             e.starts_with("repartitioning the boot disk: listing "),
             "{e}"
         );
-        assert_eq!(State::load(&f.p.state_dir).unwrap().current_step, 0);
+        assert_eq!(State::load(&f.ctx.state_dir).unwrap().current_step, 0);
     }
 }

@@ -161,8 +161,18 @@ fn unescape_octal(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
+
+    /// A host rooted at `root` whose systemctl, mount and umount do nothing.
+    pub fn fake_host(root: &Path) -> Host {
+        Host {
+            root: root.into(),
+            systemctl: "/bin/true".into(),
+            mount: "/bin/true".into(),
+            umount: "/bin/true".into(),
+        }
+    }
 
     fn fs_type_at(mountinfo: &str, target: &Path) -> Option<String> {
         mount_at(mountinfo, target).map(|m| m.fs_type)
@@ -225,10 +235,7 @@ mod tests {
     #[test]
     fn missing_mountinfo_means_nothing_mounted() {
         let d = tempfile::tempdir().unwrap();
-        let host = Host {
-            root: d.path().into(),
-            ..Host::system()
-        };
+        let host = fake_host(d.path());
         assert_eq!(host.mounted_fs_type(Path::new("/root")).unwrap(), None);
         assert_eq!(host.path("/var/log"), d.path().join("var/log"));
     }

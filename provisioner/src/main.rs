@@ -1,23 +1,18 @@
 //! `provisioner`: runs inside the build VM, started by the startup script from the CIDATA disk.
 //! Exit codes: 0 done, 1 failed, 2 usage, 3 reboot and `resume`.
 
-mod bootdisk;
+mod boot;
+mod build_contexts;
 mod cleanup;
 mod cli;
-mod contexts;
-mod disk_layout;
-mod esp;
-mod ext4;
+mod context;
+mod disk;
+mod flow;
 mod gcs;
-mod grub_cfg;
 mod host;
 mod metadata;
 mod mount;
-mod provision;
-mod repartition;
 mod setup;
-mod sfdisk;
-mod shutdown_unit;
 mod state;
 mod steps;
 mod tool;
@@ -29,10 +24,10 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
+use crate::context::Context;
+use crate::disk::repartition::RebootRequired;
 use crate::host::Host;
 use crate::metadata::Metadata;
-use crate::provision::Provisioner;
-use crate::repartition::RebootRequired;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(cli::go_style_args(std::env::args_os())) {
@@ -42,23 +37,23 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    let p = Provisioner {
+    let ctx = Context {
         host: Host::system(),
         state_dir: cli.state_dir,
         docker_credential_gcr: cli.docker_credential_gcr,
         veritysetup_image: cli.veritysetup_image,
     };
     let result = match cli.command {
-        Command::Run { config } => p.start(&config),
-        Command::Resume => p.resume(),
+        Command::Run { config } => flow::run(&ctx, &config),
+        Command::Resume => flow::resume(&ctx),
         Command::HandleDiskLayout {
             disk,
             state_part,
             oem_part,
             oem_size,
             reclaim_sda3,
-        } => disk_layout::run(
-            &p.host,
+        } => disk::layout::run(
+            &ctx.host,
             &disk,
             state_part,
             oem_part,

@@ -1,31 +1,17 @@
 //! Prepares the VM before the steps run; done again after every reboot.
 
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use cos_customizer_common::cmd;
 
-use crate::provision::Provisioner;
+use crate::context::Context;
 
-/// `<state>/bin`: tools the steps may call, first on their PATH.
-pub fn bin_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("bin")
-}
-
-/// PATH for child processes: `<state>/bin` first, then ours.
-pub fn child_path(state_dir: &Path) -> OsString {
-    let mut path = bin_dir(state_dir).into_os_string();
-    path.push(":");
-    path.push(std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
-    path
-}
-
-pub fn setup(p: &Provisioner) -> Result<()> {
-    let host = &p.host;
+/// Stops update-engine, puts /root on a tmpfs and installs docker-credential-gcr.
+pub fn setup(ctx: &Context) -> Result<()> {
+    let host = &ctx.host;
     // It would otherwise download a payload and swap the inactive root mid-build.
     host.stop_if_active("update-engine.service")?;
 
@@ -41,9 +27,9 @@ pub fn setup(p: &Provisioner) -> Result<()> {
         .with_context(|| format!("mounting a tmpfs on {}", root_home.display()))?;
     }
 
-    let bin = bin_dir(&p.state_dir);
+    let bin = ctx.bin_dir();
     fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
-    let Some(src) = &p.docker_credential_gcr else {
+    let Some(src) = &ctx.docker_credential_gcr else {
         return Ok(());
     };
     let helper = bin.join("docker-credential-gcr");
@@ -62,7 +48,7 @@ pub fn setup(p: &Provisioner) -> Result<()> {
     cmd::run(
         Command::new(&helper)
             .arg("configure-docker")
-            .env("PATH", child_path(&p.state_dir)),
+            .env("PATH", ctx.child_path()),
     )
     .context("configuring docker to use docker-credential-gcr")?;
     Ok(())

@@ -1,37 +1,10 @@
-//! Tool helpers beyond core's `cmd`: exit codes that mean success (e2fsck), and
-//! finding a program on `PATH`.
+//! Finding a program on `PATH`, for the tools that are used when installed and replaced
+//! otherwise (veritysetup).
 
-use std::process::{Command, Stdio};
-
-use anyhow::{Context, Result};
-use cos_customizer_common::cmd;
-
-fn line(c: &Command) -> String {
-    cmd::render(c.get_program(), c.get_args())
-}
-
-/// `e2fsck -fp <device>`: exit 1 means errors were found and fixed, which is success here.
-pub fn e2fsck(device: &std::path::Path) -> Result<()> {
-    let mut c = Command::new("e2fsck");
-    c.arg("-fp").arg(device);
-    let line = line(&c);
-    let out = c
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("starting `{line}`"))?;
-    match out.status.code() {
-        Some(0) => Ok(()),
-        Some(1) => {
-            println!("e2fsck fixed errors on {}", device.display());
-            Ok(())
-        }
-        _ => Err(cmd::failure(&line, &out)),
-    }
-}
+use std::os::unix::fs::PermissionsExt;
 
 /// Whether `name` is an executable on `PATH`.
 pub fn on_path(name: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
     let Some(path) = std::env::var_os("PATH") else {
         return false;
     };

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::fsutil;
 
-use crate::bootdisk;
-use crate::grub_cfg;
+use super::grub_cfg;
+use crate::disk::bootdisk;
 use crate::host::Host;
 use crate::mount::Mounted;
 
@@ -82,10 +82,7 @@ mod tests {
     #[test]
     fn esp_from_partlabel_link_or_sysfs() {
         let d = tempfile::tempdir().unwrap();
-        let host = Host {
-            root: d.path().into(),
-            ..Host::system()
-        };
+        let host = crate::host::tests::fake_host(d.path());
         assert!(find_esp(&host).is_err());
         for (dev, label) in [("sda1", "STATE"), ("sda12", "EFI-SYSTEM"), ("sdb", "")] {
             let p = d.path().join("sys/class/block").join(dev);

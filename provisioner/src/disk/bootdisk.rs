@@ -198,6 +198,7 @@ impl BootDisk {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use crate::host::tests::fake_host;
     use std::os::unix::fs::symlink;
 
     /// A fake sysfs: disk `disk` with the given (number, label) partitions, a dm-0 over
@@ -252,13 +253,6 @@ pub mod tests {
         .unwrap();
     }
 
-    pub fn host(root: &Path) -> Host {
-        Host {
-            root: root.into(),
-            ..Host::system()
-        }
-    }
-
     const COS: &[(u32, &str)] = &[
         (1, "STATE"),
         (3, "ROOT-A"),
@@ -271,7 +265,7 @@ pub mod tests {
     fn finds_the_disk_with_state_and_its_partitions() {
         let d = tempfile::tempdir().unwrap();
         fake_sysfs(d.path(), "vda", COS, 3);
-        let h = host(d.path());
+        let h = fake_host(d.path());
         let disk = BootDisk::find(&h).unwrap();
         assert_eq!(disk.name, "vda");
         assert_eq!(disk.dev, d.path().join("dev/vda"));
@@ -289,7 +283,7 @@ pub mod tests {
     fn nvme_names_and_root_b() {
         let d = tempfile::tempdir().unwrap();
         fake_sysfs(d.path(), "nvme0n1", COS, 5);
-        let h = host(d.path());
+        let h = fake_host(d.path());
         let disk = BootDisk::find(&h).unwrap();
         assert_eq!(disk.partition(3).unwrap(), d.path().join("dev/nvme0n1p3"));
         assert_eq!(disk.root_partition(&h).unwrap(), 5);
@@ -299,8 +293,10 @@ pub mod tests {
     fn no_state_partition() {
         let d = tempfile::tempdir().unwrap();
         fake_sysfs(d.path(), "vda", &[(3, "ROOT-A")], 3);
-        let e = BootDisk::find(&host(d.path())).unwrap_err().to_string();
+        let e = BootDisk::find(&fake_host(d.path()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no partition labelled STATE"), "{e}");
-        assert!(BootDisk::from_dev(&host(d.path()), Path::new("/dev/sdz")).is_err());
+        assert!(BootDisk::from_dev(&fake_host(d.path()), Path::new("/dev/sdz")).is_err());
     }
 }

@@ -1,11 +1,14 @@
-//! The size of an ext4 file system, read from its superblock, so a resize that is already
-//! done is not repeated (e2fsck -fp would rewrite the superblock of a sealed OEM partition).
+//! ext4 file systems: their size, read from the superblock so a resize that is already
+//! done is not repeated (e2fsck -fp would rewrite the superblock of a sealed OEM
+//! partition), and the check that comes before every resize.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use cos_customizer_common::cmd;
 
 const SUPERBLOCK: u64 = 1024;
 const MAGIC: u16 = 0xEF53;
@@ -36,6 +39,25 @@ pub fn size(device: &Path) -> Result<(u64, u64)> {
     f.read_exact_at(&mut sb, SUPERBLOCK)
         .with_context(|| format!("reading the superblock of {}", device.display()))?;
     parse_superblock(&sb).with_context(|| format!("reading the superblock of {}", device.display()))
+}
+
+/// `e2fsck -fp <device>`: exit 1 means errors were found and fixed, which is success here.
+pub fn e2fsck(device: &Path) -> Result<()> {
+    let mut c = Command::new("e2fsck");
+    c.arg("-fp").arg(device);
+    let line = cmd::render(c.get_program(), c.get_args());
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting `{line}`"))?;
+    match out.status.code() {
+        Some(0) => Ok(()),
+        Some(1) => {
+            println!("e2fsck fixed errors on {}", device.display());
+            Ok(())
+        }
+        _ => Err(cmd::failure(&line, &out)),
+    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::{cmd, sizing};
 
-use crate::bootdisk::{BootDisk, ROOT_A};
+use super::bootdisk::{BootDisk, ROOT_A};
+use super::ext4;
+use super::sfdisk::{self, Table};
 use crate::host::Host;
-use crate::sfdisk::{self, Table};
-use crate::tool;
 
 /// ROOT-A's size once reclaimed: 8 sectors keeps 4 KiB alignment.
 pub const MIN_PARTITION_SECTORS: u64 = 8;
@@ -153,7 +153,7 @@ pub fn run(
                 let t = sfdisk::read(&disk.dev)?.with_size(part, size)?;
                 sfdisk::write(&disk.dev, &t)?;
                 let dev = disk.partition(part)?;
-                tool::e2fsck(&dev)?;
+                ext4::e2fsck(&dev)?;
                 cmd::run(Command::new("resize2fs").arg(&dev))
                     .with_context(|| format!("growing the file system on {}", dev.display()))?;
                 // The kernel may still see the old geometry here; the next boot's
@@ -171,7 +171,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sfdisk::tests::DUMP;
+    use crate::disk::sfdisk::tests::DUMP;
 
     fn table(edits: &[(u32, u64, u64)]) -> Table {
         let mut text = DUMP.to_string();

@@ -13,13 +13,11 @@ use anyhow::{bail, Context, Result};
 use cos_customizer_common::config::BootDiskConfig;
 use cos_customizer_common::{cmd, sizing};
 
-use crate::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
-use crate::disk_layout::{MIN_PARTITION_SECTORS, RECLAIM_MARGIN_SECTORS};
+use super::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
+use super::layout::{MIN_PARTITION_SECTORS, RECLAIM_MARGIN_SECTORS};
+use super::{ext4, sfdisk, shutdown_unit};
 use crate::host::Host;
-use crate::sfdisk;
-use crate::shutdown_unit;
 use crate::state::State;
-use crate::tool;
 
 /// The provisioner must reboot and `resume`; main turns this into exit code 3.
 #[derive(Debug)]
@@ -225,7 +223,7 @@ fn resize_oem_fs(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<
         return Ok(());
     }
     let dev = disk.partition(OEM)?;
-    let (blocks, block_size) = crate::ext4::size(&dev)?;
+    let (blocks, block_size) = ext4::size(&dev)?;
     let want = match boot.oem_fs_size_4k {
         0 => oem.size * t.sector_size()? / block_size,
         n => n * 4096 / block_size,
@@ -237,7 +235,7 @@ fn resize_oem_fs(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<
     println!("Resizing the OEM file system from {blocks} to {want} blocks of {block_size} bytes");
     let unit = "usr-share-oem.mount";
     let was_active = host.stop_if_active(unit)?;
-    tool::e2fsck(&dev)?;
+    ext4::e2fsck(&dev)?;
     let mut resize = Command::new("resize2fs");
     resize.arg(&dev);
     if boot.oem_fs_size_4k != 0 {
@@ -255,7 +253,8 @@ fn resize_oem_fs(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bootdisk::tests::{fake_sysfs, host};
+    use crate::disk::bootdisk::tests::fake_sysfs;
+    use crate::host::tests::fake_host;
 
     #[test]
     fn reboot_message_is_the_originals() {
@@ -272,7 +271,7 @@ mod tests {
     fn disk_resize_is_seen_or_times_out() {
         let d = tempfile::tempdir().unwrap();
         fake_sysfs(d.path(), "vda", &[(1, "STATE")], 1);
-        let disk = BootDisk::find(&host(d.path())).unwrap();
+        let disk = BootDisk::find(&fake_host(d.path())).unwrap();
         let e = wait_for_disk_resize(&disk, Duration::from_millis(50), Duration::from_millis(10))
             .unwrap_err()
             .to_string();

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use cos_customizer_common::config::BootDiskConfig;
 use cos_customizer_common::fsutil;
 
-use crate::bootdisk::{OEM, STATE};
+use super::bootdisk::{OEM, STATE};
 use crate::host::Host;
 
 pub const UNIT: &str = "last-run.service";
@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn install_writes_the_unit_the_binary_and_the_journald_override() {
         let d = tempfile::tempdir().unwrap();
-        let host = crate::provision::tests::test_provisioner(d.path()).host;
+        let host = crate::host::tests::fake_host(d.path());
         fs::create_dir_all(d.path().join("tmp")).unwrap();
         fs::create_dir_all(d.path().join("etc/systemd/system")).unwrap();
         install(&host, "vda", &BootDiskConfig::default()).unwrap();

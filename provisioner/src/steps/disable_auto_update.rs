@@ -2,9 +2,10 @@
 
 use anyhow::Result;
 
-use crate::esp;
+use crate::boot::esp;
 use crate::host::Host;
 
+/// Masks update-engine.service in grub.cfg.
 pub fn run(host: &Host) -> Result<()> {
     esp::mask_units(host, &["update-engine.service"])
 }

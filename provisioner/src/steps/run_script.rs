@@ -6,15 +6,15 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use cos_customizer_common::config::RunScriptArgs;
 
-use crate::provision::Provisioner;
-use crate::setup::child_path;
+use crate::context::Context;
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn run(p: &Provisioner, args: &RunScriptArgs) -> Result<()> {
+/// Runs the script with the step's environment; fails unless it exits 0.
+pub fn run(ctx: &Context, args: &RunScriptArgs) -> Result<()> {
     if args.build_context.is_empty() || args.path.is_empty() {
         bail!(
             "RunScript needs BuildContext and Path (got BuildContext={:?}, Path={:?})",
@@ -23,12 +23,12 @@ pub fn run(p: &Provisioner, args: &RunScriptArgs) -> Result<()> {
         );
     }
     let env = cos_customizer_common::env::decode(&args.env)?;
-    let dir = p.state_dir.join(&args.build_context);
+    let dir = ctx.state_dir.join(&args.build_context);
     let script = dir.join(&args.path);
     let mut child = Command::new("/bin/bash")
         .arg(&script)
         .current_dir(&dir)
-        .env("PATH", child_path(&p.state_dir))
+        .env("PATH", ctx.child_path())
         .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

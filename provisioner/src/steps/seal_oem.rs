@@ -8,20 +8,21 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use cos_customizer_common::cmd;
 
-use crate::bootdisk::{BootDisk, OEM};
-use crate::esp;
-use crate::grub_cfg::{self, OemVerity};
-use crate::provision::Provisioner;
-use crate::sfdisk;
+use crate::boot::esp;
+use crate::boot::grub_cfg::{self, OemVerity};
+use crate::context::Context;
+use crate::disk::bootdisk::{BootDisk, OEM};
+use crate::disk::{ext4, sfdisk};
 use crate::tool;
 
 const OEM_MOUNT_UNIT: &str = "usr-share-oem.mount";
 
-pub fn run(p: &Provisioner, oem_fs_size_4k: u64) -> Result<()> {
-    let host = &p.host;
+/// Seals the OEM partition, whose file system is `oem_fs_size_4k` 4 KiB blocks at most.
+pub fn run(ctx: &Context, oem_fs_size_4k: u64) -> Result<()> {
+    let host = &ctx.host;
     if oem_fs_size_4k == 0 {
         bail!("OEMFSSize4K is 0: the OEM file system size is unknown (finish-image-build sets it for seal-oem)");
     }
@@ -33,7 +34,7 @@ pub fn run(p: &Provisioner, oem_fs_size_4k: u64) -> Result<()> {
         host.umount(&target)
             .with_context(|| format!("unmounting the OEM partition from {}", target.display()))?;
     }
-    let (blocks, block_size) = crate::ext4::size(&dev).with_context(|| {
+    let (blocks, block_size) = ext4::size(&dev).with_context(|| {
         format!(
             "the OEM partition {} must hold an ext4 file system to be sealed",
             dev.display()
@@ -44,8 +45,8 @@ pub fn run(p: &Provisioner, oem_fs_size_4k: u64) -> Result<()> {
     let out = if tool::on_path("veritysetup") {
         cmd::run_stdout(Command::new("veritysetup").args(&args))
             .with_context(|| format!("building the dm-verity hash tree of {}", dev.display()))?
-    } else if let Some(image) = &p.veritysetup_image {
-        veritysetup_in_docker(&p.state_dir, image, &args)?
+    } else if let Some(image) = &ctx.veritysetup_image {
+        veritysetup_in_docker(&ctx.state_dir, image, &args)?
     } else {
         bail!("veritysetup is not installed and no -veritysetup-image was given; cannot seal the OEM partition");
     };
