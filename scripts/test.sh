@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, builds the COS-shaped fixture and
-# the static provisioner (both reused while unchanged), then runs every test,
-# including the end-to-end builds that boot real VMs under QEMU.
+# the static provisioner (both reused while unchanged), then runs every tier:
+#   1. `cargo test --workspace`: unit and CLI tests, no VM, no fixture (under a minute);
+#   2. the fixture suite: cloud-init's schema check of our user-data;
+#   3. the VM suites: the QEMU backend booting OVMF, and the end-to-end builds that boot
+#      the fixture under QEMU (each suite runs as many VMs at once as there are cores).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
@@ -9,4 +12,8 @@ scripts/install-deps.sh
 scripts/make-fixture.sh >/dev/null
 COS_CUSTOMIZER_PROVISIONER=$(scripts/build-provisioner.sh | tail -n 1)
 export COS_CUSTOMIZER_PROVISIONER
-cargo test --workspace "$@"
+
+cargo test --workspace
+cargo test -p cos-customizer-core --test cloud_init_schema
+cargo test -p cos-customizer-qemu --test vm
+cargo test -p cos-customizer --test e2e --test e2e_disk

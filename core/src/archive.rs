@@ -122,7 +122,7 @@ pub fn require_member(archive: &Path, path: &str) -> Result<()> {
     }
     let mut ranked: Vec<_> = names
         .iter()
-        .map(|n| (distance(n, path), n.as_str()))
+        .map(|n| (strsim::levenshtein(n, path), n.as_str()))
         .collect();
     ranked.sort();
     let closest: Vec<_> = ranked.iter().take(3).map(|(_, n)| *n).collect();
@@ -134,22 +134,6 @@ pub fn require_member(archive: &Path, path: &str) -> Result<()> {
     bail!(
         "{path:?} is not in the build context (names are relative to -build-context, with no ./ prefix); {hint}"
     )
-}
-
-/// Levenshtein distance, for suggestions.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

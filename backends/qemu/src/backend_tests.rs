@@ -501,65 +501,6 @@ async fn spawn_failure_is_an_error_and_leaves_no_files() {
     assert!(e.to_string().contains("unknown disk x"), "{e}");
 }
 
-/// The metadata command QEMU would run reaches the VM's server, and set_metadata
-/// shows up there at once. (Blocking calls: the server runs on the other worker.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_reaches_metadata_through_the_proxy() {
-    let proxy = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/metadata_proxy");
-    assert!(
-        proxy.exists(),
-        "{} is built by `cargo test`",
-        proxy.display()
-    );
-    let f = fixture("");
-    let backend = QemuBackend::new(QemuOptions {
-        parent_dir: f.dir.path().into(),
-        qemu_system: f.fake_qemu("exec sleep 60"),
-        metadata_proxy: vec![proxy.to_string_lossy().into_owned()],
-        ..Default::default()
-    })
-    .unwrap();
-    let src = f.raw_source("cos.img");
-    let d = backend
-        .create_disk(&f.image_spec("boot-disk", &src, None))
-        .await
-        .unwrap();
-    let vm = backend
-        .create_vm(&vm_spec("preload-vm", vec![d], Duration::from_secs(30)))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let argv = std::fs::read_to_string(f.dir.path().join("argv")).unwrap();
-    let netdev = argv.lines().find(|l| l.contains("guestfwd=")).unwrap();
-    let cmd = netdev.split_once("-cmd:").unwrap().1.replace(",,", ",");
-
-    let get = |key: &str| {
-        let req = format!("GET /computeMetadata/v1/instance/attributes/{key} HTTP/1.1\r\nMetadata-Flavor: Google\r\n\r\n");
-        let out = Command::new("sh")
-            .args(["-c", &format!("printf '%s' \"$REQ\" | {cmd}")])
-            .env("REQ", req)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    assert!(get("user-data").ends_with("\r\n\r\n#cloud-config\n"));
-    assert!(get("DaisyEnd").starts_with("HTTP/1.1 404"));
-    backend.set_metadata(&vm, "DaisyEnd", "ack").await.unwrap();
-    assert!(get("DaisyEnd").ends_with("\r\n\r\nack"));
-    backend.delete_vm(&vm).await.unwrap();
-}
-
 /// Whether a process with the work dir on its command line is alive.
 fn running(work_dir: &Path) -> bool {
     Command::new("pgrep")
