@@ -1,5 +1,7 @@
 //! The provisioning flow shared by `run` and `resume`. Every stage is re-entrant: after a
 //! reboot the whole flow runs again from the saved state.
+//!
+//! Only repartitioning can need a reboot; then the flow stops there with [`Outcome::Reboot`].
 
 use std::fs;
 use std::path::Path;
@@ -11,12 +13,13 @@ use crate::build_contexts::unpack_all;
 use crate::cleanup::{cleanup, stop_services};
 use crate::context::Context;
 use crate::disk::repartition::repartition;
+use crate::outcome::Outcome;
 use crate::setup::setup;
 use crate::state::State;
 use crate::steps;
 
 /// `run`: records the config, unpacks the build contexts, then provisions.
-pub fn run(ctx: &Context, config_path: &Path) -> Result<()> {
+pub fn run(ctx: &Context, config_path: &Path) -> Result<Outcome> {
     let data = fs::read(config_path)
         .with_context(|| format!("reading config {}", config_path.display()))?;
     let config: ProvisionerConfig = serde_json::from_slice(&data)
@@ -27,18 +30,22 @@ pub fn run(ctx: &Context, config_path: &Path) -> Result<()> {
 }
 
 /// `resume`: continues from the saved state.
-pub fn resume(ctx: &Context) -> Result<()> {
+pub fn resume(ctx: &Context) -> Result<Outcome> {
     provision(ctx, State::load(&ctx.state_dir)?)
 }
 
-fn provision(ctx: &Context, mut state: State) -> Result<()> {
-    repartition(&ctx.host, &mut state, &ctx.state_dir).context("repartitioning the boot disk")?;
+fn provision(ctx: &Context, mut state: State) -> Result<Outcome> {
+    let repartitioned = repartition(&ctx.host, &mut state, &ctx.state_dir)
+        .context("repartitioning the boot disk")?;
+    if repartitioned == Outcome::Reboot {
+        return Ok(Outcome::Reboot);
+    }
     setup(ctx).context("setting up the build VM")?;
     steps::execute(ctx, &mut state)?;
     stop_services(&ctx.host).context("stopping services")?;
     cleanup(ctx).context("cleaning up the image")?;
     println!("Provisioning complete");
-    Ok(())
+    Ok(Outcome::Done)
 }
 
 #[cfg(test)]
@@ -109,7 +116,7 @@ mod tests {
             path
         }
 
-        fn run(&self, steps: Vec<Step>) -> Result<()> {
+        fn run(&self, steps: Vec<Step>) -> Result<Outcome> {
             run(&self.ctx, &self.config(steps))
         }
     }
@@ -162,8 +169,8 @@ mod tests {
     fn run_success() {
         let f = Fixture::new();
         let out = format!("OUT={}", f.out().display());
-        f.run(vec![script("run.sh", &out), script("run_env.sh", "TEST=t")])
-            .unwrap();
+        let outcome = f.run(vec![script("run.sh", &out), script("run_env.sh", "TEST=t")]);
+        assert_eq!(outcome.unwrap(), Outcome::Done);
         assert_eq!(fs::read_to_string(f.out()).unwrap(), "ran\n");
         assert!(
             !f.ctx.state_dir.exists(),
@@ -174,7 +181,7 @@ mod tests {
     #[test]
     fn empty_config_succeeds() {
         let f = Fixture::new();
-        f.run(vec![]).unwrap();
+        assert_eq!(f.run(vec![]).unwrap(), Outcome::Done);
     }
 
     #[test]
@@ -189,7 +196,7 @@ mod tests {
         assert!(e.starts_with("error in step 1 (RunScript)"), "{e}");
         assert_eq!(State::load(&f.ctx.state_dir).unwrap().current_step, 1);
         fs::write(&ok, "").unwrap();
-        resume(&f.ctx).unwrap();
+        assert_eq!(resume(&f.ctx).unwrap(), Outcome::Done);
         assert_eq!(
             fs::read_to_string(f.out()).unwrap(),
             "ran\n",

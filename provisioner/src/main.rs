@@ -1,5 +1,6 @@
 //! `provisioner`: runs inside the build VM, started by the startup script from the CIDATA disk.
-//! Exit codes: 0 done, 1 failed, 2 usage, 3 reboot and `resume`.
+//! Its exit codes are the protocol's (`protocol::exit`): done, failed, usage, and reboot
+//! then `resume`.
 
 mod boot;
 mod build_contexts;
@@ -12,6 +13,7 @@ mod gcs;
 mod host;
 mod metadata;
 mod mount;
+mod outcome;
 mod setup;
 mod state;
 mod steps;
@@ -21,13 +23,15 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Result;
 use clap::Parser;
+use cos_customizer_common::protocol::exit;
 
 use crate::cli::{Cli, Command};
 use crate::context::Context;
-use crate::disk::repartition::RebootRequired;
 use crate::host::Host;
 use crate::metadata::Metadata;
+use crate::outcome::{Outcome, REBOOT_MESSAGE};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_from(cli::go_style_args(std::env::args_os())) {
@@ -59,23 +63,40 @@ fn main() -> ExitCode {
             oem_part,
             &oem_size,
             reclaim_sda3,
-        ),
-        Command::WaitMetadata { key, timeout } => Metadata::from_env().wait_for_attribute(
-            &key,
-            Duration::from_secs(timeout),
-            Duration::from_secs(1),
-        ),
+        )
+        .map(|()| Outcome::Done),
+        Command::WaitMetadata { key, timeout } => Metadata::from_env()
+            .wait_for_attribute(&key, Duration::from_secs(timeout), Duration::from_secs(1))
+            .map(|()| Outcome::Done),
     };
     let _ = std::io::stdout().flush();
+    ExitCode::from(report(result))
+}
+
+/// Says how the run ended and returns its exit code; the startup script reboots on
+/// [`exit::REBOOT`] and runs `resume` after.
+fn report(result: Result<Outcome>) -> u8 {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<RebootRequired>().is_some() => {
-            println!("{RebootRequired}");
-            ExitCode::from(3)
+        Ok(Outcome::Done) => exit::DONE,
+        Ok(Outcome::Reboot) => {
+            println!("{REBOOT_MESSAGE}");
+            exit::REBOOT
         }
         Err(e) => {
             eprintln!("Error: {e:#}");
-            ExitCode::FAILURE
+            exit::FAILED
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_become_the_protocols_exit_codes() {
+        assert_eq!(report(Ok(Outcome::Done)), exit::DONE);
+        assert_eq!(report(Ok(Outcome::Reboot)), exit::REBOOT);
+        assert_eq!(report(Err(anyhow::anyhow!("broken"))), exit::FAILED);
     }
 }

@@ -1,6 +1,6 @@
 //! Boot disk repartitioning (the original's `repartitionBootDisk`), run at the start of every
 //! boot's provisioning. Each stage decides from the disk as it is now, and asks for a reboot
-//! (exit code 3) when the kernel must see a new table or the root must change.
+//! when the kernel must see a new table or the root must change.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
@@ -17,34 +17,30 @@ use super::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
 use super::layout::{MIN_PARTITION_SECTORS, RECLAIM_MARGIN_SECTORS};
 use super::{ext4, sfdisk, shutdown_unit};
 use crate::host::Host;
+use crate::outcome::Outcome;
 use crate::state::State;
 
-/// The provisioner must reboot and `resume`; main turns this into exit code 3.
-#[derive(Debug)]
-pub struct RebootRequired;
+/// How long the host has to grow the boot disk; the line printed while waiting says so.
+const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
 
-impl std::fmt::Display for RebootRequired {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Reboot is required to continue provisioning. Please reboot the system and resume provisioning with the 'resume' subcommand.")
-    }
-}
-
-impl std::error::Error for RebootRequired {}
-
-pub const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
-
-pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<()> {
+/// Repartitions the boot disk as the config asks, as far as this boot allows: a stage that
+/// needs a reboot to take effect ends it with [`Outcome::Reboot`].
+pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<Outcome> {
     let boot = state.config.boot_disk.clone();
     if !boot.reclaim_sda3 && boot.oem_size.is_none() && !boot.wait_for_disk_resize {
         println!("No repartitioning requested");
-        return Ok(());
+        return Ok(Outcome::Done);
     }
     let disk = BootDisk::find(host)?;
     println!("Boot disk: {}", disk.dev.display());
     fix_backup_gpt(&disk)?;
     if boot.reclaim_sda3 {
-        switch_root(host, &disk)?;
-        shrink_root_a(&disk)?;
+        if switch_root(host, &disk)? == Outcome::Reboot {
+            return Ok(Outcome::Reboot);
+        }
+        if shrink_root_a(&disk)? == Outcome::Reboot {
+            return Ok(Outcome::Reboot);
+        }
     }
     if boot.wait_for_disk_resize && !state.disk_resize_complete {
         wait_for_disk_resize(&disk, RESIZE_TIMEOUT, Duration::from_secs(1))?;
@@ -53,10 +49,12 @@ pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<(
         fix_backup_gpt(&disk)?;
     }
     if sizing::moves_partitions(&boot) {
-        relocate_partitions(host, &disk, &boot)?;
+        if relocate_partitions(host, &disk, &boot)? == Outcome::Reboot {
+            return Ok(Outcome::Reboot);
+        }
         resize_oem_fs(host, &disk, &boot)?;
     }
-    Ok(())
+    Ok(Outcome::Done)
 }
 
 /// A disk larger than its GPT says (a grown disk, or an image written to a bigger disk) has
@@ -70,13 +68,13 @@ fn fix_backup_gpt(disk: &BootDisk) -> Result<()> {
 }
 
 /// ROOT-A is about to be reclaimed, so the system must run from ROOT-B: copy A to B and give
-/// KERN-B the top priority.
-fn switch_root(host: &Host, disk: &BootDisk) -> Result<()> {
+/// KERN-B the top priority, then reboot into it.
+fn switch_root(host: &Host, disk: &BootDisk) -> Result<Outcome> {
     let root = disk.root_partition(host)?;
     match root {
         ROOT_B => {
             println!("The root file system is on ROOT-B (partition {ROOT_B}); not switching");
-            return Ok(());
+            return Ok(Outcome::Done);
         }
         ROOT_A => {}
         other => bail!("the root file system is on partition {other}, neither ROOT-A ({ROOT_A}) nor ROOT-B ({ROOT_B})"),
@@ -114,7 +112,7 @@ fn switch_root(host: &Host, disk: &BootDisk) -> Result<()> {
         bail!("cgpt prioritize left KERN-B at priority {pb} and KERN-A at {pa}; the next boot would not use ROOT-B");
     }
     println!("KERN-B has boot priority {pb} (KERN-A {pa}); rebooting into ROOT-B");
-    Err(RebootRequired.into())
+    Ok(Outcome::Reboot)
 }
 
 fn priority(disk: &BootDisk, part: u32) -> Result<u32> {
@@ -154,16 +152,17 @@ fn copy_device(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-fn shrink_root_a(disk: &BootDisk) -> Result<()> {
+/// Shrinks ROOT-A to almost nothing; the kernel sees the new table after a reboot.
+fn shrink_root_a(disk: &BootDisk) -> Result<Outcome> {
     let table = sfdisk::read(&disk.dev)?;
     let size = table.get(ROOT_A)?.size;
     if size <= MIN_PARTITION_SECTORS {
         println!("ROOT-A is already {size} sectors; not shrinking it");
-        return Ok(());
+        return Ok(Outcome::Done);
     }
     println!("Shrinking ROOT-A from {size} to {MIN_PARTITION_SECTORS} sectors");
     sfdisk::write(&disk.dev, &table.with_size(ROOT_A, MIN_PARTITION_SECTORS)?)?;
-    Err(RebootRequired.into())
+    Ok(Outcome::Reboot)
 }
 
 /// Waits for the host to grow the disk; the message is the host's cue to do it.
@@ -195,7 +194,7 @@ fn wait_for_disk_resize(disk: &BootDisk, timeout: Duration, interval: Duration) 
 }
 
 /// Arranges for the partitions to move at the next shutdown, unless they already have.
-fn relocate_partitions(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<()> {
+fn relocate_partitions(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<Outcome> {
     let t = sfdisk::read(&disk.dev)?;
     let root_a = t.get(ROOT_A)?;
     let done = if boot.oem_size.is_some() {
@@ -206,11 +205,11 @@ fn relocate_partitions(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> R
     };
     if done {
         println!("The partitions are already relocated");
-        return Ok(());
+        return Ok(Outcome::Done);
     }
     println!("The partitions must move; they will move at the next shutdown");
     shutdown_unit::install(host, &disk.name, boot)?;
-    Err(RebootRequired.into())
+    Ok(Outcome::Reboot)
 }
 
 /// After OEM moved behind ROOT-A, grows its file system (to OEMFSSize4K blocks when sealing,
@@ -255,17 +254,6 @@ mod tests {
     use super::*;
     use crate::disk::bootdisk::tests::fake_sysfs;
     use crate::host::tests::fake_host;
-
-    #[test]
-    fn reboot_message_is_the_originals() {
-        let e: anyhow::Error = RebootRequired.into();
-        let e = e.context("repartitioning the boot disk");
-        assert!(e.downcast_ref::<RebootRequired>().is_some());
-        assert_eq!(
-            RebootRequired.to_string(),
-            "Reboot is required to continue provisioning. Please reboot the system and resume provisioning with the 'resume' subcommand."
-        );
-    }
 
     #[test]
     fn disk_resize_is_seen_or_times_out() {
