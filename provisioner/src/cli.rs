@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use cos_customizer_common::protocol::{ACK_WAIT_SECS, STATE_DIR};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand};
 )]
 pub struct Cli {
     /// Where the provisioner keeps its state and build contexts between reboots.
-    #[arg(long, global = true, default_value = "/var/lib/.cos-customizer")]
+    #[arg(long, global = true, default_value = STATE_DIR)]
     pub state_dir: PathBuf,
     /// docker-credential-gcr binary to install, so scripts can pull from GCR/Artifact Registry.
     #[arg(long, global = true)]
@@ -57,7 +58,7 @@ pub enum Command {
         /// Instance attribute to wait for, e.g. DaisyEnd.
         key: String,
         /// Seconds to wait before giving up.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = ACK_WAIT_SECS)]
         timeout: u64,
     },
 }
@@ -98,6 +99,7 @@ pub fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cos_customizer_common::protocol::ACK_METADATA_KEY;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(go_style_args(args.iter().map(OsString::from)))
@@ -114,7 +116,7 @@ mod tests {
             "-config=/mnt/disks/cidata/config.json",
         ])
         .unwrap();
-        assert_eq!(cli.state_dir, PathBuf::from("/var/lib/.cos-customizer"));
+        assert_eq!(cli.state_dir, PathBuf::from(STATE_DIR));
         assert_eq!(
             cli.docker_credential_gcr.unwrap(),
             PathBuf::from("/mnt/disks/cidata/docker-credential-gcr_amd64")
@@ -138,10 +140,10 @@ mod tests {
 
     #[test]
     fn wait_metadata_defaults_to_five_minutes() {
-        let cli = parse(&["provisioner", "wait-metadata", "DaisyEnd"]).unwrap();
+        let cli = parse(&["provisioner", "wait-metadata", ACK_METADATA_KEY]).unwrap();
         match cli.command {
             Command::WaitMetadata { key, timeout } => {
-                assert_eq!((key.as_str(), timeout), ("DaisyEnd", 300))
+                assert_eq!((key.as_str(), timeout), (ACK_METADATA_KEY, 300))
             }
             other => panic!("{other:?}"),
         }

@@ -38,7 +38,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(e.exit_code() as u8);
+            // clap's errors go to stderr; --help and --version, to stdout, are no failure.
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::DONE
+            });
         }
     };
     let ctx = Context {

@@ -144,6 +144,7 @@ fn parse_response(raw: &[u8]) -> Result<Response> {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+    use cos_customizer_common::protocol::ACK_METADATA_KEY;
     use std::io::BufRead;
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
@@ -183,7 +184,7 @@ pub mod tests {
         let (addr, seen) = serve(vec![(404, "nope"), (404, "nope"), (200, "1")]);
         Metadata::at(&addr)
             .wait_for_attribute(
-                "DaisyEnd",
+                ACK_METADATA_KEY,
                 Duration::from_secs(5),
                 Duration::from_millis(10),
             )
@@ -191,9 +192,9 @@ pub mod tests {
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 3);
         assert!(
-            seen[0]
-                .starts_with("GET /computeMetadata/v1/instance/attributes/DaisyEnd HTTP/1.0\r\n")
-                && seen[0].contains("Metadata-Flavor: Google\r\n"),
+            seen[0].starts_with(&format!(
+                "GET /computeMetadata/v1/instance/attributes/{ACK_METADATA_KEY} HTTP/1.0\r\n"
+            )) && seen[0].contains("Metadata-Flavor: Google\r\n"),
             "{}",
             seen[0]
         );
@@ -204,13 +205,16 @@ pub mod tests {
         let (addr, _) = serve(vec![(404, "nope")]);
         let e = Metadata::at(&addr)
             .wait_for_attribute(
-                "DaisyEnd",
+                ACK_METADATA_KEY,
                 Duration::from_millis(100),
                 Duration::from_millis(20),
             )
             .unwrap_err()
             .to_string();
-        assert!(e.contains("timed out") && e.contains("DaisyEnd"), "{e}");
+        assert!(
+            e.contains("timed out") && e.contains(ACK_METADATA_KEY),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::config::BootDiskConfig;
+use cos_customizer_common::protocol::RESIZE_WAIT_LINE;
 use cos_customizer_common::{cmd, sizing};
 
 use super::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
@@ -20,7 +21,7 @@ use crate::host::Host;
 use crate::outcome::Outcome;
 use crate::state::State;
 
-/// How long the host has to grow the boot disk; the line printed while waiting says so.
+/// How long the host has to grow the boot disk; [`RESIZE_WAIT_LINE`] says the same.
 const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Repartitions the boot disk as the config asks, as far as this boot allows: a stage that
@@ -170,9 +171,7 @@ fn wait_for_disk_resize(disk: &BootDisk, timeout: Duration, interval: Duration) 
     let file = disk.size_file();
     let read = || fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()));
     let start_size = read()?;
-    println!(
-        "WaitForDiskResize is set; waiting for the boot disk size to change. Timeout is 3 minutes"
-    );
+    println!("{RESIZE_WAIT_LINE}");
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         let size = read()?;

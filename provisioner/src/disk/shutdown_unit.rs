@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use cos_customizer_common::config::BootDiskConfig;
 use cos_customizer_common::fsutil;
+use cos_customizer_common::protocol::{STATUS_PREFIX, STATUS_TTY_X86_64};
 
 use super::bootdisk::{OEM, STATE};
 use crate::host::Host;
@@ -15,8 +16,6 @@ use crate::host::Host;
 pub const UNIT: &str = "last-run.service";
 /// A copy of this binary on /tmp, the one file system still mounted when the unit stops.
 pub const BIN: &str = "/tmp/cos-customizer-provisioner";
-/// GCE serial port 3, which the preloader reads.
-const TTY: &str = "/dev/ttyS2";
 
 /// The unit. `disk` is the real device path, e.g. `/dev/vda`.
 pub fn unit_text(disk: &Path, boot: &BootDiskConfig) -> String {
@@ -32,11 +31,11 @@ After=tmp.mount
 Type=oneshot
 RemainAfterExit=true
 ExecStart=/bin/true
-ExecStop=/bin/bash -c '{BIN} handle-disk-layout {disk} {STATE} {OEM} "{oem}" "{reclaim}" 2>&1 | sed "s/^/BuildStatus: /"'
+ExecStop=/bin/bash -c '{BIN} handle-disk-layout {disk} {STATE} {OEM} "{oem}" "{reclaim}" 2>&1 | sed "s/^/{STATUS_PREFIX}/"'
 TimeoutStopSec=600
 StandardOutput=tty
 StandardError=tty
-TTYPath={TTY}
+TTYPath={STATUS_TTY_X86_64}
 "#,
         disk = disk.display(),
         oem = boot.oem_size.as_deref().unwrap_or(""),
