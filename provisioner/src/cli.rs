@@ -3,7 +3,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use cos_customizer_common::goflags;
 use cos_customizer_common::protocol::{ACK_WAIT_SECS, STATE_DIR};
 
 #[derive(Debug, Parser)]
@@ -63,37 +64,10 @@ pub enum Command {
     },
 }
 
-/// Turns Go-style `-flag[=v]` into `--flag[=v]`, so the original's startup script works unchanged.
-///
-/// Only arguments that look like a long flag (a dash and at least two characters) are
-/// rewritten, and nothing after a bare `--`.
-pub fn go_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut rest_literal = false;
-    for (i, arg) in args.into_iter().enumerate() {
-        let rewrite = match arg.to_str() {
-            Some("--") => {
-                rest_literal = true;
-                false
-            }
-            Some(s) => {
-                i > 0
-                    && !rest_literal
-                    && s.starts_with('-')
-                    && !s.starts_with("--")
-                    && s.split('=').next().is_some_and(|name| name.len() > 2)
-            }
-            None => false,
-        };
-        if rewrite {
-            let mut long = OsString::from("-");
-            long.push(&arg);
-            out.push(long);
-        } else {
-            out.push(arg);
-        }
-    }
-    out
+/// Parses `args` (with `argv[0]` first) in Go's flag syntax or clap's: the original's
+/// startup script passes `-flag=value`.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
+    Cli::try_parse_from(goflags::translate(&Cli::command(), args))
 }
 
 #[cfg(test)]
@@ -102,7 +76,7 @@ mod tests {
     use cos_customizer_common::protocol::ACK_METADATA_KEY;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(go_style_args(args.iter().map(OsString::from)))
+        super::parse(args.iter().map(OsString::from))
     }
 
     #[test]
@@ -194,7 +168,10 @@ mod tests {
 
     #[test]
     fn only_long_looking_flags_are_rewritten() {
-        let out = go_style_args(["p", "-h", "-config=x", "--k", "--", "-y=z"].map(OsString::from));
+        let out = goflags::translate(
+            &Cli::command(),
+            ["p", "-h", "-config=x", "--k", "--", "-y=z"].map(OsString::from),
+        );
         assert_eq!(
             out,
             ["p", "-h", "--config=x", "--k", "--", "-y=z"].map(OsString::from)

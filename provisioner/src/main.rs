@@ -24,17 +24,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use clap::Parser;
 use cos_customizer_common::protocol::exit;
 
-use crate::cli::{Cli, Command};
+use crate::cli::Command;
 use crate::context::Context;
 use crate::host::Host;
 use crate::metadata::Metadata;
 use crate::outcome::{Outcome, REBOOT_MESSAGE};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(cli::go_style_args(std::env::args_os())) {
+    let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
