@@ -6,10 +6,18 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::metadata::Metadata;
 
 const ENDPOINT: &str = "https://storage.googleapis.com";
+
+/// Every byte but RFC 3986's unreserved characters: letters, digits, `-`, `.`, `_`, `~`.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 pub struct Gcs {
     endpoint: String,
@@ -87,14 +95,7 @@ fn parse_gs_url(url: &str) -> Result<(&str, &str)> {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters (object names may hold `/`).
 fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(s, NOT_UNRESERVED).to_string()
 }
 
 #[cfg(test)]
