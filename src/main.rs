@@ -5,13 +5,12 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::CommandFactory;
+use cos_customizer_common::goflags;
 
 use cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
-    let args = cos_customizer_common::goflags::translate(&Cli::command(), std::env::args_os());
-    let cli = match <Cli as clap::Parser>::try_parse_from(args) {
+    let cli = match goflags::parse::<Cli>(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

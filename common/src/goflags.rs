@@ -10,7 +10,7 @@ use std::any::TypeId;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use clap::{Arg, Command};
+use clap::{Arg, Command, Parser};
 
 /// Rewrites `args` (with `argv[0]` first) for `cmd`, the clap command tree.
 ///
@@ -56,6 +56,16 @@ pub fn translate(cmd: &Command, args: impl IntoIterator<Item = OsString>) -> Vec
         out.push(flag);
     }
     out
+}
+
+/// Parses `args` (with `argv[0]` first) into `P` as Go's flag package would: translated
+/// as [`translate`] does, and a repeated flag keeps its last value (a list flag, such as
+/// `-env`, still collects every value).
+pub fn parse<P: Parser>(args: impl IntoIterator<Item = OsString>) -> Result<P, clap::Error> {
+    let cmd = P::command().args_override_self(true);
+    let args = translate(&cmd, args);
+    let matches = cmd.try_get_matches_from(args)?;
+    P::from_arg_matches(&matches)
 }
 
 /// Splits `-name[=value]` or `--name[=value]` into its name and value. A single dash
@@ -166,6 +176,51 @@ mod tests {
         let list: Vec<_> = m.get_many::<String>("list").unwrap().collect();
         assert_eq!(list, ["a", "b"]);
         assert_eq!(m.get_one::<String>("pos").unwrap(), "p");
+    }
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        sub: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Run {
+            #[arg(long, default_value = "")]
+            script: String,
+            #[arg(long)]
+            env: Vec<String>,
+            #[arg(long, default_value = "false", value_parser = parse_bool, action = ArgAction::Set)]
+            dry_run: bool,
+        },
+    }
+
+    #[test]
+    fn a_repeated_flag_keeps_its_last_value() {
+        let cli: Cli = parse(
+            [
+                "x",
+                "run",
+                "-script",
+                "a.sh",
+                "-env",
+                "A=1",
+                "-script=b.sh",
+                "-dry-run",
+                "-env=B=2",
+                "-dry-run=false",
+            ]
+            .map(OsString::from),
+        )
+        .unwrap();
+        let Sub::Run {
+            script,
+            env,
+            dry_run,
+        } = cli.sub;
+        assert_eq!((script.as_str(), dry_run), ("b.sh", false));
+        assert_eq!(env, ["A=1", "B=2"]);
     }
 
     #[test]
