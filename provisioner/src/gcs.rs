@@ -5,9 +5,10 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use crate::http;
 use crate::metadata::Metadata;
 
 const ENDPOINT: &str = "https://storage.googleapis.com";
@@ -69,14 +70,7 @@ impl Gcs {
         if let Some(md) = &self.metadata {
             req = req.set("Authorization", &format!("Bearer {}", md.access_token()?));
         }
-        let resp = match req.call() {
-            Ok(r) => r,
-            Err(ureq::Error::Status(code, r)) => bail!(
-                "downloading {url}: HTTP {code}: {}",
-                r.into_string().unwrap_or_default().trim()
-            ),
-            Err(e) => return Err(e).with_context(|| format!("downloading {url}")),
-        };
+        let resp = http::call(req, &format!("downloading {url}"))?;
         let mut file =
             File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
         io::copy(&mut resp.into_reader(), &mut file)

@@ -11,6 +11,7 @@ mod disk;
 mod flow;
 mod gcs;
 mod host;
+mod http;
 mod metadata;
 mod mount;
 mod outcome;

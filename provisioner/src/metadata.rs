@@ -1,31 +1,24 @@
-//! The GCE metadata server: a plain HTTP/1.0 GET, enough for polling an attribute and
-//! fetching the service account token, without an HTTP stack.
+//! The GCE metadata server, over ureq: polling an instance attribute and fetching the
+//! service account's token.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// What the server is called in requests.
-const HOST_NAME: &str = "metadata.google.internal";
-/// Where it is: the fixed link-local address, so no name lookup is needed (a static glibc
+use crate::http;
+
+/// The server's fixed link-local address, so no name lookup is needed (a static glibc
 /// binary cannot rely on the VM's NSS modules).
-const DEFAULT_ADDR: &str = "169.254.169.254:80";
+const DEFAULT_HOST: &str = "169.254.169.254";
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A metadata server, the real one or a stand-in.
 #[derive(Debug, Clone)]
 pub struct Metadata {
-    /// `host:port` to connect to.
-    addr: String,
-    /// The `Host` header.
-    host: String,
-}
-
-pub struct Response {
-    pub status: u16,
-    pub body: Vec<u8>,
+    /// `http://<host>/computeMetadata/v1/`.
+    base: String,
+    agent: ureq::Agent,
 }
 
 impl Metadata {
@@ -33,48 +26,33 @@ impl Metadata {
     pub fn from_env() -> Self {
         match std::env::var("GCE_METADATA_HOST") {
             Ok(h) if !h.is_empty() => Metadata::at(&h),
-            _ => Metadata {
-                addr: DEFAULT_ADDR.into(),
-                host: HOST_NAME.into(),
-            },
+            _ => Metadata::at(DEFAULT_HOST),
         }
     }
 
+    /// The server at `host[:port]`, port 80 when none is given.
     pub fn at(host: &str) -> Self {
-        let addr = if host.contains(':') {
-            host.to_string()
-        } else {
-            format!("{host}:80")
-        };
         Metadata {
-            addr,
-            host: host.to_string(),
+            base: format!("http://{host}/computeMetadata/v1/"),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(IO_TIMEOUT)
+                .timeout_read(IO_TIMEOUT)
+                .build(),
         }
     }
 
-    /// GETs `/computeMetadata/v1/<path>` and returns the status and body.
-    pub fn get(&self, path: &str) -> Result<Response> {
-        let url = format!("/computeMetadata/v1/{path}");
-        let addr = self
-            .addr
-            .to_socket_addrs()
-            .with_context(|| format!("resolving metadata server {}", self.addr))?
-            .next()
-            .with_context(|| format!("resolving metadata server {}: no address", self.addr))?;
-        let mut conn = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .with_context(|| format!("connecting to metadata server {}", self.addr))?;
-        conn.set_read_timeout(Some(IO_TIMEOUT))
-            .context("setting the metadata read timeout")?;
-        write!(
-            conn,
-            "GET {url} HTTP/1.0\r\nHost: {}\r\nMetadata-Flavor: Google\r\n\r\n",
-            self.host
-        )
-        .with_context(|| format!("sending GET {url} to the metadata server"))?;
-        let mut raw = Vec::new();
-        conn.read_to_end(&mut raw)
-            .with_context(|| format!("reading the metadata server's reply to GET {url}"))?;
-        parse_response(&raw).with_context(|| format!("parsing the reply to GET {url}"))
+    /// GETs `/computeMetadata/v1/<path>`; the body of a 200 answer, an error for anything else.
+    fn get(&self, path: &str, what: &str) -> Result<String> {
+        let req = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .set("Metadata-Flavor", "Google");
+        let resp = http::call(req, what)?;
+        if resp.status() != 200 {
+            bail!("{what}: HTTP {}", resp.status());
+        }
+        resp.into_string()
+            .with_context(|| format!("{what}: reading the answer"))
     }
 
     /// Polls the instance attribute `key` every `interval` until it exists or `timeout` passes.
@@ -85,11 +63,12 @@ impl Metadata {
         interval: Duration,
     ) -> Result<()> {
         let path = format!("instance/attributes/{key}");
+        let what = format!("reading metadata attribute {key}");
         let deadline = Instant::now() + timeout;
         println!("Waiting for metadata attribute {key}");
         loop {
             // Not found yet and a server that is briefly unreachable look the same: keep polling.
-            if let Ok(Response { status: 200, .. }) = self.get(&path) {
+            if self.get(&path, &what).is_ok() {
                 println!("Found metadata attribute {key}");
                 return Ok(());
             }
@@ -109,43 +88,21 @@ impl Metadata {
         struct Token {
             access_token: String,
         }
-        let r = self.get("instance/service-accounts/default/token")?;
-        if r.status != 200 {
-            bail!(
-                "getting the service account token from the metadata server: HTTP {}: {}",
-                r.status,
-                String::from_utf8_lossy(&r.body).trim()
-            );
-        }
-        let t: Token = serde_json::from_slice(&r.body)
+        let body = self.get(
+            "instance/service-accounts/default/token",
+            "getting the service account token from the metadata server",
+        )?;
+        let t: Token = serde_json::from_str(&body)
             .context("parsing the service account token from the metadata server")?;
         Ok(t.access_token)
     }
-}
-
-fn parse_response(raw: &[u8]) -> Result<Response> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of headers")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status_line = head.lines().next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {status_line:?}"))?;
-    Ok(Response {
-        status,
-        body: raw[split + 4..].to_vec(),
-    })
 }
 
 #[cfg(test)]
 pub mod tests {
     use super::*;
     use cos_customizer_common::protocol::ACK_METADATA_KEY;
-    use std::io::BufRead;
+    use std::io::{BufRead, Write};
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
 
@@ -193,7 +150,7 @@ pub mod tests {
         assert_eq!(seen.len(), 3);
         assert!(
             seen[0].starts_with(&format!(
-                "GET /computeMetadata/v1/instance/attributes/{ACK_METADATA_KEY} HTTP/1.0\r\n"
+                "GET /computeMetadata/v1/instance/attributes/{ACK_METADATA_KEY} HTTP/1.1\r\n"
             )) && seen[0].contains("Metadata-Flavor: Google\r\n"),
             "{}",
             seen[0]
