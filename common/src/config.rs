@@ -22,8 +22,10 @@ pub struct ProvisionerConfig {
         deserialize_with = "null_as_default"
     )]
     pub build_contexts: BTreeMap<String, String>,
+    /// How the provisioner repartitions the boot disk (Go `BootDisk`).
     #[serde(rename = "BootDisk", default)]
     pub boot_disk: BootDiskConfig,
+    /// The recorded steps, run in order on the build VM (Go `Steps`).
     #[serde(
         rename = "Steps",
         default,
@@ -44,10 +46,15 @@ pub struct BootDiskConfig {
         deserialize_with = "empty_as_none"
     )]
     pub oem_size: Option<String>,
+    /// OEM file system size in 4 KiB blocks (Go `OEMFSSize4K`); 0 fills the partition. Sealing sets
+    /// it so the hash tree fits after it.
     #[serde(rename = "OEMFSSize4K", default)]
     pub oem_fs_size_4k: u64,
+    /// Reclaims ROOT-A (sda3) for OEM, running the build from ROOT-B (Go `ReclaimSDA3`); `seal-oem`
+    /// and `disable-auto-update` set it.
     #[serde(rename = "ReclaimSDA3", default)]
     pub reclaim_sda3: bool,
+    /// Wait for the host to grow the boot disk before moving partitions (Go `WaitForDiskResize`).
     #[serde(rename = "WaitForDiskResize", default)]
     pub wait_for_disk_resize: bool,
 }
@@ -55,17 +62,25 @@ pub struct BootDiskConfig {
 /// One recorded step. Serialized as the original's `{"Type": …, "Args": …}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// Runs a script from a build context (`run-script`).
     RunScript(RunScriptArgs),
+    /// Installs NVIDIA GPU drivers (`install-gpu`; Go type `InstallGPU`).
     InstallGpu(InstallGpuArgs),
+    /// Seals the OEM partition read-only with dm-verity (`seal-oem`; Go type `SealOEM`).
     SealOem,
+    /// Masks update-engine so the image does not update itself (`disable-auto-update`).
     DisableAutoUpdate,
+    /// Installs packages with anthos_installer (`anthos-installer-install`).
     InstallPackages(InstallPackagesArgs),
 }
 
+/// Arguments of [`Step::RunScript`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunScriptArgs {
+    /// Name of the build context holding the script, such as `user` (Go `BuildContext`).
     #[serde(rename = "BuildContext", default)]
     pub build_context: String,
+    /// The script's path inside that build context (Go `Path`).
     #[serde(rename = "Path", default)]
     pub path: String,
     /// Sorted `k=v` pairs joined by `,` (see [`crate::env`] for commas in values).
@@ -73,32 +88,48 @@ pub struct RunScriptArgs {
     pub env: String,
 }
 
+/// Arguments of [`Step::InstallGpu`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallGpuArgs {
+    /// Driver version (`535.129.03`), or the name of an installer `.run` file among the
+    /// dependencies (Go `NvidiaDriverVersion`).
     #[serde(rename = "NvidiaDriverVersion", default)]
     pub nvidia_driver_version: String,
+    /// MD5 checksum the installer must match; empty skips the check (Go `NvidiaDriverMD5Sum`).
     #[serde(rename = "NvidiaDriverMD5Sum", default)]
     pub nvidia_driver_md5sum: String,
+    /// Where the image gets the drivers, `/var/lib/nvidia` by default (Go `NvidiaInstallDirHost`).
     #[serde(rename = "NvidiaInstallDirHost", default)]
     pub nvidia_install_dir_host: String,
+    /// The cos-gpu-installer container image run on the VM (Go `NvidiaInstallerContainer`).
     #[serde(rename = "NvidiaInstallerContainer", default)]
     pub nvidia_installer_container: String,
+    /// Where the installer's dependencies are: `-deps-dir` as recorded, empty for none; Go's GCE
+    /// flow swaps in their `gs://` prefix (Go `GCSDepsPrefix`).
     #[serde(rename = "GCSDepsPrefix", default)]
     pub gcs_deps_prefix: String,
 }
 
+/// Arguments of [`Step::InstallPackages`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallPackagesArgs {
+    /// Name of the build context a relative package spec is in (Go `BuildContext`).
     #[serde(rename = "BuildContext", default)]
     pub build_context: String,
+    /// Package spec: a build context path, or a `gs://` or `http(s)://` URL (Go `PkgSpecURL`).
     #[serde(rename = "PkgSpecURL", default)]
     pub pkg_spec_url: String,
+    /// Work folder passed to anthos_installer's `-top-workdir` (Go `TopWorkDir`).
     #[serde(rename = "TopWorkDir", default)]
     pub top_work_dir: String,
+    /// Where anthos_installer is installed on the VM (Go `AnthosInstallerDir`); empty for the
+    /// provisioner's default.
     #[serde(rename = "AnthosInstallerDir", default)]
     pub anthos_installer_dir: String,
+    /// The anthos_installer release archive to fetch (Go `AnthosInstallerVersion`).
     #[serde(rename = "AnthosInstallerVersion", default)]
     pub anthos_installer_version: String,
+    /// Bucket the anthos_installer release is fetched from (Go `AnthosInstallerReleaseBucket`).
     #[serde(rename = "AnthosInstallerReleaseBucket", default)]
     pub anthos_installer_release_bucket: String,
 }
@@ -170,18 +201,25 @@ impl<'de> Deserialize<'de> for Step {
 /// `config/build`: the Go `config.Build` struct, in its field order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildConfig {
+    /// Cloud Storage bucket for a GCE build's scratch files (Go `GCSBucket`, flag `-gcs-bucket`).
     #[serde(rename = "GCSBucket", default)]
     pub gcs_bucket: String,
+    /// Folder in the bucket for those scratch files (Go `GCSDir`, flag `-gcs-workdir`).
     #[serde(rename = "GCSDir", default)]
     pub gcs_dir: String,
+    /// Project of the build VM and its disks (Go `Project`).
     #[serde(rename = "Project", default)]
     pub project: String,
+    /// Zone of the build VM and its disks (Go `Zone`).
     #[serde(rename = "Zone", default)]
     pub zone: String,
+    /// Build VM machine type (`n1-standard-1`); QEMU sizes the VM by it (Go `MachineType`).
     #[serde(rename = "MachineType", default)]
     pub machine_type: String,
+    /// Service account the build VM runs as (Go `ServiceAccount`).
     #[serde(rename = "ServiceAccount", default)]
     pub service_account: String,
+    /// Disk type of the build disks, such as `pd-standard` (Go `DiskType`).
     #[serde(rename = "DiskType", default)]
     pub disk_type: String,
     /// The output disk's size; `None` (Go's `0`) keeps the image's.
@@ -200,8 +238,10 @@ pub struct BuildConfig {
         deserialize_with = "empty_as_none"
     )]
     pub gpu_type: Option<String>,
+    /// Time allowed for each wait of the build, as a Go duration such as `1h0m0s` (Go `Timeout`).
     #[serde(rename = "Timeout", default)]
     pub timeout: String,
+    /// Local files a GCE build uploads for the VM: `install-gpu`'s dependencies (Go `GCSFiles`).
     #[serde(
         rename = "GCSFiles",
         default,
@@ -209,6 +249,7 @@ pub struct BuildConfig {
         deserialize_with = "null_as_default"
     )]
     pub gcs_files: Vec<String>,
+    /// Compute Engine API endpoint the build talks to (Go `GCEEndpoint`).
     #[serde(rename = "GCEEndpoint", default)]
     pub gce_endpoint: String,
     /// The build VM's network; `None` (Go's `""`) for the project's default.
@@ -234,8 +275,10 @@ pub struct BuildConfig {
 /// Local builds add `LocalFile`, which the original ignores when it reads the file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SourceImage {
+    /// The source image's name (GCE `name`); for a local file, its stem such as `cos-dev`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Project of the source image, such as `cos-cloud` (Go `Project`).
     #[serde(rename = "Project", default)]
     pub project: String,
     /// Absolute path of a local source image (raw, qcow2 or GCE `tar.gz`).

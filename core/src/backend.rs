@@ -45,7 +45,9 @@ pub enum DiskSource {
 /// A disk to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DiskSpec {
+    /// The disk's name within the build (QEMU names its overlay file after it).
     pub name: String,
+    /// What the disk starts from.
     pub source: DiskSource,
     /// Size in GB; `None` keeps the source's size.
     pub size_gb: Option<u64>,
@@ -53,15 +55,20 @@ pub struct DiskSpec {
     pub disk_type: String,
 }
 
+/// A VM to create and boot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmSpec {
+    /// The VM's name ([`crate::preload::VM_NAME`] for the build VM).
     pub name: String,
     /// Attached in this order; the first is the boot disk.
     pub disks: Vec<DiskId>,
     /// Instance metadata the guest reads from the metadata server (`user-data`, …).
     pub metadata: BTreeMap<String, String>,
+    /// Labels on the VM (the build VM gets [`crate::preload::CLEANUP_LABEL`]).
     pub labels: BTreeMap<String, String>,
+    /// Machine type, such as `n1-standard-1`; QEMU derives vCPUs and memory from it.
     pub machine_type: String,
+    /// Service account the VM runs as; backends without accounts ignore it.
     pub service_account: String,
     /// GPU accelerator type; the VM then also stops on host maintenance.
     pub gpu_type: Option<String>,
@@ -76,12 +83,16 @@ pub struct VmSpec {
 /// Serial port text from an offset, and the offset to read from next.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SerialChunk {
+    /// The text read from the requested offset on.
     pub contents: String,
+    /// The offset to read from in the next call.
     pub next: u64,
 }
 
+/// Where a VM is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmStatus {
+    /// The guest is still running.
     Running,
     /// The guest powered off.
     Stopped,
@@ -92,7 +103,9 @@ pub enum VmStatus {
 /// The file format of a local output image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
+    /// A raw disk image.
     Raw,
+    /// QEMU's qcow2 format.
     Qcow2,
     /// GCE's import format: a gzipped tar holding `disk.raw`.
     TarGz,
@@ -111,6 +124,7 @@ impl ImageFormat {
         }
     }
 
+    /// The format's name as [`FromStr`](std::str::FromStr) reads it: `raw`, `qcow2` or `tar.gz`.
     pub fn as_str(self) -> &'static str {
         match self {
             ImageFormat::Raw => "raw",
@@ -135,11 +149,18 @@ impl std::str::FromStr for ImageFormat {
 /// The image to make from the finished boot disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutputImage {
+    /// The image's name; may be empty for a local build, which writes
+    /// [`local_file`](Self::local_file).
     pub name: String,
+    /// Project the image is created in.
     pub project: String,
+    /// Image family; empty for none.
     pub family: String,
+    /// Labels on the image: the source image's when inherited, plus those given.
     pub labels: BTreeMap<String, String>,
+    /// Licenses attached to the image, as `projects/P/global/licenses/L`.
     pub licenses: Vec<String>,
+    /// The image's description, `Derivative of <source>.`.
     pub description: String,
     /// For local builds: the file to write, and its format.
     pub local_file: Option<(PathBuf, ImageFormat)>,
@@ -174,6 +195,7 @@ pub trait Backend: Send + Sync {
     fn info(&self) -> BackendInfo;
     /// Whether the output image already exists (then the build is a no-op, as upstream).
     async fn image_exists(&self, out: &OutputImage) -> Result<bool>;
+    /// Creates a disk from its source, at the spec's size.
     async fn create_disk(&self, spec: &DiskSpec) -> Result<DiskId>;
     /// Creates and boots a VM.
     async fn create_vm(&self, spec: &VmSpec) -> Result<VmId>;
@@ -183,10 +205,13 @@ pub trait Backend: Send + Sync {
     async fn resize_disk(&self, disk: &DiskId, size_gb: u64) -> Result<()>;
     /// Sets one instance metadata key the guest can read.
     async fn set_metadata(&self, vm: &VmId, key: &str, value: &str) -> Result<()>;
+    /// Whether the VM is running, has stopped or has failed.
     async fn vm_status(&self, vm: &VmId) -> Result<VmStatus>;
     /// Makes the output image from a disk whose VM has stopped.
     async fn create_image(&self, disk: &DiskId, out: &OutputImage) -> Result<()>;
+    /// Stops and deletes a VM.
     async fn delete_vm(&self, vm: &VmId) -> Result<()>;
+    /// Deletes a disk; a disk a running VM still uses is an error.
     async fn delete_disk(&self, disk: &DiskId) -> Result<()>;
 }
 

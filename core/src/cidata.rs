@@ -20,7 +20,9 @@ use cos_customizer_common::protocol::{
     BUILD_CONTEXT_TAR, CIDATA_LABEL, CONFIG_JSON, PROVISIONER_AMD64,
 };
 
+/// File name of the cloud-init NoCloud user data (the cloud-config).
 pub const USER_DATA: &str = "user-data";
+/// File name of the cloud-init NoCloud meta data (the instance id).
 pub const META_DATA: &str = "meta-data";
 
 const KIB: u64 = 1 << 10;
@@ -39,18 +41,23 @@ const MAX_FILE: u64 = u32::MAX as u64;
 /// One file in the root of the CIDATA volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CidataFile {
+    /// The file's name in the volume's root directory.
     pub name: String,
+    /// Where the file's contents come from.
     pub source: CidataSource,
 }
 
+/// The contents of a [`CidataFile`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CidataSource {
+    /// Bytes held in memory.
     Bytes(Vec<u8>),
     /// A host file, streamed in (the provisioner and build context can be large).
     Path(PathBuf),
 }
 
 impl CidataFile {
+    /// A file with these contents.
     pub fn bytes(name: &str, data: impl Into<Vec<u8>>) -> Self {
         CidataFile {
             name: name.to_string(),
@@ -58,6 +65,7 @@ impl CidataFile {
         }
     }
 
+    /// A file streamed in from `path` on the host.
     pub fn path(name: &str, path: &Path) -> Self {
         CidataFile {
             name: name.to_string(),

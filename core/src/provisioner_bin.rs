@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 /// The environment variable that names the provisioner when no flag does.
 pub const ENV: &str = "COS_CUSTOMIZER_PROVISIONER";
 
+/// Finds the provisioner: the flag's path, else `$COS_CUSTOMIZER_PROVISIONER`, else
+/// `provisioner_amd64` or `provisioner` next to this program; fails unless it is static.
 pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
     let candidates: Vec<PathBuf> = match flag {
         Some(p) => vec![p.to_path_buf()],

@@ -20,8 +20,11 @@ pub const DEFAULT_WORKDIR: &str = ".cos-customizer-workdir";
 /// Everything the steps have recorded so far.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuildState {
+    /// The source image (`config/source_image`).
     pub source: SourceImage,
+    /// The build VM settings (`config/build`).
     pub build: BuildConfig,
+    /// The provisioner config and its steps (`config/provisioner`).
     pub prov: ProvisionerConfig,
 }
 
@@ -33,6 +36,7 @@ impl BuildState {
     }
 }
 
+/// The state folder one build's steps share.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
@@ -54,10 +58,12 @@ impl StateDir {
         Ok(Self::new(Path::new(&home), workdir))
     }
 
+    /// The folder itself.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The archived build context, `user_build_context.tar`; it exists once a build has started.
     pub fn context_archive(&self) -> PathBuf {
         self.root.join(BUILD_CONTEXT_TAR)
     }
@@ -118,10 +124,12 @@ impl StateDir {
         write_atomic(&path, &data).with_context(|| format!("saving {}", path.display()))
     }
 
+    /// Writes `config/build`.
     pub fn save_build(&self, build: &BuildConfig) -> Result<()> {
         self.save("build", build)
     }
 
+    /// Writes `config/provisioner`.
     pub fn save_provisioner(&self, prov: &ProvisionerConfig) -> Result<()> {
         self.save("provisioner", prov)
     }

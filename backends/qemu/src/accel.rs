@@ -11,7 +11,9 @@ pub enum Accel {
     /// KVM where hardware virtualization is really there, TCG otherwise.
     #[default]
     Auto,
+    /// KVM, whether or not the host really supports it.
     Kvm,
+    /// TCG, QEMU's software emulation: slow but works anywhere.
     Tcg,
 }
 

@@ -47,6 +47,7 @@ const MAX_SOCKET_PATH: usize = 107;
 pub struct QemuOptions {
     /// Where the per-build work dir is created.
     pub parent_dir: PathBuf,
+    /// The accelerator VMs run under.
     pub accel: Accel,
     /// vCPUs; `None` follows the machine type (see `machine.rs`).
     pub cpus: Option<u32>,
@@ -56,6 +57,7 @@ pub struct QemuOptions {
     pub ovmf_code: PathBuf,
     /// UEFI variable store template; each VM gets a writable copy.
     pub ovmf_vars: PathBuf,
+    /// The QEMU program (`qemu-system-x86_64`).
     pub qemu_system: String,
     /// Program and arguments QEMU runs per guest connection to the metadata address;
     /// `127.0.0.1:PORT` is appended. Empty: the guest gets no metadata server.
@@ -110,6 +112,7 @@ impl State {
     }
 }
 
+/// The QEMU backend: disks are qcow2 overlays in a work dir, VMs are QEMU processes.
 pub struct QemuBackend {
     opts: QemuOptions,
     work_dir: PathBuf,

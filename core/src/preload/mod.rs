@@ -50,7 +50,9 @@ impl LogLine<'_> {
 /// Everything one build needs.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The source image the boot disk is created from.
     pub source: SourceImage,
+    /// The build VM settings.
     pub build: BuildConfig,
     /// The provisioner config as it goes on the CIDATA disk.
     pub prov: ProvisionerConfig,
@@ -60,6 +62,7 @@ pub struct Request {
     pub provisioner: PathBuf,
     /// The build context archive that goes on the CIDATA disk.
     pub context_tar: PathBuf,
+    /// The image to make from the finished boot disk.
     pub output: OutputImage,
     /// Applies to each wait, as the original's Daisy `-default_timeout`.
     pub timeout: Duration,
