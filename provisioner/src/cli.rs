@@ -7,6 +7,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use cos_customizer_common::goflags;
 use cos_customizer_common::protocol::{ACK_WAIT_SECS, STATE_DIR};
 
+/// The provisioner's command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "provisioner",
@@ -26,10 +27,12 @@ pub struct Cli {
     /// the `handle-disk-layout` subcommand of this binary does that work.
     #[arg(long = "handle-disk-layout-bin", global = true)]
     pub _handle_disk_layout_bin: Option<PathBuf>,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start provisioning from a config file.

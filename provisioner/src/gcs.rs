@@ -20,7 +20,9 @@ const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// A GCS JSON API endpoint, and how to authenticate to it.
 pub struct Gcs {
+    /// `https://storage.googleapis.com`, or an emulator's URL.
     endpoint: String,
     /// Where the token comes from; `None` for an emulator, which needs none.
     metadata: Option<Metadata>,
@@ -36,6 +38,7 @@ impl Gcs {
         }
     }
 
+    /// An emulator at `host[:port]` or at a URL; it takes no token.
     pub fn emulator(host: &str) -> Self {
         let endpoint = if host.contains("://") {
             host.trim_end_matches('/').to_string()
@@ -124,8 +127,10 @@ pub mod tests {
         (out.status.success() && bin.exists()).then_some(bin)
     }
 
+    /// A running fake-gcs-server, stopped on drop.
     pub struct FakeGcs {
         child: Child,
+        /// Its `http://127.0.0.1:PORT`.
         pub endpoint: String,
         agent: ureq::Agent,
     }
@@ -181,6 +186,7 @@ pub mod tests {
             panic!("fake-gcs-server did not start");
         }
 
+        /// Uploads `data` as `bucket/name`, creating the bucket if needed.
         pub fn put(&self, bucket: &str, name: &str, data: &[u8]) {
             match self
                 .agent

@@ -10,12 +10,16 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use cos_customizer_common::cmd;
 
+/// The machine: its root folder and the programs that change its services and mounts.
 #[derive(Debug, Clone)]
 pub struct Host {
     /// `/` in the VM; a temporary folder in tests.
     pub root: PathBuf,
+    /// The `systemctl` program.
     pub systemctl: PathBuf,
+    /// The `mount` program.
     pub mount: PathBuf,
+    /// The `umount` program.
     pub umount: PathBuf,
 }
 
@@ -68,6 +72,7 @@ impl Host {
         Ok(())
     }
 
+    /// Runs `umount <target>`.
     pub fn umount(&self, target: &Path) -> Result<()> {
         cmd::run(Command::new(&self.umount).arg(target))?;
         Ok(())
@@ -117,6 +122,7 @@ fn mount_points_of(mountinfo: &str, device: &str) -> Vec<PathBuf> {
 pub struct MountEntry {
     /// `major:minor` of the mounted device.
     pub device: String,
+    /// The file system type, e.g. `tmpfs`.
     pub fs_type: String,
 }
 

@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::host::Host;
 
+/// A mount made by [`Mounted::new`], undone by [`Mounted::close`] or on drop.
 pub struct Mounted<'a> {
     host: &'a Host,
     target: PathBuf,

@@ -12,14 +12,18 @@ use serde::{Deserialize, Serialize};
 /// The original's `stateData`, with its Go field names.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
+    /// The config `run` was given.
     #[serde(rename = "Config")]
     pub config: ProvisionerConfig,
+    /// The first step not finished yet.
     #[serde(rename = "CurrentStep")]
     pub current_step: usize,
+    /// Whether the boot disk has grown, so a later boot does not wait for it again.
     #[serde(rename = "DiskResizeComplete")]
     pub disk_resize_complete: bool,
 }
 
+/// `<dir>/state.json`.
 pub fn state_file(dir: &Path) -> PathBuf {
     dir.join("state.json")
 }
@@ -50,6 +54,7 @@ impl State {
         Ok(state)
     }
 
+    /// Reads the state file; fails if there is none, as nothing has started.
     pub fn load(dir: &Path) -> Result<State> {
         let file = state_file(dir);
         let data = match fs::read(&file) {

@@ -36,8 +36,11 @@ pub fn mask_unit(cfg: &str, unit: &str) -> Option<String> {
 /// A sealed OEM partition: the dm-verity device made over it at boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OemVerity {
+    /// The OEM partition's GPT partition UUID, which names it on the command line.
     pub partuuid: String,
+    /// The hash tree's root hash, in hex.
     pub root_hash: String,
+    /// The salt veritysetup used, in hex.
     pub salt: String,
     /// File system size in 4 KiB blocks; the hash tree starts right after it.
     pub data_blocks: u64,

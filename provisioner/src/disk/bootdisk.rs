@@ -9,15 +9,23 @@ use anyhow::{bail, Context, Result};
 
 use crate::host::Host;
 
+/// The GPT label of the stateful partition, which marks the boot disk.
 pub const STATE_LABEL: &str = "STATE";
-/// COS partition numbers (stable across milestones; offsets are not).
+// COS partition numbers: stable across milestones, unlike their offsets.
+/// The stateful partition (`/mnt/stateful_partition`).
 pub const STATE: u32 = 1;
+/// The kernel of slot A.
 pub const KERN_A: u32 = 2;
+/// The root file system of slot A.
 pub const ROOT_A: u32 = 3;
+/// The kernel of slot B.
 pub const KERN_B: u32 = 4;
+/// The root file system of slot B.
 pub const ROOT_B: u32 = 5;
+/// The OEM partition (`/usr/share/oem`).
 pub const OEM: u32 = 8;
 
+/// The disk the VM booted from.
 #[derive(Debug, Clone)]
 pub struct BootDisk {
     /// Kernel name, e.g. `vda`.
@@ -26,6 +34,7 @@ pub struct BootDisk {
     pub dev: PathBuf,
     /// `/sys/class/block/<name>`.
     sys: PathBuf,
+    /// The host's `/dev`, where partition nodes are.
     host_dev: PathBuf,
 }
 
@@ -142,6 +151,7 @@ impl BootDisk {
         self.sys.join("size")
     }
 
+    /// The disk's size in bytes.
     pub fn size_bytes(&self) -> Result<u64> {
         let text = read_trimmed(&self.size_file())?;
         let sectors: u64 = text

@@ -19,14 +19,30 @@ pub const MIN_PARTITION_SECTORS: u64 = 8;
 /// because `sfdisk --move-data` may need 1 MiB of room, and it keeps 4 KiB alignment.
 pub const RECLAIM_MARGIN_SECTORS: u64 = 4096;
 
+/// One change to the disk, in the order [`plan`] lists them; sizes and starts in sectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Rewrite the table with a new size (no data moves).
-    SetSize { part: u32, size: u64 },
+    SetSize {
+        /// The partition number.
+        part: u32,
+        /// Its new size.
+        size: u64,
+    },
     /// Move a partition and its data.
-    Move { part: u32, start: u64 },
+    Move {
+        /// The partition number.
+        part: u32,
+        /// Its new first sector.
+        start: u64,
+    },
     /// Give a partition a new size and grow its ext4 file system to fill it.
-    Extend { part: u32, size: u64 },
+    Extend {
+        /// The partition number.
+        part: u32,
+        /// Its new size.
+        size: u64,
+    },
 }
 
 /// The last 4 KiB-aligned sector at or before `sector` (512-byte sectors).
@@ -116,6 +132,8 @@ fn ensure_unmounted(host: &Host, disk: &BootDisk, part: u32) -> Result<()> {
     Ok(())
 }
 
+/// Plans the moves for the boot disk `disk_dev` and carries them out; `oem_size` is empty
+/// when OEM keeps its size.
 pub fn run(
     host: &Host,
     disk_dev: &Path,

@@ -18,11 +18,14 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::cmd;
 
+/// One partition of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partition {
+    /// Its number, as in `/dev/sda3`.
     pub number: u32,
     /// In sectors of the dump's `sector-size`.
     pub start: u64,
+    /// In sectors of the dump's `sector-size`.
     pub size: u64,
 }
 
@@ -33,6 +36,7 @@ impl Partition {
     }
 }
 
+/// A GPT partition table, kept as sfdisk's dump so a rewrite changes only what it must.
 #[derive(Debug, Clone)]
 pub struct Table {
     text: String,
@@ -64,6 +68,7 @@ fn parse_line(line: &str) -> Result<Option<Partition>> {
 }
 
 impl Table {
+    /// Reads a dump; fails on a table that is not GPT or a partition line it cannot read.
     pub fn parse(text: &str) -> Result<Table> {
         for line in text.lines() {
             parse_line(line)?;
@@ -75,6 +80,7 @@ impl Table {
         Ok(t)
     }
 
+    /// The dump, as sfdisk takes it back.
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -120,6 +126,7 @@ impl Table {
             .with_context(|| format!("no partition {number} in the partition table"))
     }
 
+    /// Partition `number`; an error if the table has none.
     pub fn get(&self, number: u32) -> Result<Partition> {
         Ok(self.line_of(number)?.1)
     }
@@ -182,6 +189,7 @@ pub fn backup_gpt_misplaced(table: &Table, disk_bytes: u64) -> Result<bool> {
     Ok(table.last_lba()? < want)
 }
 
+/// `sfdisk --dump` of `disk`.
 pub fn read(disk: &Path) -> Result<Table> {
     let text = cmd::run_stdout(Command::new("sfdisk").arg("--dump").arg(disk))
         .with_context(|| format!("dumping the partition table of {}", disk.display()))?;
@@ -247,6 +255,7 @@ pub fn relocate_backup_gpt(disk: &Path) -> Result<()> {
 pub mod tests {
     use super::*;
 
+    /// A COS disk's dump: STATE after ROOT-A, OEM 16 MiB at sector 86016.
     pub const DUMP: &str = "label: gpt
 label-id: 12864CDD-8CD0-4D18-ADB3-9A85A126CC11
 device: /dev/vda

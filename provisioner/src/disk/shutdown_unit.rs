@@ -13,6 +13,7 @@ use cos_customizer_common::protocol::{STATUS_PREFIX, STATUS_TTY_X86_64};
 use super::bootdisk::{OEM, STATE};
 use crate::host::Host;
 
+/// The unit's name.
 pub const UNIT: &str = "last-run.service";
 /// A copy of this binary on /tmp, the one file system still mounted when the unit stops.
 pub const BIN: &str = "/tmp/cos-customizer-provisioner";
