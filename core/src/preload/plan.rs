@@ -22,7 +22,7 @@ pub fn expected_reboots(prov: &ProvisionerConfig) -> Vec<&'static str> {
     r
 }
 
-/// What [`Preloader::run`] would do, for `finish-image-build -dry-run`.
+/// What [`super::Preloader::run`] would do, for `finish-image-build -dry-run`.
 pub fn plan(req: &Request, backend: &str) -> Result<String> {
     let config = serde_json::to_string(&req.prov).context("encoding the provisioner config")?;
     let boot_gb = initial_disk_gb(&req.build, &req.prov);
