@@ -34,6 +34,8 @@ pub fn resume(ctx: &Context) -> Result<Outcome> {
     provision(ctx, State::load(&ctx.state_dir)?)
 }
 
+/// Repartitions, sets up, runs the steps and cleans up; stops after repartitioning when
+/// that needs a reboot first.
 fn provision(ctx: &Context, mut state: State) -> Result<Outcome> {
     let repartitioned = repartition(&ctx.host, &mut state, &ctx.state_dir)
         .context("repartitioning the boot disk")?;
