@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use cos_customizer_common::goflags;
 use cos_customizer_common::protocol::{ACK_WAIT_SECS, STATE_DIR};
 
@@ -67,15 +67,17 @@ pub enum Command {
     },
 }
 
-/// Parses `args` (with `argv[0]` first) in Go's flag syntax or clap's: the original's
-/// startup script passes `-flag=value`.
+/// Parses `args` (with `argv[0]` first) in Go's flag syntax or clap's, as the CLI does:
+/// the original's startup script passes `-flag=value`, and a repeated flag keeps its last
+/// value.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
-    Cli::try_parse_from(goflags::translate(&Cli::command(), args))
+    goflags::parse(args)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
     use cos_customizer_common::protocol::ACK_METADATA_KEY;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
