@@ -299,7 +299,8 @@ mod tests {
     fn started() -> (tempfile::TempDir, StateDir) {
         let home = tempfile::tempdir().unwrap();
         let ctx = tempfile::tempdir().unwrap();
-        let dir = StateDir::new(home.path(), "w");
+        let dir = StateDir::new(home.path(), "w").unwrap();
+        let _lock = dir.lock("start-image-build", true).unwrap();
         let source: SourceImage = serde_json::from_str(
             r#"{"name":"cos-1","labels":{"a":"src","b":"src"},"Project":"cos-cloud"}"#,
         )

@@ -1,8 +1,16 @@
 //! The local state folder, `$HOME/<-local-state-workdir>`, with the original's layout:
 //! `user_build_context.tar` and `config/{source_image,build,provisioner}`.
+//!
+//! The folder is only ever one this tool made: the workdir is a relative path under
+//! `$HOME` without `..`, a folder made here carries a marker file, and removal deletes
+//! only the files this tool writes, in a folder that is marked (or holds nothing but the
+//! original's layout, for state written by the original). Every subcommand holds a lock
+//! on the folder while it runs, so two commands never interleave on one build.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -16,6 +24,14 @@ use cos_customizer_common::protocol::BUILD_CONTEXT_TAR;
 
 /// The original's default `-local-state-workdir`.
 pub const DEFAULT_WORKDIR: &str = ".cos-customizer-workdir";
+/// Marks a folder this tool made, so that it never removes anything else.
+const MARKER: &str = ".cos-customizer-state";
+/// The lock file each subcommand holds (with `flock`) while it runs.
+const LOCK: &str = ".lock";
+/// The config files, as the original names them.
+const CONFIGS: [&str; 3] = ["source_image", "build", "provisioner"];
+/// The prefix of the temporary files of atomic writes, removed with the folder.
+const TMP_PREFIX: &str = ".tmp-";
 
 /// Everything the steps have recorded so far.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,12 +58,26 @@ pub struct StateDir {
     root: PathBuf,
 }
 
+/// Holds a state folder's lock; dropping it lets the next command in.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+}
+
 impl StateDir {
-    /// `$HOME/<workdir>`; an absolute `workdir` is used as it is.
-    pub fn new(home: &Path, workdir: &str) -> Self {
-        StateDir {
-            root: home.join(workdir),
+    /// `$HOME/<workdir>`; `workdir` must be a relative path without `..`, so the state
+    /// folder is always a folder of its own under `home`.
+    pub fn new(home: &Path, workdir: &str) -> Result<Self> {
+        let rel = Path::new(workdir);
+        let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+        if workdir.is_empty() || !plain {
+            bail!(
+                "-local-state-workdir {workdir:?} must name a folder under $HOME by a relative path without '.' or '..', e.g. -local-state-workdir={DEFAULT_WORKDIR}"
+            );
         }
+        Ok(StateDir {
+            root: home.join(rel),
+        })
     }
 
     /// The folder from `$HOME` and the `-local-state-workdir` flag.
@@ -55,7 +85,105 @@ impl StateDir {
         let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context(
             "HOME is not set: set it, since the build state lives in $HOME/<-local-state-workdir>",
         )?;
-        Ok(Self::new(Path::new(&home), workdir))
+        Self::new(Path::new(&home), workdir)
+    }
+
+    /// Takes the folder's lock for `command` (named in the message another command gets
+    /// meanwhile). `create` makes the folder first (marked as this tool's); otherwise a
+    /// missing folder means no build was started.
+    pub fn lock(&self, command: &str, create: bool) -> Result<StateLock> {
+        if create {
+            self.create()?;
+        } else if !self.root.is_dir() {
+            bail!(
+                "no build in progress in {}: run start-image-build first (with the same -local-state-workdir)",
+                self.root.display()
+            );
+        }
+        let path = self.root.join(LOCK);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                bail!(
+                    "the build in {} is in use by {}: wait for it to end, or use another -local-state-workdir",
+                    self.root.display(),
+                    Some(holder.trim()).filter(|h| !h.is_empty()).unwrap_or("another cos-customizer command")
+                );
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+        // Who holds it, for the message a second command gets.
+        let holder = format!("`cos-customizer {command}` (pid {})\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(holder.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(StateLock { _file: file })
+    }
+
+    /// Makes the folder, or adopts an empty one; refuses a folder this tool did not make.
+    fn create(&self) -> Result<()> {
+        if self.root.exists() && !self.is_ours()? {
+            bail!(
+                "{} exists and was not made by cos-customizer: choose another -local-state-workdir (the tool only ever writes into, and removes, folders it made)",
+                self.root.display()
+            );
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o774)
+            .create(self.root.join("config"))
+            .with_context(|| format!("creating state folder {}", self.root.display()))?;
+        let marker = self.root.join(MARKER);
+        if !marker.exists() {
+            std::fs::write(
+                &marker,
+                "A cos-customizer state folder; finish-image-build removes it.\n",
+            )
+            .with_context(|| format!("writing {}", marker.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the folder is one this tool may write into and remove: marked, empty, or
+    /// holding nothing but the original's layout (state written by the original).
+    fn is_ours(&self) -> Result<bool> {
+        if self.root.join(MARKER).is_file() {
+            return Ok(true);
+        }
+        let names = |dir: &Path| -> Result<Vec<String>> {
+            let mut v = Vec::new();
+            for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+                let e = e.with_context(|| format!("listing {}", dir.display()))?;
+                v.push(e.file_name().to_string_lossy().into_owned());
+            }
+            Ok(v)
+        };
+        if !self.root.is_dir() {
+            return Ok(false);
+        }
+        let top = names(&self.root)?;
+        let top_ok = top
+            .iter()
+            .all(|n| n == BUILD_CONTEXT_TAR || n == "config" || n == LOCK);
+        let config = self.root.join("config");
+        let config_ok = !config.exists()
+            || (config.is_dir()
+                && names(&config)?
+                    .iter()
+                    .all(|n| CONFIGS.contains(&n.as_str())));
+        Ok(top_ok && config_ok)
     }
 
     /// The folder itself.
@@ -73,6 +201,7 @@ impl StateDir {
     }
 
     /// Records a new build: archives the build context and writes the three configs.
+    /// Needs the lock taken with `create`; on failure nothing of the new build is left.
     pub fn start(&self, context: &Path, source: &SourceImage, build: &BuildConfig) -> Result<()> {
         if self.context_archive().exists() {
             bail!(
@@ -80,15 +209,14 @@ impl StateDir {
                 self.root.display()
             );
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o774)
-            .create(self.root.join("config"))
-            .with_context(|| format!("creating state folder {}", self.root.display()))?;
-        archive::create(context, &self.context_archive(), &self.root)?;
-        self.save("source_image", source)?;
-        self.save("build", build)?;
-        self.save("provisioner", &ProvisionerConfig::default())
+        let written = archive::create(context, &self.context_archive(), &self.root)
+            .and_then(|()| self.save("source_image", source))
+            .and_then(|()| self.save("build", build))
+            .and_then(|()| self.save("provisioner", &ProvisionerConfig::default()));
+        if written.is_err() {
+            let _ = self.remove();
+        }
+        written
     }
 
     /// Reads the recorded build; fails clearly when no build was started.
@@ -134,14 +262,53 @@ impl StateDir {
         self.save("provisioner", prov)
     }
 
-    /// Removes the whole folder (the original does this at the end of every finish).
+    /// Removes the build state (the original does this at the end of every finish): the
+    /// files this tool writes, then the folder if nothing else is in it. A folder this
+    /// tool did not make is left alone.
     pub fn remove(&self) -> Result<()> {
-        match std::fs::remove_dir_all(&self.root) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing state folder {}", self.root.display()))
-            }
-            _ => Ok(()),
+        if !self.root.exists() {
+            return Ok(());
         }
+        if !self.is_ours()? {
+            bail!(
+                "not removing {}: it was not made by cos-customizer",
+                self.root.display()
+            );
+        }
+        let config = self.root.join("config");
+        let mut files: Vec<PathBuf> = CONFIGS.iter().map(|n| config.join(n)).collect();
+        for dir in [&self.root, &config] {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                files.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with(TMP_PREFIX))
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        files.extend([BUILD_CONTEXT_TAR, MARKER, LOCK].map(|n| self.root.join(n)));
+        for f in &files {
+            match std::fs::remove_file(f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", f.display()))
+                }
+                _ => {}
+            }
+        }
+        for dir in [&config, &self.root] {
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => eprintln!(
+                    "Kept {}: it holds files cos-customizer did not write",
+                    dir.display()
+                ),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", dir.display()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
@@ -155,7 +322,8 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let ctx = tempfile::tempdir().unwrap();
         std::fs::write(ctx.path().join("a.sh"), "true").unwrap();
-        let dir = StateDir::new(home.path(), DEFAULT_WORKDIR);
+        let dir = StateDir::new(home.path(), DEFAULT_WORKDIR).unwrap();
+        let _lock = dir.lock("start-image-build", true).unwrap();
         let source = SourceImage {
             name: "cos-1".into(),
             project: "cos-cloud".into(),
@@ -199,6 +367,7 @@ mod tests {
     fn load_without_start_says_what_to_do() {
         let home = tempfile::tempdir().unwrap();
         let e = StateDir::new(home.path(), "w")
+            .unwrap()
             .load()
             .unwrap_err()
             .to_string();
@@ -209,11 +378,91 @@ mod tests {
     fn corrupt_state_is_reported() {
         let home = tempfile::tempdir().unwrap();
         let ctx = tempfile::tempdir().unwrap();
-        let dir = StateDir::new(home.path(), "w");
+        let dir = StateDir::new(home.path(), "w").unwrap();
+        let _lock = dir.lock("start-image-build", true).unwrap();
         dir.start(ctx.path(), &SourceImage::default(), &BuildConfig::default())
             .unwrap();
         std::fs::write(home.path().join("w/config/build"), "{\"GCSBucket\":").unwrap();
         let e = format!("{:#}", dir.load().unwrap_err());
         assert!(e.contains("w/config/build") && e.contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn workdir_must_stay_under_home() {
+        let home = Path::new("/home/u");
+        for bad in ["", ".", "..", "../x", "a/../../b", "/etc", "./"] {
+            let e = StateDir::new(home, bad).unwrap_err().to_string();
+            assert!(e.contains("-local-state-workdir"), "{bad:?}: {e}");
+        }
+        let d = StateDir::new(home, "builds/one").unwrap();
+        assert_eq!(d.root(), Path::new("/home/u/builds/one"));
+    }
+
+    #[test]
+    fn a_foreign_folder_is_never_used_or_removed() {
+        let home = tempfile::tempdir().unwrap();
+        let project = home.path().join("project");
+        std::fs::create_dir_all(project.join("config")).unwrap();
+        std::fs::write(project.join("config/build"), "mine").unwrap();
+        std::fs::write(project.join("notes.txt"), "mine").unwrap();
+        let dir = StateDir::new(home.path(), "project").unwrap();
+        let e = dir.lock("start-image-build", true).unwrap_err().to_string();
+        assert!(e.contains("not made by cos-customizer"), "{e}");
+        assert!(dir.remove().is_err());
+        assert_eq!(
+            std::fs::read(project.join("config/build")).unwrap(),
+            b"mine"
+        );
+        assert!(project.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn removal_keeps_files_the_tool_did_not_write() {
+        let home = tempfile::tempdir().unwrap();
+        let ctx = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(home.path(), "w").unwrap();
+        let lock = dir.lock("start-image-build", true).unwrap();
+        dir.start(ctx.path(), &SourceImage::default(), &BuildConfig::default())
+            .unwrap();
+        std::fs::write(home.path().join("w/user-file"), "keep").unwrap();
+        dir.remove().unwrap();
+        drop(lock);
+        let left: Vec<_> = std::fs::read_dir(dir.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["user-file"]);
+    }
+
+    #[test]
+    fn state_written_by_the_original_is_ours() {
+        let home = tempfile::tempdir().unwrap();
+        let root = home.path().join("w");
+        std::fs::create_dir_all(root.join("config")).unwrap();
+        for f in ["config/source_image", "config/build", "config/provisioner"] {
+            std::fs::write(root.join(f), "{}").unwrap();
+        }
+        std::fs::write(root.join("user_build_context.tar"), "").unwrap();
+        let dir = StateDir::new(home.path(), "w").unwrap();
+        let _lock = dir.lock("finish-image-build", false).unwrap();
+        dir.remove().unwrap();
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn a_second_command_is_refused_while_one_holds_the_lock() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(home.path(), "w").unwrap();
+        let lock = dir.lock("finish-image-build", true).unwrap();
+        let e = dir.lock("run-script", false).unwrap_err().to_string();
+        assert!(
+            e.contains("in use by `cos-customizer finish-image-build` (pid"),
+            "{e}"
+        );
+        drop(lock);
+        dir.lock("run-script", false).unwrap();
+        let other = StateDir::new(home.path(), "other").unwrap();
+        let e = other.lock("run-script", false).unwrap_err().to_string();
+        assert!(e.contains("run start-image-build first"), "{e}");
     }
 }

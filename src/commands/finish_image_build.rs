@@ -130,6 +130,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 pub fn run(state: &StateDir, o: FinishOpts) -> Result<()> {
+    let _lock = state.lock("finish-image-build", false)?;
     let kind = backend_kind(&o, &state.load()?);
     // Bad flags keep the recorded steps: fix the flag and run finish again.
     validate(&o, kind)?;

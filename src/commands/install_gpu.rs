@@ -77,6 +77,7 @@ pub fn run(state: &StateDir, o: InstallGpuOpts) -> Result<()> {
         );
     }
     validate(&o)?;
+    let _lock = state.lock("install-gpu", false)?;
     let mut s = state.load()?;
     if s.prov
         .steps

@@ -12,6 +12,7 @@ use cos_customizer_core::state::StateDir;
 use crate::cli::RunScriptOpts;
 
 pub fn run(state: &StateDir, o: RunScriptOpts) -> Result<()> {
+    let _lock = state.lock("run-script", false)?;
     let mut s = state.load()?;
     archive::require_member(&state.context_archive(), &o.script)?;
     let mut vars = BTreeMap::new();

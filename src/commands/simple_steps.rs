@@ -8,9 +8,11 @@ use cos_customizer_core::state::StateDir;
 
 use crate::cli::AnthosOpts;
 
-/// Appends a step; `reclaim` marks ROOT-A's space for reclaiming, as both
+/// Appends a step under the state lock (`command` names the subcommand in the lock);
+/// `reclaim` marks ROOT-A's space for reclaiming, as both
 /// `seal-oem` and `disable-auto-update` do upstream.
-fn add(state: &StateDir, step: Step, reclaim: bool) -> Result<()> {
+fn add(state: &StateDir, command: &str, step: Step, reclaim: bool) -> Result<()> {
+    let _lock = state.lock(command, false)?;
     let mut s = state.load()?;
     if reclaim {
         s.prov.boot_disk.reclaim_sda3 = true;
@@ -23,11 +25,11 @@ fn add(state: &StateDir, step: Step, reclaim: bool) -> Result<()> {
 }
 
 pub fn seal_oem(state: &StateDir) -> Result<()> {
-    add(state, Step::SealOem, true)
+    add(state, "seal-oem", Step::SealOem, true)
 }
 
 pub fn disable_auto_update(state: &StateDir) -> Result<()> {
-    add(state, Step::DisableAutoUpdate, true)
+    add(state, "disable-auto-update", Step::DisableAutoUpdate, true)
 }
 
 pub fn anthos_installer_install(state: &StateDir, o: AnthosOpts) -> Result<()> {
@@ -42,5 +44,5 @@ pub fn anthos_installer_install(state: &StateDir, o: AnthosOpts) -> Result<()> {
         anthos_installer_version: "anthos_installer-linux-amd64-v0.0.1-bb7e04e.tar.gz".into(),
         anthos_installer_release_bucket: "cos-anthos-builds-us".into(),
     });
-    add(state, step, false)
+    add(state, "anthos-installer-install", step, false)
 }

@@ -112,6 +112,7 @@ pub fn run(state: &StateDir, compute_endpoint: &str, o: StartOpts) -> Result<()>
         gce_endpoint: compute_endpoint.to_string(),
         ..Default::default()
     };
+    let _lock = state.lock("start-image-build", true)?;
     state
         .start(&o.build_context, &source, &build)
         .context("starting the image build")?;
