@@ -223,9 +223,16 @@ pub struct FinishOpts {
     /// Backend: qemu or gce. Default: qemu for a local source image or -output-file, else gce.
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
-    /// Local output image file (QEMU builds).
+    /// Local output image file (QEMU builds); must not exist unless -overwrite is given.
     #[arg(long, value_name = "PATH")]
     pub output_file: Option<PathBuf>,
+    /// Replaces an existing -output-file.
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub overwrite: bool,
+    /// Accepts a local source image that sits on a backing file (whose contents then go
+    /// into the output).
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub allow_backing_file: bool,
     /// Output format: raw, qcow2 or tar.gz (GCE import format). Default: from -output-file's name.
     #[arg(long, value_name = "FORMAT")]
     pub output_format: Option<String>,

@@ -4,6 +4,34 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A sparse 64 MiB raw disk with COS's partition numbers and labels (no file systems):
+/// enough for every check made before a VM starts.
+fn cos_shaped_disk(path: &Path) {
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut c = Command::new("sgdisk");
+    for (n, label) in [
+        (1, "STATE"),
+        (2, "KERN-A"),
+        (3, "ROOT-A"),
+        (4, "KERN-B"),
+        (5, "ROOT-B"),
+        (8, "OEM"),
+        (12, "EFI-SYSTEM"),
+    ] {
+        c.arg(format!("--new={n}:0:+4M"))
+            .arg(format!("--change-name={n}:{label}"));
+    }
+    let out = c.arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 struct Home {
     dir: tempfile::TempDir,
 }
@@ -16,7 +44,7 @@ impl Home {
         std::fs::write(ctx.join("preload.sh"), "echo hi\n").unwrap();
         std::fs::write(ctx.join(".hidden"), "x\n").unwrap();
         std::fs::write(ctx.join("lib/x.sh"), "x\n").unwrap();
-        std::fs::write(dir.path().join("source.img"), vec![0u8; 4096]).unwrap();
+        cos_shaped_disk(&dir.path().join("source.img"));
         Home { dir }
     }
 
@@ -364,27 +392,73 @@ fn parallel_state_folders_are_independent() {
 }
 
 #[test]
-fn existing_output_is_a_no_op_as_upstream() {
+fn existing_output_is_refused_and_the_state_kept() {
     let h = Home::new();
     h.start_local();
     std::fs::write(h.path().join("out.img"), "keep me").unwrap();
-    // The smallest static ELF header the provisioner check accepts: no program headers.
-    let mut elf = vec![0u8; 64];
-    elf[..5].copy_from_slice(b"\x7fELF\x02");
-    std::fs::write(h.path().join("prov"), elf).unwrap();
-    let out = h.run(&[
-        "finish-image-build",
-        "-output-file=out.img",
-        "-provisioner=prov",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("already exists. Exiting."), "{err}");
-    assert_eq!(std::fs::read(h.path().join("out.img")).unwrap(), b"keep me");
+    let (code, err) = h.fail(&["finish-image-build", "-output-file=out.img"]);
+    assert_eq!(code, 1);
     assert!(
-        !h.state_dir(".cos-customizer-workdir").exists(),
-        "the state is cleared, as upstream"
+        err.contains("out.img already exists: pass -overwrite to replace it"),
+        "{err}"
     );
+    assert_eq!(std::fs::read(h.path().join("out.img")).unwrap(), b"keep me");
+    assert!(h.state_dir(".cos-customizer-workdir").exists());
+    for (out, why) in [
+        ("source.img", "is the source image"),
+        ("ctx", "is a folder"),
+        (".cos-customizer-workdir/o.img", "inside the state folder"),
+    ] {
+        let (_, err) = h.fail(&[
+            "finish-image-build",
+            &format!("-output-file={out}"),
+            "-overwrite",
+        ]);
+        assert!(err.contains(why), "{out}: {err}");
+    }
+}
+
+#[test]
+fn dry_run_shows_the_plan_and_every_reason_to_refuse() {
+    let h = Home::new();
+    h.start_local();
+    h.ok(&["install-gpu", "-version=450.51.06"]);
+    std::fs::remove_file(h.path().join("source.img")).unwrap();
+    let out = h.run(&["finish-image-build", "-output-file=out.img", "-dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(plan.contains("Reboots to expect"), "{plan}");
+    assert!(err.contains("QEMU backend cannot attach"), "{err}");
+    assert!(
+        err.contains("moved or removed after start-image-build"),
+        "{err}"
+    );
+    assert!(h.state_dir(".cos-customizer-workdir").exists());
+}
+
+#[test]
+fn the_state_folder_must_be_under_home_and_made_by_the_tool() {
+    let h = Home::new();
+    for bad in ["", "..", "../x", "/tmp/w", "."] {
+        let (code, err) = h.fail(&[
+            &format!("-local-state-workdir={bad}"),
+            "start-image-build",
+            "-build-context=ctx",
+            "-image-file=source.img",
+        ]);
+        assert_eq!(code, 1, "{bad:?}");
+        assert!(err.contains("-local-state-workdir"), "{bad:?}: {err}");
+    }
+    // An existing project folder is neither written into nor removed.
+    let (_, err) = h.fail(&[
+        "-local-state-workdir=ctx",
+        "start-image-build",
+        "-build-context=ctx",
+        "-image-file=source.img",
+    ]);
+    assert!(err.contains("not made by cos-customizer"), "{err}");
+    assert!(h.path().join("ctx/preload.sh").exists());
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod cos_layout;
 pub mod duration;
 pub mod env;
 pub mod fsutil;

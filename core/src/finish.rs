@@ -4,23 +4,26 @@
 //! preloader, and removes the build state once a build has run.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use cos_customizer_common::config::Step;
 use cos_customizer_common::protocol::{cidata_url, BUILD_CONTEXT_TAR, USER_CONTEXT};
-use cos_customizer_common::{duration, sizing};
+use cos_customizer_common::{cos_layout, duration, sizing};
 
 use crate::backend::{Backend, BackendInfo, ImageFormat, OutputImage};
 use crate::cloud_config;
 use crate::preload::{self, LogLine, Preloader, Request};
-use crate::provisioner_bin;
 use crate::state::{BuildState, StateDir};
+use crate::{preflight, provisioner_bin};
 
 /// The prefix the original trims from `-licenses` values.
 const LICENSE_PREFIX: &str = "https://www.googleapis.com/compute/v1/";
+const GIB: u64 = 1 << 30;
+/// Room for the CIDATA disk's FAT structures and cloud-init files, beyond its payload.
+const CIDATA_SLACK: u64 = 16 << 20;
 
 /// Everything `finish-image-build` was asked, already parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +41,8 @@ pub struct FinishOptions {
     /// The static provisioner binary for the CIDATA disk (`-provisioner`); `None` looks in
     /// the usual places ([`provisioner_bin::locate`]).
     pub provisioner: Option<PathBuf>,
+    /// Accept a local source image that sits on a backing file (`-allow-backing-file`).
+    pub allow_backing_file: bool,
 }
 
 /// The build VM's flags; GCE-only ones are recorded for every backend, as the original.
@@ -89,13 +94,22 @@ pub struct ImageOptions {
     pub licenses: Vec<String>,
     /// For local builds: the absolute file to write, and its format.
     pub local_file: Option<(PathBuf, ImageFormat)>,
+    /// Replace an existing local output file (`-overwrite`).
+    pub overwrite: bool,
 }
 
-/// What `finish-image-build -dry-run` prints: the same checks as a real build, then the
-/// plan; creates nothing and keeps the state.
-pub fn plan(state: &StateDir, opts: &FinishOptions, backend: BackendInfo) -> Result<String> {
-    let req = prepare(state, state.load()?, opts, backend)?;
-    preload::plan(&req, backend.name)
+/// What `finish-image-build -dry-run` prints: the plan, after the same checks as a real
+/// build, and every reason the real build would be refused (with `host_problems`, the
+/// backend's own checks of this machine). Creates nothing and keeps the state.
+pub fn plan(
+    state: &StateDir,
+    opts: &FinishOptions,
+    backend: BackendInfo,
+    host_problems: Vec<String>,
+) -> Result<(String, Vec<String>)> {
+    let (req, mut refusals) = prepare(state, state.load()?, opts, backend);
+    refusals.splice(0..0, host_problems);
+    Ok((preload::plan(&req, backend.name)?, refusals))
 }
 
 /// Builds the output image on `backend`. Bad options keep the state, so the user can fix
@@ -107,7 +121,10 @@ pub async fn finish(
     backend: Arc<dyn Backend>,
     log: &mut dyn FnMut(LogLine),
 ) -> Result<()> {
-    let mut req = prepare(state, state.load()?, opts, backend.info())?;
+    let (mut req, refusals) = prepare(state, state.load()?, opts, backend.info());
+    if !refusals.is_empty() {
+        bail!("{} (the build state is kept)", refused(&refusals));
+    }
     // A missing provisioner is a set-up mistake: say so and keep the state.
     req.provisioner = provisioner_bin::locate(opts.provisioner.as_deref())?;
     let result = build(&req, backend, log).await;
@@ -116,15 +133,26 @@ pub async fn finish(
     removed
 }
 
-/// Applies the options to the recorded build and checks them against the backend.
+/// One message for one or more reasons to refuse a build.
+pub fn refused(reasons: &[String]) -> String {
+    match reasons {
+        [one] => one.clone(),
+        many => format!("the build cannot start:\n  - {}", many.join("\n  - ")),
+    }
+}
+
+/// Applies the options to the recorded build and checks them against the backend and
+/// this machine. Returns the request, and every reason to refuse it.
 fn prepare(
     state: &StateDir,
     mut s: BuildState,
     opts: &FinishOptions,
     backend: BackendInfo,
-) -> Result<Request> {
+) -> (Request, Vec<String>) {
+    let mut refusals = Vec::new();
+    let mut refuse = |e: anyhow::Error| refusals.push(format!("{e:#}"));
     if opts.timeout.is_zero() {
-        bail!("-timeout must be longer than 0, e.g. -timeout=1h");
+        refuse(anyhow!("-timeout must be longer than 0, e.g. -timeout=1h"));
     }
     let b = &mut s.build;
     let vm = &opts.vm;
@@ -146,24 +174,34 @@ fn prepare(
         .any(|st| matches!(st, Step::InstallGpu(_)))
     {
         if !backend.attaches_gpus {
-            bail!(
+            refuse(anyhow!(
                 "install-gpu needs a GPU in the build VM, which the {} backend cannot attach: build on GCE (-backend=gce)",
                 backend.name.to_uppercase()
-            );
+            ));
         }
         if b.gpu_type.is_none() {
-            bail!(
+            refuse(anyhow!(
                 "the build has an install-gpu step but no GPU type: give -gpu-type (e.g. -gpu-type=nvidia-tesla-t4)"
-            );
+            ));
         }
     }
+    if let Some(gb) = opts.disk_size_gb.filter(|gb| gb.checked_mul(GIB).is_none()) {
+        refuse(anyhow!(
+            "-disk-size-gb={gb} is too large to be a disk size: give a size in GB, e.g. -disk-size-gb=20"
+        ));
+    }
     s.prov.boot_disk.oem_size = opts.oem_size.clone();
-    sizing::validate_oem(s.build.disk_size_gb, &mut s.prov)?;
+    if let Err(e) = sizing::validate_oem(s.build.disk_size_gb, &mut s.prov) {
+        refuse(e);
+    }
     s.prov.boot_disk.wait_for_disk_resize = sizing::resize_to_gb(&s.build, &s.prov).is_some();
     // Every backend carries the build context on the CIDATA disk.
     s.prov.build_contexts =
         BTreeMap::from([(USER_CONTEXT.to_string(), cidata_url(BUILD_CONTEXT_TAR))]);
-    Ok(Request {
+    for problem in check_local_files(state, &s, opts) {
+        refuse(problem);
+    }
+    let req = Request {
         output: output_image(&opts.image, &s),
         user_data: cloud_config::user_data(),
         provisioner: opts.provisioner.clone().unwrap_or_default(),
@@ -172,7 +210,60 @@ fn prepare(
         build: s.build,
         prov: s.prov,
         timeout: opts.timeout,
-    })
+    };
+    (req, refusals)
+}
+
+/// The local source image, the output file and the free space they need.
+fn check_local_files(state: &StateDir, s: &BuildState, opts: &FinishOptions) -> Vec<anyhow::Error> {
+    let mut problems = Vec::new();
+    let source = Some(Path::new(&s.source.local_file)).filter(|p| !p.as_os_str().is_empty());
+    let mut data_bytes = 0;
+    if let Some(src) = source {
+        let mut needs = cos_layout::ALWAYS.to_vec();
+        if s.prov.boot_disk.reclaim_sda3 {
+            needs.extend(cos_layout::FOR_RECLAIM);
+        }
+        match preflight::check_source(src, &needs, opts.allow_backing_file) {
+            Ok(facts) => {
+                data_bytes = facts.data_bytes;
+                // The backend unpacks a GCE archive into TMPDIR; the CIDATA disk goes
+                // there too.
+                let unpacked = if facts.format == "tar.gz" {
+                    data_bytes
+                } else {
+                    0
+                };
+                let cidata = file_len(&state.context_archive())
+                    + opts.provisioner.as_deref().map_or(0, file_len)
+                    + CIDATA_SLACK;
+                if let Err(e) = preflight::check_space(
+                    &std::env::temp_dir(),
+                    unpacked + cidata,
+                    "the build's disks (TMPDIR)",
+                ) {
+                    problems.push(e);
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if let Some((out, _)) = &opts.image.local_file {
+        match preflight::check_output(out, source, state.root(), opts.image.overwrite) {
+            Ok(()) => {
+                let dir = cos_customizer_common::fsutil::parent_dir(out);
+                if let Err(e) = preflight::check_space(dir, data_bytes, "the output image") {
+                    problems.push(e);
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    problems
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
 }
 
 fn output_image(o: &ImageOptions, s: &BuildState) -> OutputImage {
@@ -213,7 +304,9 @@ async fn build(
     backend: Arc<dyn Backend>,
     log: &mut dyn FnMut(LogLine),
 ) -> Result<()> {
-    if backend.image_exists(&req.output).await? {
+    // A local output was checked up front (it exists only with -overwrite); a GCE image
+    // that exists means the build is done, as the original.
+    if req.output.local_file.is_none() && backend.image_exists(&req.output).await? {
         log(LogLine::Host(&format!(
             "Result image {} already exists. Exiting.",
             req.output.display_name()
@@ -291,8 +384,10 @@ mod tests {
                 inherit_labels: true,
                 licenses: vec![],
                 local_file: None,
+                overwrite: false,
             },
             provisioner: None,
+            allow_backing_file: false,
         }
     }
 
@@ -318,7 +413,8 @@ mod tests {
         let mut o = options();
         o.disk_size_gb = Some(12);
         o.oem_size = Some("1G".into());
-        let req = prepare(&dir, s, &o, QEMU).unwrap();
+        let (req, refusals) = prepare(&dir, s, &o, QEMU);
+        assert!(refusals.is_empty(), "{refusals:?}");
         assert_eq!(req.build.disk_size_gb, Some(12));
         assert_eq!(req.build.timeout, "1m0s");
         assert_eq!(req.prov.boot_disk.oem_size.as_deref(), Some("1023M"));
@@ -342,17 +438,15 @@ mod tests {
         let (_home, dir) = started();
         let mut s = dir.load().unwrap();
         s.add_step(Step::InstallGpu(InstallGpuArgs::default()));
-        let e = prepare(&dir, s.clone(), &options(), QEMU)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("QEMU backend cannot attach"), "{e}");
-        let e = prepare(&dir, s.clone(), &options(), GCE)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("give -gpu-type"), "{e}");
+        let (_, r) = prepare(&dir, s.clone(), &options(), QEMU);
+        assert!(r[0].contains("QEMU backend cannot attach"), "{r:?}");
+        assert!(r[1].contains("give -gpu-type"), "{r:?}");
+        let (_, r) = prepare(&dir, s.clone(), &options(), GCE);
+        assert_eq!(r.len(), 1, "{r:?}");
         let mut o = options();
         o.vm.gpu_type = Some("nvidia-tesla-t4".into());
-        let req = prepare(&dir, s, &o, GCE).unwrap();
+        let (req, r) = prepare(&dir, s, &o, GCE);
+        assert!(r.is_empty(), "{r:?}");
         assert_eq!(req.build.gpu_type.as_deref(), Some("nvidia-tesla-t4"));
     }
 
@@ -361,21 +455,22 @@ mod tests {
         let (_home, dir) = started();
         let mut o = options();
         o.timeout = Duration::ZERO;
-        assert!(prepare(&dir, dir.load().unwrap(), &o, QEMU).is_err());
-        let mut o = options();
         o.oem_size = Some("3072M".into());
         o.disk_size_gb = Some(11);
-        let e = prepare(&dir, dir.load().unwrap(), &o, QEMU)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("-disk-size-gb=13"), "{e}");
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, QEMU);
+        assert!(r[0].contains("-timeout must be longer than 0"), "{r:?}");
+        assert!(r[1].contains("-disk-size-gb=13"), "{r:?}");
+        o.disk_size_gb = Some(u64::MAX / 2);
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, QEMU);
+        assert!(r.iter().any(|m| m.contains("too large")), "{r:?}");
     }
 
     #[test]
     fn plan_checks_like_a_build_and_keeps_the_state() {
         let (_home, dir) = started();
-        let text = plan(&dir, &options(), GCE).unwrap();
-        assert!(text.starts_with("Backend: gce\n"), "{text}");
+        let (text, refusals) = plan(&dir, &options(), QEMU, vec!["no qemu".into()]).unwrap();
+        assert!(text.starts_with("Backend: qemu\n"), "{text}");
+        assert_eq!(refusals, ["no qemu"]);
         assert!(dir.load().is_ok(), "the state is kept");
     }
 

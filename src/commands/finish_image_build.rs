@@ -108,8 +108,10 @@ fn options(o: &FinishOpts) -> Result<FinishOptions> {
             inherit_labels: o.inherit_labels,
             licenses: o.licenses.clone(),
             local_file,
+            overwrite: o.overwrite,
         },
         provisioner: o.provisioner.clone(),
+        allow_backing_file: o.allow_backing_file,
     })
 }
 
@@ -136,7 +138,14 @@ pub fn run(state: &StateDir, o: FinishOpts) -> Result<()> {
     validate(&o, kind)?;
     let opts = options(&o)?;
     if o.dry_run {
-        print!("{}", finish::plan(state, &opts, backend::info(kind))?);
+        let (text, refusals) = finish::plan(state, &opts, backend::info(kind), Vec::new())?;
+        print!("{text}");
+        if !refusals.is_empty() {
+            bail!(
+                "a real run would be refused: {} (the build state is kept)",
+                finish::refused(&refusals)
+            );
+        }
         return Ok(());
     }
     let backend = backend::open(kind, o.accel)?;
