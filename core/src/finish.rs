@@ -206,6 +206,7 @@ fn prepare(
         user_data: cloud_config::user_data(),
         provisioner: opts.provisioner.clone().unwrap_or_default(),
         context_tar: state.context_archive(),
+        log_dir: state.log_dir(),
         source: s.source,
         build: s.build,
         prov: s.prov,

@@ -191,6 +191,14 @@ impl StateDir {
         &self.root
     }
 
+    /// Where the serial logs of failed builds are kept: `$HOME/<workdir>-logs`, beside
+    /// the state folder, since the state folder goes when a build has run.
+    pub fn log_dir(&self) -> PathBuf {
+        let mut name = self.root.file_name().unwrap_or_default().to_os_string();
+        name.push("-logs");
+        self.root.with_file_name(name)
+    }
+
     /// The archived build context, `user_build_context.tar`; it exists once a build has started.
     pub fn context_archive(&self) -> PathBuf {
         self.root.join(BUILD_CONTEXT_TAR)

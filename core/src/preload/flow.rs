@@ -2,9 +2,10 @@
 //! the image, in the order of the original's workflow.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::{Created, LogLine, Preloader, Request, CLEANUP_LABEL, VM_NAME};
 use crate::backend::{DiskId, DiskSource, DiskSpec, VmId, VmSpec, VmStatus};
@@ -26,6 +27,58 @@ fn vm_metadata(user_data: &str) -> BTreeMap<String, String> {
             "update_disabled".to_string(),
         ),
     ])
+}
+
+/// The guest's console, where the kernel and systemd write (GCE's port 1, ttyS0).
+const CONSOLE_PORT: u8 = 1;
+/// How many lines of each serial port go into a failure's message.
+const LOG_TAIL_LINES: usize = 15;
+/// The most of one serial port kept after a failure.
+const MAX_KEPT_LOG: usize = 64 << 20;
+
+/// The last `n` lines of `text`, without terminal escape sequences and carriage returns.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<String> = text
+        .lines()
+        .map(strip_escapes)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Drops ANSI escape sequences (`ESC [ … letter`) and control characters.
+fn strip_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes `files` into a new folder under `dir`, named after the time and this process.
+fn keep_logs(dir: &Path, files: &[(&str, &str)]) -> Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kept = dir.join(format!("build-{secs}-{}", std::process::id()));
+    std::fs::create_dir_all(&kept).with_context(|| format!("creating {}", kept.display()))?;
+    for (name, text) in files {
+        let path = kept.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(kept)
 }
 
 impl Preloader {
@@ -79,24 +132,87 @@ impl Preloader {
         log(LogLine::Host(&format!(
             "Started {VM_NAME}; waiting for the provisioner (timeout {timeout_text} per wait)"
         )));
+        match self.follow(req, &vm, &boot, log).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.with_serial_logs(e, &vm, &req.log_dir).await),
+        }
+    }
 
+    /// From a running VM to the image: the serial-port watch, the acknowledgement, the
+    /// VM's stop and the image.
+    async fn follow(
+        &self,
+        req: &Request,
+        vm: &VmId,
+        boot: &DiskId,
+        log: &mut dyn FnMut(LogLine),
+    ) -> Result<()> {
+        let b = &self.backend;
         let resize_to = resize_to_gb(&req.build, &req.prov);
-        self.watch(&vm, &boot, resize_to, req.timeout, log).await?;
+        self.watch(vm, boot, resize_to, req.timeout, log).await?;
 
-        b.set_metadata(&vm, ACK_METADATA_KEY, ACK_METADATA_VALUE)
+        b.set_metadata(vm, ACK_METADATA_KEY, ACK_METADATA_VALUE)
             .await
             .context("acknowledging the build (metadata DaisyEnd)")?;
         log(LogLine::Host("Build succeeded; waiting for the VM to stop"));
-        self.wait_stopped(&vm, req.timeout).await?;
+        self.wait_stopped(vm, req.timeout).await?;
 
         log(LogLine::Host(&format!(
             "Creating image {}",
             req.output.display_name()
         )));
-        b.create_image(&boot, &req.output)
+        b.create_image(boot, &req.output)
             .await
             .with_context(|| format!("creating image {}", req.output.display_name()))?;
         Ok(())
+    }
+
+    /// `err` with the last lines of the VM's serial console and of serial port 3, and the
+    /// path of the whole logs, kept in a new folder under `log_dir` (the VM and its own
+    /// logs are about to be deleted).
+    async fn with_serial_logs(
+        &self,
+        err: anyhow::Error,
+        vm: &VmId,
+        log_dir: &Path,
+    ) -> anyhow::Error {
+        let console = self.read_serial(vm, CONSOLE_PORT).await;
+        let status = self.read_serial(vm, STATUS_PORT).await;
+        let mut msg = format!("{err:#}");
+        for (what, text) in [("the serial console", &console), ("serial port 3", &status)] {
+            let tail = last_lines(text, LOG_TAIL_LINES);
+            if !tail.is_empty() {
+                msg += &format!("\nLast lines of {what}:\n{tail}");
+            }
+        }
+        let kept = keep_logs(
+            log_dir,
+            &[
+                ("serial-console.log", &console),
+                ("serial-port-3.log", &status),
+            ],
+        );
+        match kept {
+            Ok(dir) => msg += &format!("\nThe serial logs are kept in {}", dir.display()),
+            Err(e) => msg += &format!("\n(the serial logs could not be kept: {e:#})"),
+        }
+        anyhow!(msg)
+    }
+
+    /// All of a serial port's output so far (best effort: what could be read).
+    async fn read_serial(&self, vm: &VmId, port: u8) -> String {
+        let mut text = String::new();
+        while text.len() < MAX_KEPT_LOG {
+            match self
+                .backend
+                .serial_output(vm, port, text.len() as u64)
+                .await
+            {
+                Ok(chunk) if !chunk.contents.is_empty() => text.push_str(&chunk.contents),
+                _ => break,
+            }
+        }
+        text
     }
 
     /// Writes the CIDATA image (provisioner, config, cloud-config, build context) into
@@ -265,8 +381,12 @@ mod tests {
             Ok(VmId(s.name.clone()))
         }
         async fn serial_output(&self, _: &VmId, port: u8, offset: u64) -> Result<SerialChunk> {
-            assert_eq!(port, 3);
-            let s = self.serial.lock().unwrap();
+            let console = "[\x1b[0;32m  OK  \x1b[0m] Reached target Multi-User System.\r\n";
+            let s = match port {
+                1 => console.to_string(),
+                3 => self.serial.lock().unwrap().clone(),
+                other => panic!("port {other}"),
+            };
             // Hand out a few bytes at a time to exercise partial lines.
             let end = (offset as usize + 7).min(s.len());
             Ok(SerialChunk {
@@ -377,9 +497,22 @@ mod tests {
         let fake = Arc::new(Fake::default());
         *fake.serial.lock().unwrap() =
             "BuildStatus: error in step 1 (RunScript)\nBuildFailed: exiting due to errors\n".into();
-        let (r, _, calls) = run(fake, &sample_request(dir.path(), Duration::from_secs(30))).await;
+        let req = sample_request(dir.path(), Duration::from_secs(30));
+        let (r, _, calls) = run(fake, &req).await;
         let e = r.unwrap_err().to_string();
         assert!(e.contains("BuildFailed: exiting due to errors"), "{e}");
+        assert!(
+            e.contains("Last lines of the serial console:\n[  OK  ] Reached target Multi-User System."),
+            "{e}"
+        );
+        assert!(
+            e.contains("Last lines of serial port 3:\nBuildStatus: error in step 1 (RunScript)"),
+            "{e}"
+        );
+        let kept = e.rsplit("The serial logs are kept in ").next().unwrap();
+        assert!(kept.starts_with(req.log_dir.to_str().unwrap()), "{e}");
+        let status = std::fs::read_to_string(Path::new(kept).join("serial-port-3.log")).unwrap();
+        assert!(status.ends_with("BuildFailed: exiting due to errors\n"), "{status}");
         assert!(!calls
             .iter()
             .any(|c| c.starts_with("create_image") || c.starts_with("set_metadata")));

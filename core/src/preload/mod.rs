@@ -62,6 +62,8 @@ pub struct Request {
     pub provisioner: PathBuf,
     /// The build context archive that goes on the CIDATA disk.
     pub context_tar: PathBuf,
+    /// Where the serial logs of a failed build are kept.
+    pub log_dir: PathBuf,
     /// The image to make from the finished boot disk.
     pub output: OutputImage,
     /// Applies to each wait, as the original's Daisy `-default_timeout`.
@@ -139,6 +141,7 @@ pub(crate) fn sample_request(dir: &std::path::Path, timeout: Duration) -> Reques
         user_data: "#cloud-config\n{}".into(),
         provisioner,
         context_tar,
+        log_dir: dir.join("logs"),
         output: OutputImage {
             name: "out".into(),
             project: "p".into(),
