@@ -88,7 +88,7 @@ pub struct StartOpts {
 pub struct RunScriptOpts {
     /// Script to run, as named in the build context (no ./ prefix).
     #[arg(long, default_value = "")]
-    pub script: String,
+    pub script: std::ffi::OsString,
     /// Environment for the script: NAME=VALUE[,NAME=VALUE]; repeatable; a later value wins.
     /// A segment without '=' continues the previous value (LIST=a,b); '\,' is a literal comma.
     #[arg(long, value_name = "NAME=VALUE,…")]

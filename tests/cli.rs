@@ -419,6 +419,27 @@ fn existing_output_is_refused_and_the_state_kept() {
 }
 
 #[test]
+fn a_script_name_that_is_not_utf8_is_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let h = Home::new();
+    h.start_local();
+    let out = Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
+        .arg("run-script")
+        .arg(std::ffi::OsStr::from_bytes(b"-script=\xff.sh"))
+        .env("HOME", h.path())
+        .current_dir(h.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(r#"-script "\xFF.sh" is not valid UTF-8"#)
+            && err.contains("rename the script"),
+        "{err}"
+    );
+}
+
+#[test]
 fn dry_run_shows_the_plan_and_every_reason_to_refuse() {
     let h = Home::new();
     h.start_local();

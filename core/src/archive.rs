@@ -25,6 +25,9 @@ pub fn create(src: &Path, dst: &Path, exclude: &Path) -> Result<()> {
     }
     let meta = std::fs::symlink_metadata(src)
         .with_context(|| format!("reading build context {}", src.display()))?;
+    if !meta.is_dir() {
+        check_kind(src, &meta)?;
+    }
     let dir = fsutil::parent_dir(dst);
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-context-")
@@ -81,6 +84,7 @@ fn walk_into(root: &Path, rel: &Path, exclude: &Path, out: &mut Vec<PathBuf>) ->
         let full = root.join(&child);
         let meta = std::fs::symlink_metadata(&full)
             .with_context(|| format!("reading {}", full.display()))?;
+        check_kind(&full, &meta)?;
         if !meta.is_symlink() && full.canonicalize().is_ok_and(|c| c.starts_with(exclude)) {
             continue;
         }
@@ -92,16 +96,33 @@ fn walk_into(root: &Path, rel: &Path, exclude: &Path, out: &mut Vec<PathBuf>) ->
     Ok(())
 }
 
+/// A build context holds files, folders and symlinks; a pipe, socket or device could not
+/// be archived faithfully (reading a pipe blocks), so it is refused by name.
+fn check_kind(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = if t.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "{} in the build context is {kind}: a build context holds only files, folders and symlinks; remove it or move it out of -build-context",
+        path.display()
+    )
+}
+
 /// The member names of an archive, directories with a trailing `/`.
 pub fn members(archive: &Path) -> Result<Vec<String>> {
     let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     let mut tar = tar::Archive::new(file);
     let mut names = Vec::new();
-    for entry in tar
-        .entries()
-        .with_context(|| format!("reading {}", archive.display()))?
-    {
-        let entry = entry.with_context(|| format!("reading {}", archive.display()))?;
+    for entry in tar.entries().map_err(|e| corrupt(archive, &e))? {
+        let entry = entry.map_err(|e| corrupt(archive, &e))?;
         let mut name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         if entry.header().entry_type().is_dir() && !name.ends_with('/') {
             name.push('/');
@@ -109,6 +130,25 @@ pub fn members(archive: &Path) -> Result<Vec<String>> {
         names.push(name);
     }
     Ok(names)
+}
+
+/// The error for an archive that is not a tar file: the tar crate's own words may quote
+/// the garbage it read after a colon, so only what comes before it goes in.
+fn corrupt(archive: &Path, e: &std::io::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let reason: String = text
+        .split(": ")
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(80)
+        .collect();
+    anyhow::anyhow!(
+        "{} is not a valid tar archive ({reason}): the build state is corrupt; remove {} and run start-image-build again",
+        archive.display(),
+        fsutil::parent_dir(archive).display()
+    )
 }
 
 /// Checks that `path` names a member exactly; the error lists the closest members.
@@ -238,5 +278,41 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/ctx"));
+    }
+
+    #[test]
+    fn pipes_are_refused_by_name() {
+        let ctx = context();
+        let fifo = ctx.path().join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let out = tempfile::tempdir().unwrap();
+        let dst = out.path().join("ctx.tar");
+        for src in [ctx.path(), fifo.as_path()] {
+            let e = create(src, &dst, out.path()).unwrap_err().to_string();
+            assert!(
+                e.contains("pipe") && e.contains("is a named pipe (FIFO)"),
+                "{e}"
+            );
+            assert!(!dst.exists());
+        }
+    }
+
+    #[test]
+    fn a_corrupt_archive_says_so_without_quoting_garbage() {
+        let d = tempfile::tempdir().unwrap();
+        let tar = d.path().join("user_build_context.tar");
+        let mut junk = b"garbage".repeat(200);
+        junk[100..108].copy_from_slice(b"\xff\xfe\x01\x02abcd");
+        std::fs::write(&tar, &junk).unwrap();
+        let e = require_member(&tar, "a.sh").unwrap_err().to_string();
+        assert!(
+            e.contains("is not a valid tar archive") && e.contains("run start-image-build again"),
+            "{e}"
+        );
+        assert!(!e.contains('\u{fffd}'), "{e}");
     }
 }
