@@ -278,3 +278,40 @@ mount -o ro /dev/dm-1 /usr/share/oem || fail "cannot mount /dev/dm-1"
     );
     assert!(verdict.contains("TestPass:"), "{verdict}");
 }
+
+/// An -oem-size no larger than the image's OEM (16 MiB on the fixture; 16M asks for
+/// 15M) leaves OEM where it is. The original then reboots forever, waiting for a move it
+/// never makes; here the build completes with OEM unmoved and ROOT-A reclaimed.
+#[test]
+fn oem_size_that_leaves_oem_in_place_completes() {
+    let _vm = vm_slots(1);
+    let b = Build::new(&[("noop.sh", "#!/bin/bash\necho nothing to do\n")]);
+    b.start(".w");
+    b.ok(&["-local-state-workdir=.w", "disable-auto-update"]);
+    b.ok(&["-local-state-workdir=.w", "run-script", "-script=noop.sh"]);
+    let before = partitions(&common::fixture());
+    let out = b.ok(&[
+        "-local-state-workdir=.w",
+        "finish-image-build",
+        "-output-file=out.img",
+        "-oem-size=16M",
+        "-timeout=20m",
+    ]);
+    assert!(out.contains("BuildSucceeded:"), "{out}");
+    assert!(
+        out.contains("is not larger than the OEM partition"),
+        "the provisioner says why OEM stays: {out}"
+    );
+    let img = b.output("out.img");
+    let after = partitions(&img);
+    assert_eq!(after[&8].0.start, before[&8].0.start, "OEM did not move");
+    assert_eq!(after[&8].0.size, before[&8].0.size);
+    assert_eq!(after[&3].0.size, 8, "ROOT-A was reclaimed");
+    assert_eq!(
+        after[&1].0.start,
+        after[&3].0.start + 4096,
+        "STATE moved back"
+    );
+    gpt_valid(&img);
+    b.assert_nothing_left();
+}

@@ -262,6 +262,22 @@ mod tests {
                     start: start_point,
                 }],
             ),
+            // With STATE moved, an OEM size that leaves OEM in place needs nothing more:
+            // the provisioner's "relocated" test is this plan being empty.
+            (
+                "reclaim done, OEM not larger",
+                moved.clone(),
+                15 * MIB,
+                true,
+                vec![],
+            ),
+            (
+                "OEM not larger, no reclaim",
+                full.clone(),
+                15 * MIB,
+                false,
+                vec![],
+            ),
             ("nothing asked", full.clone(), 0, false, vec![]),
             (
                 "reclaim and grow OEM",

@@ -15,7 +15,7 @@ use cos_customizer_common::protocol::RESIZE_WAIT_LINE;
 use cos_customizer_common::{cmd, sizing};
 
 use super::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
-use super::layout::{MIN_PARTITION_SECTORS, RECLAIM_MARGIN_SECTORS};
+use super::layout::{self, MIN_PARTITION_SECTORS};
 use super::{ext4, sfdisk, shutdown_unit};
 use crate::host::Host;
 use crate::outcome::Outcome;
@@ -195,14 +195,14 @@ fn wait_for_disk_resize(disk: &BootDisk, timeout: Duration, interval: Duration) 
 /// Arranges for the partitions to move at the next shutdown, unless they already have.
 fn relocate_partitions(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<Outcome> {
     let t = sfdisk::read(&disk.dev)?;
-    let root_a = t.get(ROOT_A)?;
-    let done = if boot.oem_size.is_some() {
-        t.get(OEM)?.start > root_a.end()
-    } else {
-        root_a.size <= MIN_PARTITION_SECTORS
-            && t.get(STATE)?.start == root_a.start + RECLAIM_MARGIN_SECTORS
+    // Done exactly when handle-disk-layout would change nothing: an -oem-size no larger
+    // than OEM leaves OEM where it is, and asking for a move it will never make would
+    // reboot forever (as the original does).
+    let oem_bytes = match &boot.oem_size {
+        Some(s) => sizing::parse_size(s).with_context(|| format!("reading the OEM size {s:?}"))?,
+        None => 0,
     };
-    if done {
+    if layout::plan(&t, STATE, OEM, oem_bytes, boot.reclaim_sda3)?.is_empty() {
         println!("The partitions are already relocated");
         return Ok(Outcome::Done);
     }
