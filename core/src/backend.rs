@@ -12,6 +12,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 
 use cos_customizer_common::config::SourceImage;
+use cos_customizer_common::protocol::{ACK_METADATA_KEY, ACK_METADATA_VALUE};
 
 /// A disk the backend created: a file path for QEMU, a disk name for GCE.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -205,6 +206,13 @@ pub trait Backend: Send + Sync {
     async fn resize_disk(&self, disk: &DiskId, size_gb: u64) -> Result<()>;
     /// Sets one instance metadata key the guest can read.
     async fn set_metadata(&self, vm: &VmId, key: &str, value: &str) -> Result<()>;
+    /// Tells the build VM that its success has been seen, so it can power off. The
+    /// default sets [`ACK_METADATA_KEY`] to [`ACK_METADATA_VALUE`], the original's
+    /// protocol on GCE; a backend that can also stop the guest at once may do so.
+    async fn acknowledge(&self, vm: &VmId) -> Result<()> {
+        self.set_metadata(vm, ACK_METADATA_KEY, ACK_METADATA_VALUE)
+            .await
+    }
     /// Whether the VM is running, has stopped or has failed.
     async fn vm_status(&self, vm: &VmId) -> Result<VmStatus>;
     /// Makes the output image from a disk whose VM has stopped.

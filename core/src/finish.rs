@@ -17,7 +17,7 @@ use crate::backend::{Backend, BackendInfo, ImageFormat, OutputImage};
 use crate::cloud_config;
 use crate::preload::{self, LogLine, Preloader, Request};
 use crate::state::{BuildState, StateDir};
-use crate::{preflight, provisioner_bin};
+use crate::{preflight, provisioner_bin, workdir};
 
 /// The prefix the original trims from `-licenses` values.
 const LICENSE_PREFIX: &str = "https://www.googleapis.com/compute/v1/";
@@ -308,24 +308,27 @@ async fn build(
     // A local output was checked up front (it exists only with -overwrite); a GCE image
     // that exists means the build is done, as the original.
     if req.output.local_file.is_none() && backend.image_exists(&req.output).await? {
-        log(LogLine::Host(&format!(
+        log(LogLine::Note(&format!(
             "Result image {} already exists. Exiting.",
             req.output.display_name()
         )));
         return Ok(());
     }
     let started = std::time::Instant::now();
+    for removed in workdir::sweep(&std::env::temp_dir(), preload::WORK_DIR_PREFIX) {
+        log(LogLine::Note(&removed.to_string()));
+    }
     let preloader = Preloader::new(backend)?;
     let result = tokio::select! {
         r = preloader.run(req, log) => r,
         s = interrupted() => Err(s),
     };
     for l in preloader.cleanup().await {
-        log(LogLine::Host(&format!("warning: {l}")));
+        log(LogLine::Note(&format!("warning: {l}")));
     }
     match result {
         Ok(()) => {
-            log(LogLine::Host(&format!(
+            log(LogLine::Note(&format!(
                 "Image {} created in {}s",
                 req.output.display_name(),
                 started.elapsed().as_secs()

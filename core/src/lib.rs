@@ -11,3 +11,4 @@ pub mod preflight;
 pub mod preload;
 pub mod provisioner_bin;
 pub mod state;
+pub mod workdir;

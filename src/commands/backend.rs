@@ -32,9 +32,23 @@ pub fn open(kind: BackendKind, accel: AccelKind) -> Result<Arc<dyn Backend>> {
     }
 }
 
-fn open_qemu(accel: AccelKind) -> Result<QemuBackend> {
+/// What keeps this machine from running `kind`'s VMs, for `-dry-run` (a real run finds
+/// the same when it opens the backend).
+pub fn host_problems(kind: BackendKind, accel: AccelKind) -> Vec<String> {
+    let checked = match kind {
+        BackendKind::Qemu => qemu_options(accel).and_then(|o| cos_customizer_qemu::check_host(&o)),
+        BackendKind::Gce => Ok(()),
+    };
+    checked
+        .err()
+        .map(|e| format!("{e:#}"))
+        .into_iter()
+        .collect()
+}
+
+fn qemu_options(accel: AccelKind) -> Result<QemuOptions> {
     let exe = std::env::current_exe().context("finding this program for the metadata relay")?;
-    let backend = QemuBackend::new(QemuOptions {
+    Ok(QemuOptions {
         accel: match accel {
             AccelKind::Auto => Accel::Auto,
             AccelKind::Kvm => Accel::Kvm,
@@ -46,7 +60,11 @@ fn open_qemu(accel: AccelKind) -> Result<QemuBackend> {
             "__metadata-proxy".into(),
         ],
         ..Default::default()
-    })?;
+    })
+}
+
+fn open_qemu(accel: AccelKind) -> Result<QemuBackend> {
+    let backend = QemuBackend::new(qemu_options(accel)?)?;
     eprintln!(
         "QEMU backend: accelerator {}, work folder {}",
         backend.accel(),

@@ -138,7 +138,8 @@ pub fn run(state: &StateDir, o: FinishOpts) -> Result<()> {
     validate(&o, kind)?;
     let opts = options(&o)?;
     if o.dry_run {
-        let (text, refusals) = finish::plan(state, &opts, backend::info(kind), Vec::new())?;
+        let host = backend::host_problems(kind, o.accel);
+        let (text, refusals) = finish::plan(state, &opts, backend::info(kind), host)?;
         print!("{text}");
         if !refusals.is_empty() {
             bail!(
@@ -154,14 +155,14 @@ pub fn run(state: &StateDir, o: FinishOpts) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    // The VM's progress goes to stdout, this program's own notes to stderr.
+    // The build's progress goes to stdout, notes on the run to stderr.
     rt.block_on(finish::finish(
         state,
         &opts,
         backend,
         &mut |line| match line {
-            LogLine::Guest(l) => println!("{l}"),
-            LogLine::Host(l) => eprintln!("{l}"),
+            LogLine::Guest(l) | LogLine::Host(l) => println!("{l}"),
+            LogLine::Note(l) => eprintln!("{l}"),
         },
     ))
 }

@@ -28,6 +28,11 @@ pub struct VmArgs {
     pub metadata_proxy: Vec<String>,
 }
 
+/// QEMU's id of the `i`th disk (0 is the boot disk): QMP commands and events name it.
+pub fn drive_id(i: usize) -> String {
+    format!("disk{i}")
+}
+
 /// The argv after the program name.
 pub fn qemu_argv(a: &VmArgs) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
@@ -47,7 +52,7 @@ pub fn qemu_argv(a: &VmArgs) -> Vec<String> {
     for (i, d) in a.disks.iter().enumerate() {
         push(&[
             "-drive",
-            &format!("file={d},format=qcow2,if=virtio,id=disk{i}"),
+            &format!("file={d},format=qcow2,if=virtio,id={}", drive_id(i)),
         ]);
     }
     for s in &a.serial {

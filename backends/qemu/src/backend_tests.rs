@@ -107,6 +107,30 @@ impl Fixture {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p.to_string_lossy().into_owned()
     }
+
+    /// A backend whose QEMU is a [`fake_qemu`](Self::fake_qemu) running `body`.
+    fn fake_backend(&self, body: &str) -> QemuBackend {
+        QemuBackend::new(QemuOptions {
+            parent_dir: self.dir.path().into(),
+            qemu_system: self.fake_qemu(body),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// A boot disk and the VM `preload-vm` on it, started on `b`.
+    async fn start_vm(&self, b: &QemuBackend, lifetime: Duration) -> (DiskId, VmId) {
+        let src = self.raw_source("cos.img");
+        let d = b
+            .create_disk(&self.image_spec("boot-disk", &src, None))
+            .await
+            .unwrap();
+        let vm = b
+            .create_vm(&vm_spec("preload-vm", vec![d.clone()], lifetime))
+            .await
+            .unwrap();
+        (d, vm)
+    }
 }
 
 fn vm_spec(name: &str, disks: Vec<DiskId>, lifetime: Duration) -> VmSpec {
@@ -384,27 +408,9 @@ async fn deletes_are_idempotent_and_drop_cleans_up() {
 
 #[tokio::test]
 async fn deadline_kills_the_vm() {
-    let f = fixture("");
-    let fake = f.fake_qemu("exec sleep 60");
-    let backend = QemuBackend::new(QemuOptions {
-        parent_dir: f.dir.path().into(),
-        qemu_system: fake,
-        ..Default::default()
-    })
-    .unwrap();
-    let src = f.raw_source("cos.img");
-    let d = backend
-        .create_disk(&f.image_spec("boot-disk", &src, None))
-        .await
-        .unwrap();
-    let vm = backend
-        .create_vm(&vm_spec(
-            "preload-vm",
-            vec![d.clone()],
-            Duration::from_secs(1),
-        ))
-        .await
-        .unwrap();
+    let f = fixture("qemu-system-x86_64");
+    let backend = f.fake_backend("exec sleep 60");
+    let (d, vm) = f.start_vm(&backend, Duration::from_secs(1)).await;
     assert_eq!(backend.vm_status(&vm).await.unwrap(), VmStatus::Running);
     let e = backend.delete_disk(&d).await.unwrap_err();
     assert!(
@@ -426,8 +432,23 @@ async fn deadline_kills_the_vm() {
 }
 
 #[tokio::test]
+async fn acknowledge_sets_daisy_end_even_where_no_button_can_be_pressed() {
+    let f = fixture("qemu-system-x86_64");
+    // A QEMU without a QMP socket: the power button cannot be pressed.
+    let backend = f.fake_backend("exec sleep 60");
+    let (_, vm) = f.start_vm(&backend, Duration::from_secs(30)).await;
+    let daisy_end = |b: &QemuBackend| b.state().vms[&vm].metadata.attribute("DaisyEnd");
+    assert_eq!(daisy_end(&backend), None);
+    backend.acknowledge(&vm).await.unwrap();
+    assert_eq!(daisy_end(&backend).as_deref(), Some("ack"));
+    assert_eq!(backend.vm_status(&vm).await.unwrap(), VmStatus::Running);
+    let e = backend.acknowledge(&VmId("nope".into())).await.unwrap_err();
+    assert!(e.to_string().contains("unknown VM nope"), "{e}");
+}
+
+#[tokio::test]
 async fn exit_codes_become_statuses() {
-    let f = fixture("");
+    let f = fixture("qemu-system-x86_64");
     let src = f.raw_source("cos.img");
     for (name, body, want) in [
         ("off", "exit 0", None),
@@ -438,12 +459,7 @@ async fn exit_codes_become_statuses() {
         ),
         ("panic", "exit 1", Some("guest kernel panicked")),
     ] {
-        let backend = QemuBackend::new(QemuOptions {
-            parent_dir: f.dir.path().into(),
-            qemu_system: f.fake_qemu(body),
-            ..Default::default()
-        })
-        .unwrap();
+        let backend = f.fake_backend(body);
         let d = backend
             .create_disk(&f.image_spec("boot-disk", &src, None))
             .await
@@ -468,29 +484,33 @@ async fn exit_codes_become_statuses() {
 
 #[tokio::test]
 async fn spawn_failure_is_an_error_and_leaves_no_files() {
-    let f = fixture("/nonexistent/qemu-system-x86_64");
+    let f = fixture("qemu-system-x86_64");
+    let backend = f.fake_backend("exit 0");
+    let fake = backend.opts.qemu_system.clone();
+    // QEMU went away after the backend checked the host.
+    std::fs::remove_file(&fake).unwrap();
     let src = f.raw_source("cos.img");
-    let d = f
-        .backend
+    let d = backend
         .create_disk(&f.image_spec("boot-disk", &src, None))
         .await
         .unwrap();
-    let e = f
-        .backend
+    let e = backend
         .create_vm(&vm_spec("vm", vec![d.clone()], Duration::from_secs(5)))
         .await
         .unwrap_err();
+    let msg = format!("{e:#}");
     assert!(
-        format!("{e:#}").contains("starting `/nonexistent/qemu-system-x86_64 -name guest=vm"),
-        "{e:#}"
+        msg.starts_with(&format!("starting VM vm: starting `{fake} -name guest=vm"))
+            && msg.ends_with(&format!(": {fake} is not an executable file")),
+        "{msg}"
     );
-    let names: Vec<_> = std::fs::read_dir(f.backend.work_dir())
+    let mut names: Vec<_> = std::fs::read_dir(backend.work_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(names, ["boot-disk.qcow2"]);
-    let e = f
-        .backend
+    names.sort();
+    assert_eq!(names, [workdir::OWNER_FILE, "boot-disk.qcow2"]);
+    let e = backend
         .create_vm(&vm_spec(
             "vm",
             vec![DiskId("x".into())],
@@ -509,4 +529,59 @@ fn running(work_dir: &Path) -> bool {
         .status()
         .unwrap()
         .success()
+}
+
+#[tokio::test]
+async fn an_unusable_host_is_refused_before_anything_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = QemuBackend::new(QemuOptions {
+        parent_dir: dir.path().into(),
+        qemu_system: "no-such-qemu-system".into(),
+        ovmf_vars: "/nonexistent/VARS.fd".into(),
+        ..Default::default()
+    })
+    .err()
+    .unwrap();
+    assert_eq!(
+        format!("{e:#}"),
+        "no-such-qemu-system not found on PATH: install the qemu-system-x86 package; \
+         UEFI firmware variables /nonexistent/VARS.fd is missing: install the ovmf package"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn work_dirs_of_dead_builds_are_swept() {
+    let f = fixture("qemu-system-x86_64");
+    // A build killed before it could clean up: its owner file names a reaped process.
+    let stale = workdir::create_in(f.dir.path(), WORK_DIR_PREFIX)
+        .unwrap()
+        .keep();
+    let owner = stale.join(workdir::OWNER_FILE);
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&owner).unwrap();
+    let text = text.replacen(
+        &format!("pid={}\n", std::process::id()),
+        &format!("pid={dead}\n"),
+        1,
+    );
+    std::fs::write(&owner, text).unwrap();
+    std::fs::write(stale.join("boot-disk.qcow2"), "x").unwrap();
+    // Not ours to judge: no owner file.
+    let unowned = f.dir.path().join(format!("{WORK_DIR_PREFIX}unowned"));
+    std::fs::create_dir(&unowned).unwrap();
+
+    let second = QemuBackend::new(QemuOptions {
+        parent_dir: f.dir.path().into(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!stale.exists(), "the dead build's work dir is removed");
+    assert!(unowned.exists() && second.work_dir().exists());
+    assert!(
+        f.backend.work_dir().exists(),
+        "a live backend's work dir is kept"
+    );
 }

@@ -1,9 +1,11 @@
 //! QEMU backend: builds COS images on this machine.
 //!
-//! Each backend owns a work dir (removed when it is dropped) holding qcow2 overlays on
-//! top of the source images, per-VM serial logs, QMP sockets, OVMF variable stores and
-//! QEMU logs. Every VM gets its own metadata server on 127.0.0.1, which the guest
-//! reaches at 169.254.169.254 through QEMU's `guestfwd` and [`proxy_stdio`].
+//! Each backend owns a work dir (removed when it is dropped, and by a later backend if
+//! this process dies first) holding qcow2 overlays on top of the source images, per-VM
+//! serial logs, QMP sockets, OVMF variable stores and QEMU logs. QEMU and every tool
+//! run through `setpriv --pdeathsig KILL`, so none outlives this process. Every VM gets
+//! its own metadata server on 127.0.0.1, which the guest reaches at 169.254.169.254
+//! through QEMU's `guestfwd` and [`proxy_stdio`].
 //!
 //! GCE-only parts of a spec are ignored: labels, service account, network and subnet.
 
@@ -13,8 +15,10 @@ mod args;
 mod backend_tests;
 mod disk;
 mod export;
+mod host;
 mod machine;
 mod metadata_server;
+mod paused;
 mod proxy;
 mod qmp;
 mod vm;
@@ -22,25 +26,40 @@ mod vm;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
+use cos_customizer_common::protocol::{ACK_METADATA_KEY, ACK_METADATA_VALUE};
 use cos_customizer_core::backend::{
     Backend, BackendInfo, DiskId, DiskSource, DiskSpec, ImageFormat, OutputImage, SerialChunk,
     VmId, VmSpec, VmStatus,
 };
+use cos_customizer_core::workdir;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 pub use accel::Accel;
+pub use host::check_host;
 pub use proxy::{proxy, proxy_stdio};
 
 use metadata_server::MetadataServer;
-use vm::VmProcess;
+use paused::Drive;
+use vm::{VmProcess, Watch};
 
 /// The most serial output one call returns.
 const SERIAL_CHUNK: u64 = 1 << 20;
 /// Unix socket paths longer than this do not fit `sockaddr_un`.
 const MAX_SOCKET_PATH: usize = 107;
+/// The start of every work dir's name; [`QemuBackend::new`] sweeps stale ones.
+const WORK_DIR_PREFIX: &str = "cos-customizer-qemu-";
+/// How long [`QemuBackend::acknowledge`] waits to learn that a VM whose power button
+/// could not be pressed has stopped by itself.
+const STOPPED_GRACE: Duration = Duration::from_secs(1);
+
+/// The file name of a VM's QMP socket in the work dir.
+fn qmp_socket_name(vm: &str) -> String {
+    format!("{vm}.qmp")
+}
 
 /// How to run VMs.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +99,8 @@ impl Default for QemuOptions {
 }
 
 struct Disk {
+    /// The name it was created with (`boot-disk`), for messages.
+    name: String,
     overlay: PathBuf,
     /// Where a `tar.gz` source was unpacked; the overlay's backing file lives there.
     unpacked: Option<PathBuf>,
@@ -103,6 +124,10 @@ struct State {
 }
 
 impl State {
+    fn vm(&self, vm: &VmId) -> Result<&Vm> {
+        self.vms.get(vm).ok_or_else(|| anyhow!("unknown VM {vm}"))
+    }
+
     /// The running VM that has `disk` attached, and its drive index there.
     fn running_vm_with(&self, disk: &DiskId) -> Option<(&VmId, &Vm, usize)> {
         self.vms.iter().find_map(|(id, vm)| {
@@ -123,23 +148,17 @@ pub struct QemuBackend {
 }
 
 impl QemuBackend {
-    /// Creates the work dir and decides the accelerator.
+    /// Checks the host ([`check_host`]), removes the work dirs of builds whose process
+    /// died (saying so on stderr), creates the work dir and decides the accelerator.
     pub fn new(opts: QemuOptions) -> Result<Self> {
+        check_host(&opts)?;
         let parent = std::fs::canonicalize(&opts.parent_dir)
             .with_context(|| format!("resolving work dir parent {}", opts.parent_dir.display()))?;
-        let work_dir = tempfile::Builder::new()
-            .prefix("cos-customizer-qemu-")
-            .tempdir_in(&parent)
-            .with_context(|| format!("creating a work dir in {}", parent.display()))?
-            .keep();
-        // QEMU's option syntax gives commas a meaning; file paths go in unescaped.
-        if work_dir.to_str().is_none_or(|s| s.contains(',')) {
-            let _ = std::fs::remove_dir_all(&work_dir);
-            bail!(
-                "work dir {} must be UTF-8 without commas for QEMU; choose another parent",
-                work_dir.display()
-            );
+        for removed in workdir::sweep(&parent, WORK_DIR_PREFIX) {
+            eprintln!("{removed}");
         }
+        // Removed by Drop, after the VMs are gone, rather than by TempDir.
+        let work_dir = workdir::create_in(&parent, WORK_DIR_PREFIX)?.keep();
         let host_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
@@ -168,6 +187,23 @@ impl QemuBackend {
 
     fn path(&self, file: &str) -> String {
         self.work_dir.join(file).to_string_lossy().into_owned()
+    }
+
+    /// Whether the VM still runs `grace` from now (the watcher notices an exit within
+    /// its poll interval).
+    async fn still_running_after(&self, vm: &VmId, grace: Duration) -> bool {
+        let until = Instant::now() + grace;
+        loop {
+            let running = self
+                .state()
+                .vms
+                .get(vm)
+                .is_some_and(|v| v.process.is_running());
+            if !running || Instant::now() >= until {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn disk_path(&self, disk: &DiskId) -> Result<PathBuf> {
@@ -270,9 +306,14 @@ impl Backend for QemuBackend {
             }
             return Err(e);
         }
-        self.state()
-            .disks
-            .insert(id.clone(), Disk { overlay, unpacked });
+        self.state().disks.insert(
+            id.clone(),
+            Disk {
+                name: spec.name.clone(),
+                overlay,
+                unpacked,
+            },
+        );
         Ok(id)
     }
 
@@ -286,14 +327,15 @@ impl Backend for QemuBackend {
         if spec.disks.is_empty() {
             bail!("VM {name} needs at least a boot disk");
         }
-        let disks = {
+        let drives = {
             let state = self.state();
             if state.vms.contains_key(&id) {
                 bail!("VM {name} already exists");
             }
             spec.disks
                 .iter()
-                .map(|d| {
+                .enumerate()
+                .map(|(i, d)| {
                     if let Some((vm, _, _)) = state.running_vm_with(d) {
                         bail!("disk {d} is in use by running VM {vm}");
                     }
@@ -301,21 +343,24 @@ impl Backend for QemuBackend {
                         .disks
                         .get(d)
                         .ok_or_else(|| anyhow!("unknown disk {d}"))?;
-                    Ok(disk.overlay.to_string_lossy().into_owned())
+                    Ok(Drive {
+                        id: args::drive_id(i),
+                        name: disk.name.clone(),
+                        overlay: disk.overlay.clone(),
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?
         };
+        let disks = drives
+            .iter()
+            .map(|d| d.overlay.to_string_lossy().into_owned())
+            .collect();
         let (mut cpus, mut memory_mib) = machine::resources(&spec.machine_type, self.host_cpus);
         cpus = self.opts.cpus.unwrap_or(cpus);
         memory_mib = self.opts.memory_mib.unwrap_or(memory_mib);
 
+        // Present: check_host made sure when the backend was opened.
         let code = &self.opts.ovmf_code;
-        if !tokio::fs::try_exists(code).await.unwrap_or(false) {
-            bail!(
-                "UEFI firmware {} is missing: install the ovmf package",
-                code.display()
-            );
-        }
         let vars = self.path(&format!("{name}-OVMF_VARS.fd"));
         tokio::fs::copy(&self.opts.ovmf_vars, &vars)
             .await
@@ -325,7 +370,7 @@ impl Backend for QemuBackend {
                     self.opts.ovmf_vars.display()
                 )
             })?;
-        let qmp = self.path(&format!("{name}.qmp"));
+        let qmp = self.path(&qmp_socket_name(name));
         if qmp.len() > MAX_SOCKET_PATH {
             bail!("QMP socket path {qmp} is too long for a unix socket; use a shorter work dir parent");
         }
@@ -351,13 +396,14 @@ impl Backend for QemuBackend {
             qmp_socket: qmp.clone(),
             metadata_proxy,
         });
-        let process = match VmProcess::spawn(
-            &self.opts.qemu_system,
-            &argv,
-            Path::new(&log),
-            name,
-            spec.max_lifetime,
-        ) {
+        let watch = Watch {
+            name: name.clone(),
+            log: log.into(),
+            deadline: spec.max_lifetime,
+            qmp: qmp.clone().into(),
+            drives,
+        };
+        let process = match VmProcess::spawn(&self.opts.qemu_system, &argv, watch) {
             Ok(p) => p,
             Err(e) => {
                 for f in &files {
@@ -386,10 +432,7 @@ impl Backend for QemuBackend {
         }
         let path = {
             let state = self.state();
-            let v = state
-                .vms
-                .get(vm)
-                .ok_or_else(|| anyhow!("unknown VM {vm}"))?;
+            let v = state.vm(vm)?;
             v.serial[usize::from(port) - 1].clone()
         };
         let mut f = match tokio::fs::File::open(&path).await {
@@ -439,7 +482,7 @@ impl Backend for QemuBackend {
             // The guest sees the new size at once, as on GCE.
             Some((qmp, i)) => {
                 let mut q = qmp::Qmp::connect(&qmp).await?;
-                let args = serde_json::json!({ "device": format!("disk{i}"), "size": bytes });
+                let args = serde_json::json!({ "device": args::drive_id(i), "size": bytes });
                 q.execute("block_resize", Some(args)).await?;
             }
             None => disk::resize_offline(&path, bytes).await?,
@@ -449,20 +492,46 @@ impl Backend for QemuBackend {
 
     async fn set_metadata(&self, vm: &VmId, key: &str, value: &str) -> Result<()> {
         let state = self.state();
-        let v = state
-            .vms
-            .get(vm)
-            .ok_or_else(|| anyhow!("unknown VM {vm}"))?;
+        let v = state.vm(vm)?;
         v.metadata.set(key, value);
+        Ok(())
+    }
+
+    /// Sets `DaisyEnd` as on GCE, then presses the VM's power button (ACPI, QMP
+    /// `system_powerdown`). Its serial logs are files here, so nothing is lost when the
+    /// guest stops at once, and it stops within seconds even when its network never
+    /// came up and it would wait minutes for the metadata server before powering off.
+    async fn acknowledge(&self, vm: &VmId) -> Result<()> {
+        self.set_metadata(vm, ACK_METADATA_KEY, ACK_METADATA_VALUE)
+            .await?;
+        let qmp = {
+            let state = self.state();
+            let v = state.vm(vm)?;
+            if !v.process.is_running() {
+                return Ok(());
+            }
+            v.qmp.clone()
+        };
+        let pressed = async {
+            let mut q = qmp::Qmp::connect(&qmp).await?;
+            q.execute("system_powerdown", None).await
+        }
+        .await;
+        // The guest may have read DaisyEnd and stopped first; if it is still running,
+        // the build is not lost either: it powers off by itself after DaisyEnd.
+        if let Err(e) = pressed {
+            if self.still_running_after(vm, STOPPED_GRACE).await {
+                eprintln!(
+                    "could not press the power button of VM {vm} ({e:#}); it powers off by itself once it reads {ACK_METADATA_KEY}"
+                );
+            }
+        }
         Ok(())
     }
 
     async fn vm_status(&self, vm: &VmId) -> Result<VmStatus> {
         let state = self.state();
-        let v = state
-            .vms
-            .get(vm)
-            .ok_or_else(|| anyhow!("unknown VM {vm}"))?;
+        let v = state.vm(vm)?;
         Ok(v.process.status())
     }
 

@@ -82,6 +82,12 @@ impl MetadataServer {
     pub fn set(&self, key: &str, value: &str) {
         lock(&self.instance.attributes).insert(key.to_string(), value.to_string());
     }
+
+    /// The attribute `key`, as the guest would read it now.
+    #[cfg(test)]
+    pub fn attribute(&self, key: &str) -> Option<String> {
+        lock(&self.instance.attributes).get(key).cloned()
+    }
 }
 
 impl Drop for MetadataServer {

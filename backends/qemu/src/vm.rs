@@ -1,4 +1,5 @@
-//! One QEMU process: its exit watched by a task that also enforces the VM's deadline.
+//! One QEMU process: its exit watched by a task that also enforces the VM's deadline
+//! and fails a guest that QEMU has paused for good (a full disk, see `paused.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -7,14 +8,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cos_customizer_common::cmd;
+use cos_customizer_core::async_cmd;
 use cos_customizer_core::backend::VmStatus;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::paused::{self, Drive};
 use crate::qmp::Qmp;
 
 /// How often the watcher looks at the process.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the watcher asks QEMU whether it has paused the guest for good.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long one such question may take; a busy QEMU is asked again later.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a guest gets to stop after QMP `quit` before SIGKILL.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
 /// How much of QEMU's stderr goes into a failure reason.
@@ -30,24 +37,35 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What the watcher of one VM needs.
+pub struct Watch {
+    /// The VM's name, for messages.
+    pub name: String,
+    /// Where QEMU's stdout and stderr go.
+    pub log: PathBuf,
+    /// The VM is killed once it has run this long.
+    pub deadline: Duration,
+    /// QEMU's QMP socket.
+    pub qmp: PathBuf,
+    /// The VM's disks, to name the one a pause is about.
+    pub drives: Vec<Drive>,
+}
+
 impl VmProcess {
-    /// Starts `program argv`, its stdout and stderr going to `log`; the VM `name` is
-    /// killed once it has run for `deadline`.
-    pub fn spawn(
-        program: &str,
-        argv: &[String],
-        log: &Path,
-        name: &str,
-        deadline: Duration,
-    ) -> Result<Self> {
+    /// Starts `program argv` (through `setpriv`, so it dies with this process), its
+    /// stdout and stderr going to `w.log`, and a task watching it.
+    pub fn spawn(program: &str, argv: &[String], w: Watch) -> Result<Self> {
         let line = cmd::render(program.as_ref(), argv.iter().map(|a| a.as_ref()));
+        let log = &w.log;
         let out =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out
             .try_clone()
             .with_context(|| format!("sharing {}", log.display()))?;
-        let child = Command::new(program)
-            .args(argv)
+        let mut qemu = std::process::Command::new(program);
+        qemu.args(argv);
+        let tied = async_cmd::dies_with_us(&qemu).with_context(|| format!("starting `{line}`"))?;
+        let child = Command::from(tied)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -56,16 +74,7 @@ impl VmProcess {
             .with_context(|| format!("starting `{line}`"))?;
         let child = Arc::new(Mutex::new(child));
         let status = Arc::new(Mutex::new(VmStatus::Running));
-        let watcher = tokio::spawn(watch(
-            child.clone(),
-            status.clone(),
-            log.to_path_buf(),
-            format!(
-                "VM {name} killed after its deadline of {}",
-                cos_customizer_common::duration::format(deadline)
-            ),
-            Instant::now() + deadline,
-        ));
+        let watcher = tokio::spawn(watch(child.clone(), status.clone(), w));
         Ok(VmProcess {
             child,
             status,
@@ -125,36 +134,54 @@ impl Drop for VmProcess {
     }
 }
 
-async fn watch(
-    child: Arc<Mutex<Child>>,
-    status: Arc<Mutex<VmStatus>>,
-    log: PathBuf,
-    deadline_reason: String,
-    deadline: Instant,
-) {
+async fn watch(child: Arc<Mutex<Child>>, status: Arc<Mutex<VmStatus>>, w: Watch) {
+    let deadline = Instant::now() + w.deadline;
+    let mut next_probe = Instant::now() + PROBE_EVERY;
     let end = loop {
         tokio::time::sleep(POLL).await;
         // The guard must not live across an await: a statement of its own.
         let polled = lock(&child).try_wait();
         match polled {
-            Ok(Some(exit)) => break exit_status(exit, &stderr_tail(&log)),
+            Ok(Some(exit)) => break exit_status(exit, &stderr_tail(&w.log)),
             Ok(None) if Instant::now() >= deadline => {
-                let _ = lock(&child).start_kill();
-                // Reap it, so the VM is not reported gone while QEMU still holds its files.
-                loop {
-                    let polled = lock(&child).try_wait();
-                    if !matches!(polled, Ok(None)) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                kill_and_reap(&child).await;
+                let why = format!(
+                    "VM {} killed after its deadline of {}",
+                    w.name,
+                    cos_customizer_common::duration::format(w.deadline)
+                );
+                break VmStatus::Failed(with_tail(why, &stderr_tail(&w.log)));
+            }
+            Ok(None) if Instant::now() >= next_probe => {
+                // Never past the deadline, which the next turn enforces.
+                let limit = PROBE_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+                let probed = tokio::time::timeout(limit, paused::probe(&w.qmp, &w.drives)).await;
+                if let Ok(Some(why)) = probed {
+                    // Nothing will resume it; its status must not say failed while QEMU
+                    // still holds the disks.
+                    kill_and_reap(&child).await;
+                    break VmStatus::Failed(why);
                 }
-                break VmStatus::Failed(with_tail(deadline_reason, &stderr_tail(&log)));
+                next_probe = Instant::now() + PROBE_EVERY;
             }
             Ok(None) => {}
             Err(e) => break VmStatus::Failed(format!("waiting for QEMU: {e}")),
         }
     };
     *lock(&status) = end;
+}
+
+/// Kills QEMU and reaps it, so that the VM is not reported gone while QEMU still holds
+/// its files.
+async fn kill_and_reap(child: &Mutex<Child>) {
+    let _ = lock(child).start_kill();
+    loop {
+        let polled = lock(child).try_wait();
+        if !matches!(polled, Ok(None)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Exit 0 is a guest power-off; exit 1 with nothing on stderr is pvpanic's

@@ -12,8 +12,7 @@ use crate::backend::{DiskId, DiskSource, DiskSpec, VmId, VmSpec, VmStatus};
 use crate::cidata;
 use cos_customizer_common::duration;
 use cos_customizer_common::protocol::{
-    ACK_METADATA_KEY, ACK_METADATA_VALUE, FAILURE_MARKER, RESIZE_TRIGGER, STATUS_PORT,
-    STATUS_PREFIX, SUCCESS_MARKER,
+    FAILURE_MARKER, RESIZE_TRIGGER, STATUS_PORT, STATUS_PREFIX, SUCCESS_MARKER,
 };
 use cos_customizer_common::sizing::{initial_disk_gb, resize_to_gb};
 
@@ -151,7 +150,7 @@ impl Preloader {
         let resize_to = resize_to_gb(&req.build, &req.prov);
         self.watch(vm, boot, resize_to, req.timeout, log).await?;
 
-        b.set_metadata(vm, ACK_METADATA_KEY, ACK_METADATA_VALUE)
+        b.acknowledge(vm)
             .await
             .context("acknowledging the build (metadata DaisyEnd)")?;
         log(LogLine::Host("Build succeeded; waiting for the VM to stop"));
@@ -232,7 +231,7 @@ impl Preloader {
         )?;
         let image = self.work_dir.path().join("cidata.img");
         cidata::build_cidata(&image, &files).context("building the CIDATA disk")?;
-        log(LogLine::Host(&format!(
+        log(LogLine::Note(&format!(
             "Built the CIDATA disk in {:.2}s; provisioner config: {}",
             started.elapsed().as_secs_f64(),
             serde_json::to_string(&req.prov).context("encoding the provisioner config")?
@@ -502,7 +501,9 @@ mod tests {
         let e = r.unwrap_err().to_string();
         assert!(e.contains("BuildFailed: exiting due to errors"), "{e}");
         assert!(
-            e.contains("Last lines of the serial console:\n[  OK  ] Reached target Multi-User System."),
+            e.contains(
+                "Last lines of the serial console:\n[  OK  ] Reached target Multi-User System."
+            ),
             "{e}"
         );
         assert!(
@@ -512,7 +513,10 @@ mod tests {
         let kept = e.rsplit("The serial logs are kept in ").next().unwrap();
         assert!(kept.starts_with(req.log_dir.to_str().unwrap()), "{e}");
         let status = std::fs::read_to_string(Path::new(kept).join("serial-port-3.log")).unwrap();
-        assert!(status.ends_with("BuildFailed: exiting due to errors\n"), "{status}");
+        assert!(
+            status.ends_with("BuildFailed: exiting due to errors\n"),
+            "{status}"
+        );
         assert!(!calls
             .iter()
             .any(|c| c.starts_with("create_image") || c.starts_with("set_metadata")));

@@ -20,12 +20,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::backend::{Backend, DiskId, OutputImage, VmId};
+use crate::workdir;
 use cos_customizer_common::config::{BuildConfig, ProvisionerConfig, SourceImage};
 
 pub use plan::{expected_reboots, plan};
 
 /// The build VM's name, as the original's workflow names it.
 pub const VM_NAME: &str = "preload-vm";
+/// The name prefix of the preloader's folder in `TMPDIR`.
+pub const WORK_DIR_PREFIX: &str = "cos-customizer-cidata-";
 /// The label on every build VM, so leftovers can be found and removed.
 pub const CLEANUP_LABEL: &str = "cos-customizer-cleanup";
 
@@ -34,15 +37,17 @@ pub const CLEANUP_LABEL: &str = "cos-customizer-cleanup";
 pub enum LogLine<'a> {
     /// What the provisioner reported on serial port 3 (`BuildStatus:` and the end marker).
     Guest(&'a str),
-    /// What the preloader itself says.
+    /// What the preloader does, step by step (the build's progress, with the guest's).
     Host(&'a str),
+    /// A note on the run beside the progress: timings, warnings.
+    Note(&'a str),
 }
 
 impl LogLine<'_> {
     /// The line's text.
     pub fn text(&self) -> &str {
         match self {
-            LogLine::Guest(t) | LogLine::Host(t) => t,
+            LogLine::Guest(t) | LogLine::Host(t) | LogLine::Note(t) => t,
         }
     }
 }
@@ -88,11 +93,10 @@ pub struct Preloader {
 }
 
 impl Preloader {
-    /// A preloader for `backend`, with a private folder in `TMPDIR` for the CIDATA image.
+    /// A preloader for `backend`, with a private folder in `TMPDIR` for the CIDATA image
+    /// (named with [`WORK_DIR_PREFIX`], and swept by a later build if this one is killed).
     pub fn new(backend: Arc<dyn Backend>) -> Result<Self> {
-        let work_dir = tempfile::Builder::new()
-            .prefix("cos-customizer-")
-            .tempdir()
+        let work_dir = workdir::create_in(&std::env::temp_dir(), WORK_DIR_PREFIX)
             .context("creating a temporary folder for the CIDATA disk")?;
         Ok(Preloader {
             backend,
