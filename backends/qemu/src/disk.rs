@@ -65,7 +65,18 @@ pub async fn extract_disk_raw(archive: &Path, dir: &Path) -> Result<PathBuf> {
             archive.display()
         )
     })?;
-    Ok(dir.join("disk.raw"))
+    let disk = dir.join("disk.raw");
+    // A symlink or a later member of the same name would put a host file in the output.
+    let meta = tokio::fs::symlink_metadata(&disk)
+        .await
+        .with_context(|| format!("reading {}", disk.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "disk.raw in {} is not a regular file (a link to a host file?): make the archive with `tar -czSf image.tar.gz disk.raw`",
+            archive.display()
+        );
+    }
+    Ok(disk)
 }
 
 /// The virtual size for a disk of `size_gb` on a source of `source_bytes`; `None`
@@ -148,5 +159,43 @@ mod tests {
         assert!(is_gzip(&gz).await.unwrap());
         assert!(!is_gzip(&one).await.unwrap());
         assert!(is_gzip(&d.path().join("missing")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_disk_raw_that_is_a_link_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("disk.raw"), "regular").unwrap();
+        // gzip -k below turns two.tar into this.
+        let archive = d.path().join("two.tar.gz");
+        // A regular disk.raw first (what a first-member check sees), then a link.
+        let links = d.path().join("links");
+        std::fs::create_dir(&links).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", links.join("disk.raw")).unwrap();
+        let tar = d.path().join("two.tar");
+        for (dir, flag) in [(&src, "-cf"), (&links, "-rf")] {
+            let ok = std::process::Command::new("tar")
+                .arg(flag)
+                .arg(&tar)
+                .arg("-C")
+                .arg(dir)
+                .arg("disk.raw")
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        }
+        let gz = std::process::Command::new("gzip")
+            .arg("-k")
+            .arg(&tar)
+            .status()
+            .unwrap();
+        assert!(gz.success());
+        let e = extract_disk_raw(&archive, &d.path().join("out"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }
