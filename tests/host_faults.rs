@@ -158,14 +158,15 @@ fn sigkill_takes_qemu_along_and_a_later_build_sweeps_what_was_left() {
         "the killed build never consumed the state"
     );
 
-    // The next build removes them, says so, and cleans up after itself on SIGTERM.
+    // The next build removes them, says so, and cleans up after itself on SIGHUP
+    // (a closed terminal) as on SIGTERM.
     let second = h.finish();
     h.wait_for("the second stand-in QEMU", || !h.processes().is_empty());
-    kill(&second, "-TERM");
+    kill(&second, "-HUP");
     let out = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("terminated (SIGTERM)"), "{err}");
+    assert!(err.contains("hung up (SIGHUP)"), "{err}");
     assert_eq!(
         err.matches("removed the work folder").count(),
         2,
@@ -175,7 +176,26 @@ fn sigkill_takes_qemu_along_and_a_later_build_sweeps_what_was_left() {
     assert!(h.processes().is_empty(), "{}", h.processes());
     assert!(h.tmp_entries().is_empty(), "{:?}", h.tmp_entries());
     assert!(!h.home.path().join("out.img").exists());
+    assert!(
+        !h.home.path().join(".cos-customizer-workdir").exists(),
+        "a build that ran consumes the state, as upstream"
+    );
     assert_eq!(sha256(&h.source()), before, "the source image is unchanged");
+}
+
+#[test]
+fn sigterm_cleans_up_everything() {
+    let h = Host::new();
+    h.fake_qemu("while :; do sleep 1; done");
+    let child = h.finish();
+    h.wait_for("the stand-in QEMU", || !h.processes().is_empty());
+    kill(&child, "-TERM");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("terminated (SIGTERM)"), "{err}");
+    assert!(h.processes().is_empty(), "{}", h.processes());
+    assert!(h.tmp_entries().is_empty(), "{:?}", h.tmp_entries());
 }
 
 #[test]
@@ -197,7 +217,9 @@ fn a_missing_qemu_is_named_first_and_nothing_is_created() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.starts_with("Error: qemu-system-x86_64 not found on PATH: install the qemu-system-x86 package"),
+        err.starts_with(
+            "Error: qemu-system-x86_64 not found on PATH: install the qemu-system-x86 package"
+        ),
         "the reason comes first: {err}"
     );
     assert!(h.tmp_entries().is_empty(), "{:?}", h.tmp_entries());
