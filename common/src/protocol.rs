@@ -17,12 +17,21 @@ pub const STATUS_PREFIX: &str = "BuildStatus: ";
 pub const SUCCESS_MARKER: &str = "BuildSucceeded:";
 /// The line that ends a failed build.
 pub const FAILURE_MARKER: &str = "BuildFailed:";
+/// The trigger's text, spelled once for both constants below (`concat!` takes literals).
+macro_rules! resize_trigger {
+    () => {
+        "waiting for the boot disk size to change"
+    };
+}
 /// The part of the provisioner's wait-for-resize line that the preloader matches (Daisy's
 /// `SuccessMatch`); on it, the boot disk is grown to the requested size.
-pub const RESIZE_TRIGGER: &str = "waiting for the boot disk size to change";
+pub const RESIZE_TRIGGER: &str = resize_trigger!();
 /// The whole line the provisioner prints while it waits for the boot disk to grow.
-pub const RESIZE_WAIT_LINE: &str =
-    "WaitForDiskResize is set; waiting for the boot disk size to change. Timeout is 3 minutes";
+pub const RESIZE_WAIT_LINE: &str = concat!(
+    "WaitForDiskResize is set; ",
+    resize_trigger!(),
+    ". Timeout is 3 minutes"
+);
 
 /// The instance metadata key the preloader sets once it has read the success line; the
 /// guest waits for it before powering off, so no serial output is lost.
@@ -74,6 +83,11 @@ mod tests {
 
     #[test]
     fn resize_line_holds_the_trigger() {
+        // The original's exact line: its Daisy workflow matches the trigger in it.
+        assert_eq!(
+            RESIZE_WAIT_LINE,
+            "WaitForDiskResize is set; waiting for the boot disk size to change. Timeout is 3 minutes"
+        );
         assert!(RESIZE_WAIT_LINE.contains(RESIZE_TRIGGER));
         assert!(PROVISIONER_AMD64.starts_with(PROVISIONER_PREFIX));
     }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use cos_customizer_common::protocol::PROVISIONER_AMD64;
 
 /// The environment variable that names the provisioner when no flag does.
 pub const ENV: &str = "COS_CUSTOMIZER_PROVISIONER";
@@ -18,7 +19,7 @@ pub fn locate(flag: Option<&Path>) -> Result<PathBuf> {
             None => {
                 let exe = std::env::current_exe().context("finding this program")?;
                 let dir = exe.parent().unwrap_or(Path::new("/")).to_path_buf();
-                vec![dir.join("provisioner_amd64"), dir.join("provisioner")]
+                vec![dir.join(PROVISIONER_AMD64), dir.join("provisioner")]
             }
         },
     };
