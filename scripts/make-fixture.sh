@@ -68,8 +68,10 @@ trap cleanup EXIT
 BASE_INCLUDE=systemd,systemd-sysv,udev,kmod
 # python3-cffi-backend: cloud-init's python3-cryptography depends on a virtual
 # package that debootstrap cannot resolve, so install in a second stage.
+# dbus: systemd-logind needs it to run, and on COS logind powers off on the ACPI power
+# button (what a local build's acknowledgement presses).
 EXTRA_PKGS=(cloud-init python3-cffi-backend e2fsprogs cgpt cryptsetup-bin dmsetup fdisk
-    util-linux iproute2 curl)
+    util-linux iproute2 curl dbus)
 ROOTFS_KEY=$(printf '%s\n' "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$BASE_INCLUDE" "${EXTRA_PKGS[@]}" \
     | sha256sum | cut -c1-16)
 ROOTFS_TAR="$OUTDIR/cache/rootfs-$ROOTFS_KEY.tar.zst"

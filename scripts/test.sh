@@ -16,4 +16,4 @@ export COS_CUSTOMIZER_PROVISIONER
 cargo test --workspace
 cargo test -p cos-customizer-core --test cloud_init_schema
 cargo test -p cos-customizer-qemu --test vm
-cargo test -p cos-customizer --test e2e --test e2e_disk
+cargo test -p cos-customizer --test e2e --test e2e_disk --test faults

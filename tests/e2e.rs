@@ -268,3 +268,60 @@ fn two_builds_at_once() {
     }
     b.assert_nothing_left();
 }
+
+/// A guest that cannot reach the metadata server never reads the `DaisyEnd`
+/// acknowledgement and would wait 300 s before powering off. A local build needs no
+/// round trip to know its serial log is safe (it is a file on the host), so the QEMU
+/// backend presses the ACPI power button after acknowledging, and the build ends within
+/// seconds of `BuildSucceeded:`.
+#[test]
+fn a_guest_without_network_still_ends_soon_after_success() {
+    use std::io::BufRead;
+    let _vm = vm_slots(1);
+    let b = Build::new(&[(
+        "offline.sh",
+        "#!/bin/bash\nfor i in /sys/class/net/*; do [ \"${i##*/}\" = lo ] || ip link set \"${i##*/}\" down; done\necho network down\n",
+    )]);
+    b.start(".w");
+    b.ok(&[
+        "-local-state-workdir=.w",
+        "run-script",
+        "-script=offline.sh",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
+        .args([
+            "-local-state-workdir=.w",
+            "finish-image-build",
+            "-output-file=out.img",
+            "-timeout=15m",
+        ])
+        .env("HOME", b.home.path())
+        .env("TMPDIR", b.tmp.path())
+        .env("COS_CUSTOMIZER_PROVISIONER", provisioner())
+        .current_dir(b.home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut succeeded = None;
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.starts_with("BuildSucceeded:") {
+            succeeded = Some(Instant::now());
+        }
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    let ended = Instant::now();
+    let out = lines.join("\n");
+    assert!(status.success(), "{out}");
+    assert!(out.contains("BuildStatus: network down"), "{out}");
+    let after = ended - succeeded.expect("a BuildSucceeded: line");
+    assert!(
+        after < Duration::from_secs(90),
+        "the build ended {after:?} after BuildSucceeded: (the guest's own wait is 300 s)"
+    );
+    assert!(b.output("out.img").exists());
+    b.assert_nothing_left();
+}

@@ -45,14 +45,14 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Drops ANSI escape sequences (`ESC [ … letter`) and control characters.
+/// Drops ANSI escape sequences and control characters.
 fn strip_escapes(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         if c == '\x1b' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
+            // `ESC [ … final` (CSI), or a two-character escape such as `ESC M`.
+            if chars.next() == Some('[') {
                 for c in chars.by_ref() {
                     if ('\x40'..='\x7e').contains(&c) {
                         break;
@@ -488,6 +488,15 @@ mod tests {
             calls.contains(&"resize_disk boot-disk 12".to_string()),
             "{calls:?}"
         );
+    }
+
+    #[test]
+    fn escapes_are_stripped() {
+        assert_eq!(
+            strip_escapes("\r\x1b[K\x1bM[\x1b[0;1;31m***\x1b[0m] Job running\t(4s)"),
+            "[***] Job running\t(4s)"
+        );
+        assert_eq!(last_lines("a\n\nb\nc\n", 2), "b\nc");
     }
 
     #[tokio::test]
