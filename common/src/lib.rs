@@ -9,5 +9,6 @@ pub mod duration;
 pub mod env;
 pub mod fsutil;
 pub mod goflags;
+pub mod names;
 pub mod protocol;
 pub mod sizing;

@@ -228,13 +228,7 @@ impl Drop for QemuBackend {
 
 /// GCE's resource name rule, which also keeps names safe in file names and QEMU options.
 fn check_name(kind: &str, name: &str) -> Result<()> {
-    let ok = (1..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && !name.ends_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !ok {
+    if !cos_customizer_common::names::is_resource_name(name) {
         bail!("invalid {kind} name {name:?}: use 1-63 lowercase letters, digits and dashes, starting with a letter");
     }
     Ok(())
