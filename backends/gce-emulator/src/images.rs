@@ -1,0 +1,346 @@
+//! Images: insert (from a disk, an image or a `rawDisk` in Cloud Storage), get, list with the
+//! filter subset, getFromFamily, deprecate and delete. All answer with global operations.
+
+use serde_json::{json, Map, Value};
+
+use crate::listing;
+use crate::model::{link, Image, State, API_ROOT};
+use crate::ops::{self, Finish};
+use crate::reply::{ApiError, Reply};
+use crate::time;
+use crate::validate::{self, IMAGE, IMAGE_FAMILY, LICENSE};
+
+/// The fields `images.insert` takes.
+const INSERT_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "family",
+    "labels",
+    "licenses",
+    "guestOsFeatures",
+    "architecture",
+    "sourceDisk",
+    "sourceImage",
+    "rawDisk",
+    "storageLocations",
+];
+
+/// An image path as its full link; partial `projects/…` forms get the API root.
+pub(crate) fn full_image_link(reference: &str) -> String {
+    if reference.starts_with(API_ROOT) {
+        reference.to_string()
+    } else {
+        link(reference)
+    }
+}
+
+/// `inherited` (full links) plus `added` (partial or full), as full links without duplicates.
+pub(crate) fn full_licenses(inherited: &Value, added: &Value) -> Result<Value, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for l in inherited
+        .as_array()
+        .into_iter()
+        .chain(added.as_array())
+        .flatten()
+    {
+        let l = l
+            .as_str()
+            .ok_or_else(|| ApiError::invalid("Invalid value for field 'licenses'"))?;
+        let parts = validate::reference("licenses", l, LICENSE)?;
+        let full = link(&format!(
+            "projects/{}/global/licenses/{}",
+            parts[0], parts[1]
+        ));
+        if !out.contains(&full) {
+            out.push(full);
+        }
+    }
+    Ok(json!(out))
+}
+
+/// The image a `sourceImage` names (`…/images/N` or `…/images/family/F`): its path and JSON.
+pub(crate) fn resolve(state: &State, reference: &str) -> Result<(String, Value), ApiError> {
+    if let Some(parts) = validate::try_reference(reference, IMAGE_FAMILY) {
+        state.check_project(&parts[0])?;
+        return newest_in_family(state, &parts[0], &parts[1]);
+    }
+    let parts = validate::reference("sourceImage", reference, IMAGE)?;
+    let path = format!("projects/{}/global/images/{}", parts[0], parts[1]);
+    let image = state
+        .store
+        .images
+        .get(&path)
+        .ok_or_else(|| ApiError::not_found(&path))?;
+    Ok((path, Value::Object(image.json.clone())))
+}
+
+fn newest_in_family(
+    state: &State,
+    project: &str,
+    family: &str,
+) -> Result<(String, Value), ApiError> {
+    let prefix = format!("projects/{project}/global/images/");
+    state
+        .store
+        .images
+        .iter()
+        .filter(|(path, image)| {
+            let state = image
+                .json
+                .get("deprecated")
+                .and_then(|d| d["state"].as_str());
+            path.starts_with(&prefix)
+                && image.json.get("family").and_then(Value::as_str) == Some(family)
+                && matches!(state, None | Some("ACTIVE"))
+        })
+        .max_by_key(|(_, image)| {
+            time::parse(image.json["creationTimestamp"].as_str().unwrap_or("")).unwrap_or(i64::MIN)
+        })
+        .map(|(path, image)| (path.clone(), Value::Object(image.json.clone())))
+        .ok_or_else(|| ApiError::not_found(&format!("{prefix}family/{family}")))
+}
+
+/// `POST projects/{p}/global/images`.
+pub(crate) fn insert(
+    state: &mut State,
+    project: &str,
+    query: &[(String, String)],
+    body: &Value,
+) -> Reply {
+    state.check_project(project)?;
+    let (name, labels) = validate::insert_body(body, INSERT_FIELDS, "Image")?;
+    if let Some(family) = body["family"].as_str() {
+        validate::name("resource.family", family)?;
+    }
+    let path = format!("projects/{project}/global/images/{name}");
+    if state.store.images.contains_key(&path) {
+        return Err(ApiError::already_exists(&path));
+    }
+    let sources = ["sourceDisk", "sourceImage", "rawDisk"]
+        .iter()
+        .filter(|s| body.get(**s).is_some())
+        .count();
+    if sources != 1 {
+        return Err(ApiError::invalid(
+            "Exactly one of 'sourceDisk', 'sourceImage' or 'rawDisk' must be given",
+        ));
+    }
+    let force = query.iter().any(|(k, v)| k == "forceCreate" && v == "true");
+    let mut json = Map::new();
+    let (inherited, size) = if let Some(disk) = body["sourceDisk"].as_str() {
+        let parts = validate::reference("sourceDisk", disk, validate::DISK)?;
+        let disk_path = format!(
+            "projects/{}/zones/{}/disks/{}",
+            parts[0], parts[1], parts[2]
+        );
+        let disk = state
+            .store
+            .disks
+            .get(&disk_path)
+            .ok_or_else(|| ApiError::not_found(&disk_path))?
+            .clone();
+        if let Some(user) = crate::disks::running_user(state, &disk_path) {
+            if !force {
+                return Err(ApiError::in_use(format!(
+                    "The disk resource '{disk_path}' is already being used by '{user}'"
+                )));
+            }
+        }
+        json.insert("sourceDisk".into(), link(&disk_path).into());
+        json.insert("sourceDiskId".into(), disk["id"].clone());
+        (Value::Object(disk), None)
+    } else if let Some(image) = body["sourceImage"].as_str() {
+        let (image_path, image) = resolve(state, image)?;
+        json.insert("sourceImage".into(), link(&image_path).into());
+        json.insert("sourceImageId".into(), image["id"].clone());
+        (image, None)
+    } else {
+        let source = body["rawDisk"]["source"].as_str().unwrap_or_default();
+        let object = source
+            .strip_prefix("https://storage.googleapis.com/")
+            .or_else(|| source.strip_prefix("https://storage.cloud.google.com/"));
+        if !object.is_some_and(|o| {
+            o.split_once('/')
+                .is_some_and(|(b, o)| !b.is_empty() && !o.is_empty())
+        }) {
+            return Err(ApiError::invalid(format!(
+                "Invalid value for field 'rawDisk.source': '{source}'. Expected https://storage.googleapis.com/BUCKET/OBJECT"
+            )));
+        }
+        if body["rawDisk"]
+            .get("containerType")
+            .is_some_and(|c| c != "TAR")
+        {
+            return Err(ApiError::invalid(
+                "Invalid value for field 'rawDisk.containerType'",
+            ));
+        }
+        json.insert(
+            "rawDisk".into(),
+            json!({"source": source, "containerType": "TAR"}),
+        );
+        (Value::Null, Some("10"))
+    };
+    let id = state.new_id();
+    json.insert("kind".into(), "compute#image".into());
+    json.insert("id".into(), id.clone().into());
+    json.insert(
+        "creationTimestamp".into(),
+        time::format(time::now_millis()).into(),
+    );
+    json.insert("name".into(), name.into());
+    for field in ["description", "family", "storageLocations"] {
+        if let Some(v) = body.get(field) {
+            json.insert(field.into(), v.clone());
+        }
+    }
+    if !labels.is_empty() {
+        json.insert("labels".into(), Value::Object(labels));
+    }
+    let licenses = full_licenses(&inherited["licenses"], &body["licenses"])?;
+    if licenses.as_array().is_some_and(|l| !l.is_empty()) {
+        json.insert("licenses".into(), licenses);
+    }
+    let features = body
+        .get("guestOsFeatures")
+        .or(inherited.get("guestOsFeatures"));
+    if let Some(f) = features {
+        json.insert("guestOsFeatures".into(), f.clone());
+    }
+    if let Some(a) = body.get("architecture").or(inherited.get("architecture")) {
+        json.insert("architecture".into(), a.clone());
+    }
+    let size = match size {
+        Some(s) => Value::from(s),
+        None => inherited
+            .get("sizeGb")
+            .or(inherited.get("diskSizeGb"))
+            .cloned()
+            .unwrap_or("10".into()),
+    };
+    json.insert("diskSizeGb".into(), size);
+    json.insert("sourceType".into(), "RAW".into());
+    json.insert("status".into(), "PENDING".into());
+    json.insert("selfLink".into(), link(&path).into());
+    state.store.images.insert(
+        path.clone(),
+        Image {
+            json,
+            seeded: false,
+        },
+    );
+    Ok(ops::start(
+        state,
+        project,
+        None,
+        "insert",
+        &path,
+        &id,
+        Finish::ImageReady(path.clone()),
+    ))
+}
+
+fn image_path(state: &State, project: &str, name: &str) -> Result<String, ApiError> {
+    state.check_project(project)?;
+    let path = format!("projects/{project}/global/images/{name}");
+    if state.store.images.contains_key(&path) {
+        Ok(path)
+    } else {
+        Err(ApiError::not_found(&path))
+    }
+}
+
+/// `GET projects/{p}/global/images/{name}`.
+pub(crate) fn get(state: &State, project: &str, name: &str) -> Reply {
+    let path = image_path(state, project, name)?;
+    Ok(Value::Object(state.store.images[&path].json.clone()))
+}
+
+/// `GET projects/{p}/global/images/family/{family}`.
+pub(crate) fn from_family(state: &State, project: &str, family: &str) -> Reply {
+    state.check_project(project)?;
+    newest_in_family(state, project, family).map(|(_, image)| image)
+}
+
+/// `GET projects/{p}/global/images?filter=&maxResults=&pageToken=`, sorted by name.
+pub(crate) fn list(state: &State, project: &str, query: &[(String, String)]) -> Reply {
+    state.check_project(project)?;
+    let terms = listing::filter(
+        query,
+        &["name", "family", "architecture", "status", "labels"],
+    )?;
+    let prefix = format!("projects/{project}/global/images/");
+    let items = state
+        .store
+        .images
+        .iter()
+        .filter(|(path, _)| path.starts_with(&prefix))
+        .map(|(_, image)| Value::Object(image.json.clone()))
+        .filter(|image| listing::matches(&terms, image))
+        .collect();
+    listing::page(
+        items,
+        query,
+        "compute#imageList",
+        link(&format!("projects/{project}/global/images")),
+    )
+}
+
+/// `POST projects/{p}/global/images/{name}/deprecate`.
+pub(crate) fn deprecate(state: &mut State, project: &str, name: &str, body: &Value) -> Reply {
+    let path = image_path(state, project, name)?;
+    validate::only_fields(
+        body,
+        &["state", "replacement", "deprecated", "obsolete", "deleted"],
+        "DeprecationStatus",
+    )?;
+    let status = validate::required(body, "state")?;
+    let mut deprecation = body.as_object().cloned().unwrap_or_default();
+    if let Some(r) = body["replacement"].as_str() {
+        validate::reference("replacement", r, IMAGE)?;
+        deprecation.insert("replacement".into(), full_image_link(r).into());
+    }
+    for field in ["deprecated", "obsolete", "deleted"] {
+        if let Some(t) = body[field].as_str() {
+            if time::parse(t).is_none() {
+                return Err(ApiError::invalid(format!(
+                    "Invalid value for field 'deprecationStatus.{field}': '{t}'. Must be RFC 3339"
+                )));
+            }
+        }
+    }
+    let image = state.store.images.get_mut(&path).expect("checked above");
+    if status == "ACTIVE" {
+        image.json.remove("deprecated");
+    } else {
+        image
+            .json
+            .insert("deprecated".into(), Value::Object(deprecation));
+    }
+    let id = image.json["id"].as_str().unwrap_or_default().to_string();
+    Ok(ops::start(
+        state,
+        project,
+        None,
+        "deprecate",
+        &path,
+        &id,
+        Finish::Nothing,
+    ))
+}
+
+/// `DELETE projects/{p}/global/images/{name}`.
+pub(crate) fn delete(state: &mut State, project: &str, name: &str) -> Reply {
+    let path = image_path(state, project, name)?;
+    let image = state.store.images.remove(&path).expect("checked above");
+    let id = image.json["id"].as_str().unwrap_or_default().to_string();
+    Ok(ops::start(
+        state,
+        project,
+        None,
+        "delete",
+        &path,
+        &id,
+        Finish::Nothing,
+    ))
+}

@@ -1,0 +1,370 @@
+//! Instances: insert (disks attached by `source`, strict machine type and network forms),
+//! get, list with a label filter, delete (with `autoDelete` disks), stop, and their status:
+//! PROVISIONING until the insert operation is DONE, RUNNING, STOPPING for so many GETs,
+//! TERMINATED.
+
+use serde_json::{json, Map, Value};
+
+use crate::listing;
+use crate::metadata;
+use crate::model::{link, Instance, State};
+use crate::ops::{self, Finish};
+use crate::reply::{ApiError, Reply};
+use crate::script::Script;
+use crate::serial::SerialBuffer;
+use crate::time;
+use crate::validate::{self, DISK, MACHINE_TYPE, NETWORK, SUBNETWORK};
+
+/// The fields `instances.insert` takes that the emulator models.
+const INSERT_FIELDS: &[&str] = &[
+    "name",
+    "machineType",
+    "disks",
+    "networkInterfaces",
+    "metadata",
+    "labels",
+    "scheduling",
+];
+/// The fields `instances.insert` takes and returns as they came.
+const PASS_THROUGH: &[&str] = &[
+    "description",
+    "serviceAccounts",
+    "guestAccelerators",
+    "tags",
+    "shieldedInstanceConfig",
+    "canIpForward",
+    "deletionProtection",
+    "minCpuPlatform",
+];
+/// The fields of an attached disk the emulator models (no `initializeParams`).
+const DISK_FIELDS: &[&str] = &[
+    "source",
+    "boot",
+    "autoDelete",
+    "mode",
+    "deviceName",
+    "type",
+    "interface",
+];
+/// The fields of a network interface the emulator models.
+const NIC_FIELDS: &[&str] = &[
+    "network",
+    "subnetwork",
+    "accessConfigs",
+    "nicType",
+    "stackType",
+];
+
+/// The path of an existing instance.
+pub(crate) fn path(
+    state: &State,
+    project: &str,
+    zone: &str,
+    name: &str,
+) -> Result<String, ApiError> {
+    state.check_zone(project, zone)?;
+    let path = format!("projects/{project}/zones/{zone}/instances/{name}");
+    if state.store.instances.contains_key(&path) {
+        Ok(path)
+    } else {
+        Err(ApiError::not_found(&path))
+    }
+}
+
+fn to_json(instance: &Instance) -> Value {
+    let mut json = instance.json.clone();
+    json.insert("status".into(), instance.status.into());
+    Value::Object(json)
+}
+
+fn attached_disks(
+    state: &State,
+    project: &str,
+    zone: &str,
+    disks: &Value,
+) -> Result<Vec<Value>, ApiError> {
+    let disks = disks
+        .as_array()
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| ApiError::invalid("At least one disk is required"))?;
+    let mut out = Vec::new();
+    for (index, d) in disks.iter().enumerate() {
+        validate::only_fields(d, DISK_FIELDS, "AttachedDisk")?;
+        let source = d["source"].as_str().ok_or_else(|| {
+            ApiError::invalid(format!(
+                "Required field 'disks[{index}].source' not specified"
+            ))
+        })?;
+        let parts = validate::reference(&format!("disks[{index}].source"), source, DISK)?;
+        if parts[0] != project || parts[1] != zone {
+            return Err(ApiError::invalid(format!(
+                "Disk '{source}' must be in the instance's project and zone"
+            )));
+        }
+        let disk_path = format!("projects/{project}/zones/{zone}/disks/{}", parts[2]);
+        let disk = state
+            .store
+            .disks
+            .get(&disk_path)
+            .ok_or_else(|| ApiError::not_found(&disk_path))?;
+        let mode = d["mode"].as_str().unwrap_or("READ_WRITE");
+        if let Some(user) = crate::disks::users(state, &disk_path).first() {
+            return Err(ApiError::in_use(format!(
+                "The disk resource '{disk_path}' is already being used by '{user}'"
+            )));
+        }
+        let mut a = json!({
+            "kind": "compute#attachedDisk",
+            "type": "PERSISTENT",
+            "mode": mode,
+            "source": link(&disk_path),
+            "deviceName": d["deviceName"].as_str().unwrap_or(&parts[2]),
+            "index": index,
+            "boot": d["boot"].as_bool().unwrap_or(false),
+            "autoDelete": d["autoDelete"].as_bool().unwrap_or(false),
+            "interface": d["interface"].as_str().unwrap_or("SCSI"),
+            "diskSizeGb": disk["sizeGb"],
+        });
+        for field in ["licenses", "guestOsFeatures", "architecture"] {
+            if let Some(v) = disk.get(field) {
+                a[field] = v.clone();
+            }
+        }
+        out.push(a);
+    }
+    if out[0]["boot"] != true || out.iter().filter(|d| d["boot"] == true).count() != 1 {
+        return Err(ApiError::invalid(
+            "The first disk, and only it, must be the boot disk",
+        ));
+    }
+    Ok(out)
+}
+
+fn network_interfaces(
+    project: &str,
+    zone: &str,
+    nics: Option<&Value>,
+    seq: u64,
+) -> Result<Vec<Value>, ApiError> {
+    let default = json!([{}]);
+    let nics = nics
+        .unwrap_or(&default)
+        .as_array()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::invalid("At least one network interface is required"))?;
+    let region = zone.rsplit_once('-').map_or(zone, |r| r.0);
+    let mut out = Vec::new();
+    for (i, nic) in nics.iter().enumerate() {
+        validate::only_fields(nic, NIC_FIELDS, "NetworkInterface")?;
+        let mut o = json!({"kind": "compute#networkInterface", "name": format!("nic{i}"), "networkIP": format!("10.128.{}.{}", seq / 250 % 250, seq % 250 + 2)});
+        let network = nic["network"].as_str().map(str::to_string);
+        if let Some(s) = nic["subnetwork"].as_str() {
+            let p = validate::reference("subnetwork", s, SUBNETWORK)?;
+            if p[1] != region {
+                return Err(ApiError::invalid(format!(
+                    "Subnetwork '{s}' is not in region '{region}'"
+                )));
+            }
+            o["subnetwork"] = link(&format!(
+                "projects/{}/regions/{}/subnetworks/{}",
+                p[0], p[1], p[2]
+            ))
+            .into();
+        }
+        let network = match (network, o.get("subnetwork")) {
+            (Some(n), _) => Some(n),
+            (None, None) => Some(format!("projects/{project}/global/networks/default")),
+            (None, Some(_)) => None,
+        };
+        if let Some(n) = network {
+            let p = validate::reference("network", &n, NETWORK)?;
+            o["network"] = link(&format!("projects/{}/global/networks/{}", p[0], p[1])).into();
+        }
+        if let Some(configs) = nic["accessConfigs"].as_array() {
+            let configs: Vec<Value> = configs
+                .iter()
+                .map(|c| json!({"kind": "compute#accessConfig", "type": c["type"].as_str().unwrap_or("ONE_TO_ONE_NAT"), "name": c["name"].as_str().unwrap_or("External NAT"), "natIP": format!("203.0.113.{}", seq % 250 + 1)}))
+                .collect();
+            o["accessConfigs"] = configs.into();
+        }
+        for field in ["nicType", "stackType"] {
+            if let Some(v) = nic.get(field) {
+                o[field] = v.clone();
+            }
+        }
+        out.push(o);
+    }
+    Ok(out)
+}
+
+/// `POST projects/{p}/zones/{z}/instances`.
+pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value) -> Reply {
+    state.check_zone(project, zone)?;
+    let fields = [INSERT_FIELDS, PASS_THROUGH].concat();
+    let (name, labels) = validate::insert_body(body, &fields, "Instance")?;
+    let path = format!("projects/{project}/zones/{zone}/instances/{name}");
+    if state.store.instances.contains_key(&path) {
+        return Err(ApiError::already_exists(&path));
+    }
+    let mt = validate::required(body, "machineType")?;
+    let m = validate::reference("machineType", mt, MACHINE_TYPE)?;
+    if m[0] != project || m[1] != zone {
+        return Err(ApiError::invalid(format!(
+            "Machine type '{mt}' must be in the instance's project and zone"
+        )));
+    }
+    if !state.seed.machine_types.iter().any(|t| t.name == m[2]) {
+        return Err(ApiError::not_found(&format!(
+            "projects/{project}/zones/{zone}/machineTypes/{}",
+            m[2]
+        )));
+    }
+    let disks = attached_disks(state, project, zone, &body["disks"])?;
+    let seq = state.store.instances.len() as u64 + state.next_u64() % 1000;
+    let nics = network_interfaces(project, zone, body.get("networkInterfaces"), seq)?;
+    let metadata = metadata::initial(state, body.get("metadata"))?;
+    let id = state.new_id();
+    let mut json = Map::new();
+    json.insert("kind".into(), "compute#instance".into());
+    json.insert("id".into(), id.clone().into());
+    json.insert(
+        "creationTimestamp".into(),
+        time::format(time::now_millis()).into(),
+    );
+    json.insert("name".into(), name.into());
+    json.insert(
+        "machineType".into(),
+        link(&format!(
+            "projects/{project}/zones/{zone}/machineTypes/{}",
+            m[2]
+        ))
+        .into(),
+    );
+    json.insert(
+        "zone".into(),
+        link(&format!("projects/{project}/zones/{zone}")).into(),
+    );
+    json.insert("disks".into(), disks.into());
+    json.insert("networkInterfaces".into(), nics.into());
+    json.insert("metadata".into(), metadata);
+    if !labels.is_empty() {
+        json.insert("labels".into(), Value::Object(labels));
+    }
+    for field in PASS_THROUGH {
+        if let Some(v) = body.get(field) {
+            json.insert((*field).into(), v.clone());
+        }
+    }
+    let mut scheduling = json!({"onHostMaintenance": "MIGRATE", "automaticRestart": true, "preemptible": false, "provisioningModel": "STANDARD"});
+    for (k, v) in body["scheduling"].as_object().into_iter().flatten() {
+        scheduling[k] = v.clone();
+    }
+    json.insert("scheduling".into(), scheduling);
+    json.insert("selfLink".into(), link(&path).into());
+    let script = match state
+        .scripts
+        .iter()
+        .position(|(prefix, _)| name.starts_with(prefix.as_str()))
+    {
+        Some(i) => state.scripts.remove(i).1,
+        None => Script::default(),
+    };
+    let instance = Instance {
+        json,
+        status: "PROVISIONING",
+        script,
+        serial: SerialBuffer::new(state.settings.serial_window),
+        serial_reads: 0,
+        stop_polls_left: 0,
+    };
+    state.store.instances.insert(path.clone(), instance);
+    Ok(ops::start(
+        state,
+        project,
+        Some(zone),
+        "insert",
+        &path,
+        &id,
+        Finish::InstanceRunning(path.clone()),
+    ))
+}
+
+/// `GET projects/{p}/zones/{z}/instances/{i}`: one poll of a STOPPING instance.
+pub(crate) fn get(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
+    let path = path(state, project, zone, name)?;
+    let instance = state.store.instances.get_mut(&path).expect("checked above");
+    if instance.status == "STOPPING" {
+        if instance.stop_polls_left == 0 {
+            instance.status = "TERMINATED";
+        } else {
+            instance.stop_polls_left -= 1;
+        }
+    }
+    Ok(to_json(instance))
+}
+
+/// `GET projects/{p}/zones/{z}/instances?filter=`: filters on `name`, `status`, `labels.K`.
+pub(crate) fn list(state: &State, project: &str, zone: &str, query: &[(String, String)]) -> Reply {
+    state.check_zone(project, zone)?;
+    let terms = listing::filter(query, &["name", "status", "labels"])?;
+    let prefix = format!("projects/{project}/zones/{zone}/instances/");
+    let items = state
+        .store
+        .instances
+        .iter()
+        .filter(|(p, _)| p.starts_with(&prefix))
+        .map(|(_, i)| to_json(i))
+        .filter(|i| listing::matches(&terms, i))
+        .collect();
+    listing::page(
+        items,
+        query,
+        "compute#instanceList",
+        link(&format!("projects/{project}/zones/{zone}/instances")),
+    )
+}
+
+/// `DELETE projects/{p}/zones/{z}/instances/{i}`: its `autoDelete` disks go with it.
+pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
+    let path = path(state, project, zone, name)?;
+    let instance = state.store.instances.remove(&path).expect("checked above");
+    for d in instance.json["disks"].as_array().into_iter().flatten() {
+        if d["autoDelete"] == true {
+            let source = d["source"].as_str().unwrap_or_default();
+            let disk = source
+                .strip_prefix(crate::model::API_ROOT)
+                .unwrap_or(source);
+            state.store.disks.remove(disk);
+        }
+    }
+    let id = instance.json["id"].as_str().unwrap_or_default().to_string();
+    Ok(ops::start(
+        state,
+        project,
+        Some(zone),
+        "delete",
+        &path,
+        &id,
+        Finish::Nothing,
+    ))
+}
+
+/// `POST projects/{p}/zones/{z}/instances/{i}/stop`.
+pub(crate) fn stop(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
+    let path = path(state, project, zone, name)?;
+    let polls = state.settings.stop_polls;
+    let instance = state.store.instances.get_mut(&path).expect("checked above");
+    if matches!(instance.status, "RUNNING" | "PROVISIONING") {
+        instance.begin_stop(polls);
+    }
+    let id = instance.json["id"].as_str().unwrap_or_default().to_string();
+    Ok(ops::start(
+        state,
+        project,
+        Some(zone),
+        "stop",
+        &path,
+        &id,
+        Finish::Nothing,
+    ))
+}

@@ -1,0 +1,293 @@
+//! A local emulator of a strict subset of the Compute Engine v1 API, for tests: disks,
+//! instances, images, zone and global operations, serial port output and `setMetadata` with
+//! fingerprints, in GCE's JSON shapes. Its instances are scripted (no VM runs): the test says
+//! what serial port 3 shows and when the instance stops, and queues faults per route. Every
+//! request is logged; any route it does not serve answers 501 naming the route.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use cos_customizer_gce_emulator::{Emulator, Fault, Options, Route, Script};
+//! let emu = Emulator::start(Options::default()).await?;
+//! emu.script("preload-vm-", Script::new().serial_after(1, "BuildStatus: hi\n").stop_on_daisy_end(2));
+//! emu.inject(Route::DiskDelete, Fault::disk_in_use());
+//! println!("{}", emu.compute_base());
+//! # Ok(()) }
+//! ```
+
+mod discovery;
+mod disks;
+mod faults;
+mod images;
+mod instances;
+mod listing;
+mod metadata;
+mod model;
+mod ops;
+mod reply;
+mod router;
+mod script;
+mod seed;
+mod serial;
+mod time;
+mod validate;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use discovery::{Discovery, Method, Side};
+pub use faults::Fault;
+pub use model::RequestRecord;
+pub use reply::ApiError;
+pub use router::Route;
+pub use script::Script;
+pub use seed::{DiskType, MachineType, Seed};
+
+use model::{Settings, State};
+
+/// How to start an emulator.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Projects, zones, types and images to start with.
+    pub seed: Seed,
+    /// Seeds the ids and fingerprints, so runs are repeatable.
+    pub rng_seed: u64,
+    /// Polls an operation stays RUNNING before DONE (it is PENDING until the first poll).
+    pub op_running_polls: u32,
+    /// How long `/wait` blocks on an operation that cannot finish yet (GCE: about 2 minutes).
+    pub wait_deadline: Duration,
+    /// Bytes of serial output kept per instance (GCE: 1 MiB); older output is dropped and
+    /// `start` moves forward.
+    pub serial_window: usize,
+    /// Instance GETs that show STOPPING after `instances.stop`, before TERMINATED.
+    pub stop_polls: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            seed: Seed::default(),
+            rng_seed: 0x5eed,
+            op_running_polls: 0,
+            wait_deadline: Duration::from_secs(2),
+            serial_window: 1 << 20,
+            stop_polls: 1,
+        }
+    }
+}
+
+/// The emulator; [`Emulator::start`] runs one.
+pub struct Emulator;
+
+impl Emulator {
+    /// Binds the listener and serves on the current tokio runtime until the handle drops.
+    pub async fn start(opts: Options) -> anyhow::Result<Handle> {
+        let settings = Settings {
+            op_running_polls: opts.op_running_polls,
+            wait_deadline: opts.wait_deadline,
+            serial_window: opts.serial_window,
+            stop_polls: opts.stop_polls,
+        };
+        let state = Arc::new(Mutex::new(State::new(opts.seed, settings, opts.rng_seed)?));
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("binding {}", opts.listen))?;
+        let addr = listener.local_addr()?;
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| serve(shared.clone(), req));
+                    // A client that goes away mid-request is not the emulator's error.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Handle { addr, state, task })
+    }
+}
+
+async fn serve(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query().unwrap_or(""));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let (status, json) = router::respond(&state, &method, &path, query, &body).await;
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .expect("a status and a header make a response");
+    Ok(response)
+}
+
+/// Splits and percent-decodes a query string (`+` is a space).
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 2;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What the emulator holds that a test may have to clean up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Disk paths (`projects/p/zones/z/disks/d`).
+    pub disks: Vec<String>,
+    /// Instance paths.
+    pub instances: Vec<String>,
+    /// Image paths, seeded images excluded.
+    pub images: Vec<String>,
+}
+
+impl Resources {
+    /// Whether nothing is left.
+    pub fn is_empty(&self) -> bool {
+        self.disks.is_empty() && self.instances.is_empty() && self.images.is_empty()
+    }
+}
+
+/// A running emulator; dropping it stops the server.
+pub struct Handle {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl Handle {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("state lock")
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base a client joins `projects/…` to: `http://127.0.0.1:PORT/compute/v1/`.
+    pub fn compute_base(&self) -> String {
+        format!("http://{}/compute/v1/", self.addr)
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state().log.clone()
+    }
+
+    /// Forgets the requests logged so far.
+    pub fn clear_requests(&self) {
+        self.state().log.clear();
+    }
+
+    /// Queues `fault` for the next request on `route` that does not already take an earlier
+    /// fault.
+    ///
+    /// # Panics
+    /// If the fault cannot happen on the route (an operation error on a GET, say).
+    pub fn inject(&self, route: Route, fault: Fault) {
+        assert!(
+            route.accepts(&fault),
+            "{fault:?} cannot happen on {route:?}"
+        );
+        self.state()
+            .faults
+            .entry(route)
+            .or_default()
+            .push_back(fault);
+    }
+
+    /// Gives the next instance whose name starts with `name_prefix` this script (an empty
+    /// prefix matches any name). Instances without one print nothing and keep running.
+    pub fn script(&self, name_prefix: &str, script: Script) {
+        self.state().scripts.push((name_prefix.to_string(), script));
+    }
+
+    /// Appends bytes to serial port 3 of the instance at `path`
+    /// (`projects/p/zones/z/instances/i`); false if there is no such instance.
+    pub fn append_serial(&self, path: &str, bytes: &[u8]) -> bool {
+        serial::append(&mut self.state(), path, bytes)
+    }
+
+    /// The disks, instances and non-seeded images that exist now.
+    pub fn resources(&self) -> Resources {
+        let state = self.state();
+        Resources {
+            disks: state.store.disks.keys().cloned().collect(),
+            instances: state.store.instances.keys().cloned().collect(),
+            images: state
+                .store
+                .images
+                .iter()
+                .filter(|(_, i)| !i.seeded)
+                .map(|(p, _)| p.clone())
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_decoded() {
+        let q = parse_query("filter=(family%20=%20cos)+AND+x&port=3&bad=%zz&e");
+        assert_eq!(q[0], ("filter".into(), "(family = cos) AND x".into()));
+        assert_eq!(q[1], ("port".into(), "3".into()));
+        assert_eq!(q[2], ("bad".into(), "%zz".into()));
+        assert_eq!(q[3], ("e".into(), String::new()));
+    }
+}

@@ -1,0 +1,249 @@
+//! List calls: the filter subset GCE documents that the emulator implements exactly
+//! (`(field = v)`, `(field != v)`, `field eq "re"`, `field ne "re"`, AND-combined), and paging
+//! with `maxResults`/`pageToken`.
+
+use serde_json::{json, Map, Value};
+
+use crate::reply::{ApiError, Reply};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Equal,
+    NotEqual,
+    Matches,
+    NotMatches,
+}
+
+/// One comparison of a filter.
+#[derive(Debug)]
+pub(crate) struct Term {
+    field: String,
+    op: Op,
+    value: String,
+    regex: Option<regex_lite::Regex>,
+}
+
+fn unsupported(filter: &str, why: &str) -> ApiError {
+    ApiError::invalid(format!("Invalid list filter expression '{filter}': {why}"))
+}
+
+fn tokens(filter: &str) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    let mut chars = filter.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '(' | ')' | '=' => out.push(c.to_string()),
+            '!' if chars.peek() == Some(&'=') => {
+                chars.next();
+                out.push("!=".into());
+            }
+            '"' | '\'' => {
+                let mut text = String::from("\"");
+                loop {
+                    match chars.next() {
+                        Some(q) if q == c => break,
+                        Some(other) => text.push(other),
+                        None => return Err(unsupported(filter, "unterminated quote")),
+                    }
+                }
+                out.push(text);
+            }
+            _ => {
+                let mut word = c.to_string();
+                while let Some(&n) = chars.peek() {
+                    if n.is_whitespace() || "()=!\"'".contains(n) {
+                        break;
+                    }
+                    word.push(n);
+                    chars.next();
+                }
+                out.push(word);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `filter`, allowing comparisons on `fields` and on `labels.KEY` when `labels` is set.
+pub(crate) fn parse(filter: &str, fields: &[&str]) -> Result<Vec<Term>, ApiError> {
+    let toks = tokens(filter)?;
+    let mut terms = Vec::new();
+    let mut i = 0;
+    while i < toks.len() {
+        if toks[i] == "AND" && !terms.is_empty() {
+            i += 1;
+            continue;
+        }
+        let paren = toks[i] == "(";
+        let start = i + usize::from(paren);
+        let (Some(field), Some(op), Some(value)) =
+            (toks.get(start), toks.get(start + 1), toks.get(start + 2))
+        else {
+            return Err(unsupported(filter, "expected FIELD OP VALUE"));
+        };
+        i = start + 3;
+        if paren {
+            if toks.get(i).map(String::as_str) != Some(")") {
+                return Err(unsupported(filter, "expected ')'"));
+            }
+            i += 1;
+        }
+        let op = match op.as_str() {
+            "=" => Op::Equal,
+            "!=" => Op::NotEqual,
+            "eq" => Op::Matches,
+            "ne" => Op::NotMatches,
+            other => return Err(unsupported(filter, &format!("operator {other}"))),
+        };
+        let known = fields.contains(&field.as_str())
+            || (field.starts_with("labels.") && field.len() > 7 && fields.contains(&"labels"));
+        if !known || field.starts_with('"') {
+            return Err(unsupported(filter, &format!("field {field}")));
+        }
+        let value = value.strip_prefix('"').unwrap_or(value).to_string();
+        let regex = match op {
+            Op::Matches | Op::NotMatches => Some(
+                regex_lite::Regex::new(&format!("^(?:{value})$"))
+                    .map_err(|e| unsupported(filter, &e.to_string()))?,
+            ),
+            _ => None,
+        };
+        terms.push(Term {
+            field: field.clone(),
+            op,
+            value,
+            regex,
+        });
+    }
+    let regexes = terms.iter().filter(|t| t.regex.is_some()).count();
+    if regexes != 0 && regexes != terms.len() {
+        return Err(unsupported(filter, "eq/ne cannot be mixed with =/!="));
+    }
+    Ok(terms)
+}
+
+/// Whether a resource's JSON passes every term.
+pub(crate) fn matches(terms: &[Term], resource: &Value) -> bool {
+    terms.iter().all(|t| {
+        let found = match t.field.strip_prefix("labels.") {
+            Some(key) => resource["labels"].get(key),
+            None => resource.get(&t.field),
+        }
+        .and_then(Value::as_str);
+        match t.op {
+            Op::Equal => found == Some(t.value.as_str()),
+            Op::NotEqual => found != Some(t.value.as_str()),
+            Op::Matches => t
+                .regex
+                .as_ref()
+                .is_some_and(|r| r.is_match(found.unwrap_or(""))),
+            Op::NotMatches => !t
+                .regex
+                .as_ref()
+                .is_some_and(|r| r.is_match(found.unwrap_or(""))),
+        }
+    })
+}
+
+/// The value of query parameter `key`, if given.
+pub(crate) fn arg<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The parsed filter of a list call (`filter`), allowing `fields`.
+pub(crate) fn filter(query: &[(String, String)], fields: &[&str]) -> Result<Vec<Term>, ApiError> {
+    match arg(query, "filter") {
+        Some(f) if !f.trim().is_empty() => parse(f, fields),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// One page of `items` (already filtered and sorted) as a `*List` resource.
+pub(crate) fn page(
+    items: Vec<Value>,
+    query: &[(String, String)],
+    kind: &str,
+    self_link: String,
+) -> Reply {
+    let max = match arg(query, "maxResults") {
+        None => 500,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|m| (1..=500).contains(m))
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "Invalid value for field 'maxResults': '{v}'. Must be between 1 and 500"
+                ))
+            })?,
+    };
+    let offset = match arg(query, "pageToken") {
+        None | Some("") => 0,
+        Some(t) => t
+            .strip_prefix("page-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n <= items.len())
+            .ok_or_else(|| {
+                ApiError::invalid(format!("Invalid value for field 'pageToken': '{t}'"))
+            })?,
+    };
+    let end = (offset + max).min(items.len());
+    let mut out = Map::new();
+    out.insert("kind".into(), kind.into());
+    out.insert("id".into(), self_link.clone().into());
+    if end > offset {
+        out.insert("items".into(), json!(items[offset..end]));
+    }
+    if end < items.len() {
+        out.insert("nextPageToken".into(), format!("page-{end}").into());
+    }
+    out.insert("selfLink".into(), self_link.into());
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIELDS: &[&str] = &["name", "family", "architecture", "labels"];
+
+    fn keep(filter: &str, v: Value) -> bool {
+        matches(&parse(filter, FIELDS).unwrap(), &v)
+    }
+
+    #[test]
+    fn the_documented_subset_works() {
+        let img = json!({"name": "cos-109-1", "family": "cos-stable", "architecture": "X86_64", "labels": {"k": "v"}});
+        assert!(keep("(family = cos-stable) (name != cos-1)", img.clone()));
+        assert!(keep(
+            "(family = \"cos-stable\") AND (labels.k = v)",
+            img.clone()
+        ));
+        assert!(keep("name eq \"cos-.*\"", img.clone()));
+        assert!(keep("name eq 'cos-.*' architecture eq X86_64", img.clone()));
+        assert!(!keep("name eq cos", img.clone()));
+        assert!(!keep("name ne \"cos-.*\"", img.clone()));
+        assert!(keep("architecture = X86_64", img.clone()));
+        assert!(!keep("(labels.other = v)", img));
+    }
+
+    #[test]
+    fn anything_else_is_a_400() {
+        for bad in [
+            "(family = a) OR (name = b)",
+            "(status = READY)",
+            "name > a",
+            "(name = a",
+            "name eq a (family = b)",
+            "name eq \"(\"",
+            "labels.:",
+        ] {
+            let e = parse(bad, FIELDS).unwrap_err();
+            assert_eq!(e.status, 400, "{bad}");
+        }
+    }
+}

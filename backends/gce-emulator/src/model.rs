@@ -1,0 +1,220 @@
+//! The emulator's state: resources as GCE JSON, operations, faults, scripts, the request log,
+//! ids and fingerprints.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::faults::Fault;
+use crate::ops::Operation;
+use crate::reply::ApiError;
+use crate::router::Route;
+use crate::script::Script;
+use crate::seed::Seed;
+use crate::serial::SerialBuffer;
+
+/// Where GCE's `selfLink`s live.
+pub(crate) const API_ROOT: &str = "https://www.googleapis.com/compute/v1/";
+
+/// The full URL of a resource path such as `projects/p/zones/z/disks/d`.
+pub(crate) fn link(path: &str) -> String {
+    format!("{API_ROOT}{path}")
+}
+
+/// One request as the emulator received it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestRecord {
+    /// The HTTP method.
+    pub method: String,
+    /// The path relative to the compute base (`projects/p/zones/z/disks`).
+    pub path: String,
+    /// The decoded query parameters, in order.
+    pub query: Vec<(String, String)>,
+    /// The JSON body, if the request had one.
+    pub body: Option<Value>,
+    /// The HTTP status the emulator answered with.
+    pub status: u16,
+}
+
+/// Tunables of the emulated API.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    /// Polls an operation stays RUNNING before DONE (after one poll as PENDING).
+    pub op_running_polls: u32,
+    /// How long `/wait` blocks on an operation that cannot finish yet.
+    pub wait_deadline: Duration,
+    /// Bytes of serial output kept per instance; older output is dropped.
+    pub serial_window: usize,
+    /// Instance GETs that show STOPPING after a `stop` before TERMINATED.
+    pub stop_polls: u32,
+}
+
+/// A scripted instance.
+#[derive(Clone, Debug)]
+pub(crate) struct Instance {
+    /// The resource JSON except `status`.
+    pub json: Map<String, Value>,
+    /// PROVISIONING, RUNNING, STOPPING or TERMINATED.
+    pub status: &'static str,
+    /// What the test scripted for it.
+    pub script: Script,
+    /// Serial port 3.
+    pub serial: SerialBuffer,
+    /// Reads of serial port 3 so far.
+    pub serial_reads: u32,
+    /// GETs left that show STOPPING.
+    pub stop_polls_left: u32,
+}
+
+impl Instance {
+    /// Goes STOPPING; TERMINATED after `polls` more GETs.
+    pub fn begin_stop(&mut self, polls: u32) {
+        self.status = "STOPPING";
+        self.stop_polls_left = polls;
+    }
+}
+
+/// An image.
+#[derive(Clone, Debug)]
+pub(crate) struct Image {
+    /// The resource JSON.
+    pub json: Map<String, Value>,
+    /// Loaded from the seed rather than inserted through the API.
+    pub seeded: bool,
+}
+
+/// The resources, keyed by path (`projects/p/zones/z/disks/d`); cloned to roll back a request
+/// whose operation is scripted to fail.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Store {
+    /// Disks as GCE JSON (without the computed `users`).
+    pub disks: BTreeMap<String, Map<String, Value>>,
+    /// Instances.
+    pub instances: BTreeMap<String, Instance>,
+    /// Images.
+    pub images: BTreeMap<String, Image>,
+}
+
+/// Everything the emulator holds.
+pub(crate) struct State {
+    /// Projects, zones, disk and machine types.
+    pub seed: Seed,
+    /// Tunables.
+    pub settings: Settings,
+    /// Disks, instances and images.
+    pub store: Store,
+    /// Operations by path.
+    pub ops: BTreeMap<String, Operation>,
+    /// `(project, requestId)` to the operation path it produced.
+    pub request_ids: HashMap<(String, String), String>,
+    /// Faults queued per route.
+    pub faults: HashMap<Route, VecDeque<Fault>>,
+    /// Scripts waiting for an instance whose name starts with the prefix.
+    pub scripts: Vec<(String, Script)>,
+    /// Every request, in order.
+    pub log: Vec<RequestRecord>,
+    rng: u64,
+}
+
+impl State {
+    /// A state holding the seed's images.
+    pub fn new(seed: Seed, settings: Settings, rng_seed: u64) -> anyhow::Result<State> {
+        let mut state = State {
+            seed,
+            settings,
+            store: Store::default(),
+            ops: BTreeMap::new(),
+            request_ids: HashMap::new(),
+            faults: HashMap::new(),
+            scripts: Vec::new(),
+            log: Vec::new(),
+            rng: rng_seed | 1,
+        };
+        crate::seed::load_images(&mut state)?;
+        Ok(state)
+    }
+
+    /// The next pseudo-random number (xorshift64*).
+    pub fn next_u64(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A new numeric-string id, 19 digits like GCE's.
+    pub fn new_id(&mut self) -> String {
+        (1_000_000_000_000_000_000 + self.next_u64() % 8_000_000_000_000_000_000).to_string()
+    }
+
+    /// A new opaque fingerprint: base64 of 8 random bytes.
+    pub fn fingerprint(&mut self) -> String {
+        base64(&self.next_u64().to_be_bytes())
+    }
+
+    /// 404 unless the project is seeded.
+    pub fn check_project(&self, project: &str) -> Result<(), ApiError> {
+        if self.seed.projects.iter().any(|p| p == project) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(&format!("projects/{project}")))
+        }
+    }
+
+    /// 404 unless the project and the zone are seeded.
+    pub fn check_zone(&self, project: &str, zone: &str) -> Result<(), ApiError> {
+        self.check_project(project)?;
+        if self.seed.zones.iter().any(|z| z == zone) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(&format!(
+                "projects/{project}/zones/{zone}"
+            )))
+        }
+    }
+}
+
+/// Standard base64 with padding.
+pub(crate) fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// An int64 field that GCE sends as a string and accepts as either form.
+pub(crate) fn int64(value: Option<&Value>) -> Option<i64> {
+    match value? {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_pads_like_the_standard() {
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff; 8]).len(), 12);
+    }
+}

@@ -1,0 +1,229 @@
+//! Operations: PENDING → RUNNING → DONE one step per poll, errors on the operation,
+//! operations held RUNNING, and `/wait` with a deadline.
+
+use std::sync::Mutex;
+
+use serde_json::{json, Map, Value};
+
+use crate::model::{link, State};
+use crate::reply::{ApiError, Reply};
+use crate::time;
+
+/// What becomes true when an operation is DONE without an error.
+#[derive(Clone, Debug)]
+pub(crate) enum Finish {
+    /// Nothing more.
+    Nothing,
+    /// The instance at this path goes RUNNING.
+    InstanceRunning(String),
+    /// The image at this path goes READY.
+    ImageReady(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Pending,
+    Running,
+    Done,
+}
+
+/// One operation.
+#[derive(Clone, Debug)]
+pub(crate) struct Operation {
+    json: Map<String, Value>,
+    status: Status,
+    running_left: u32,
+    finish: Finish,
+    error: Option<(String, String, u16)>,
+}
+
+impl Operation {
+    fn to_json(&self) -> Value {
+        let mut json = self.json.clone();
+        let (status, progress) = match self.status {
+            Status::Pending => ("PENDING", 0),
+            Status::Running => ("RUNNING", 50),
+            Status::Done => ("DONE", 100),
+        };
+        json.insert("status".into(), status.into());
+        json.insert("progress".into(), progress.into());
+        if self.status == Status::Done {
+            if let Some((code, message, http)) = &self.error {
+                json.insert(
+                    "error".into(),
+                    json!({"errors": [{"code": code, "message": message}]}),
+                );
+                json.insert("httpErrorStatusCode".into(), (*http).into());
+                json.insert("httpErrorMessage".into(), http_reason(*http).into());
+            }
+        }
+        Value::Object(json)
+    }
+}
+
+/// The reason phrase GCE puts in `httpErrorMessage`.
+fn http_reason(status: u16) -> &'static str {
+    match status {
+        400 => "BAD REQUEST",
+        403 => "FORBIDDEN",
+        404 => "NOT FOUND",
+        409 => "CONFLICT",
+        412 => "PRECONDITION FAILED",
+        429 => "TOO MANY REQUESTS",
+        503 => "SERVICE UNAVAILABLE",
+        _ => "ERROR",
+    }
+}
+
+/// Starts an operation on `target` (a resource path) in the zone, or globally without one, and
+/// returns it as the mutating call answers it (PENDING).
+pub(crate) fn start(
+    state: &mut State,
+    project: &str,
+    zone: Option<&str>,
+    kind: &str,
+    target: &str,
+    target_id: &str,
+    finish: Finish,
+) -> Value {
+    let now = time::now_millis();
+    let name = format!("operation-{now}-{:012x}", state.next_u64() >> 16);
+    let scope = match zone {
+        Some(z) => format!("projects/{project}/zones/{z}"),
+        None => format!("projects/{project}/global"),
+    };
+    let path = format!("{scope}/operations/{name}");
+    let mut json = Map::new();
+    json.insert("kind".into(), "compute#operation".into());
+    json.insert("id".into(), state.new_id().into());
+    json.insert("name".into(), name.into());
+    if zone.is_some() {
+        json.insert("zone".into(), link(&scope).into());
+    }
+    json.insert("operationType".into(), kind.into());
+    json.insert("targetLink".into(), link(target).into());
+    json.insert("targetId".into(), target_id.into());
+    json.insert("user".into(), "gce-emulator@localhost".into());
+    json.insert("insertTime".into(), time::format(now).into());
+    json.insert("selfLink".into(), link(&path).into());
+    let op = Operation {
+        json,
+        status: Status::Pending,
+        running_left: state.settings.op_running_polls,
+        finish,
+        error: None,
+    };
+    let out = op.to_json();
+    state.ops.insert(path, op);
+    out
+}
+
+/// The operation path in a mutating call's answer.
+pub(crate) fn path_of(op: &Value) -> String {
+    let link = op["selfLink"].as_str().unwrap_or_default();
+    link.strip_prefix(crate::model::API_ROOT)
+        .unwrap_or(link)
+        .to_string()
+}
+
+/// Makes the operation end DONE with this error, doing nothing else.
+pub(crate) fn fail(state: &mut State, path: &str, code: &str, message: &str, http: u16) {
+    if let Some(op) = state.ops.get_mut(path) {
+        op.error = Some((code.to_string(), message.to_string(), http));
+        op.finish = Finish::Nothing;
+    }
+}
+
+/// Keeps the operation RUNNING for `polls` more polls.
+pub(crate) fn hold(state: &mut State, path: &str, polls: u32) {
+    if let Some(op) = state.ops.get_mut(path) {
+        op.running_left += polls;
+    }
+}
+
+/// The current answer for the operation at `path`, as a retried request sees it.
+pub(crate) fn current(state: &State, path: &str) -> Option<Value> {
+    state.ops.get(path).map(Operation::to_json)
+}
+
+/// `GET …/operations/{op}`: one poll.
+pub(crate) fn get(state: &mut State, path: &str) -> Reply {
+    step(state, path, true)?;
+    current(state, path).ok_or_else(|| ApiError::not_found(path))
+}
+
+/// Advances the operation one step; `count_hold` spends one poll of a hold while RUNNING.
+/// Returns whether it is DONE.
+fn step(state: &mut State, path: &str, count_hold: bool) -> Result<bool, ApiError> {
+    let op = state
+        .ops
+        .get_mut(path)
+        .ok_or_else(|| ApiError::not_found(path))?;
+    let now = time::format(time::now_millis());
+    match op.status {
+        Status::Pending => {
+            op.status = Status::Running;
+            op.json.insert("startTime".into(), now.into());
+        }
+        Status::Running if op.running_left > 0 => {
+            if count_hold {
+                op.running_left -= 1;
+            }
+        }
+        Status::Running => {
+            op.status = Status::Done;
+            op.json.insert("endTime".into(), now.into());
+            let finish = op.finish.clone();
+            apply(state, &finish);
+        }
+        Status::Done => {}
+    }
+    Ok(state.ops[path].status == Status::Done)
+}
+
+fn apply(state: &mut State, finish: &Finish) {
+    match finish {
+        Finish::Nothing => {}
+        Finish::InstanceRunning(path) => {
+            if let Some(i) = state.store.instances.get_mut(path) {
+                if i.status == "PROVISIONING" {
+                    i.status = "RUNNING";
+                }
+            }
+        }
+        Finish::ImageReady(path) => {
+            if let Some(i) = state.store.images.get_mut(path) {
+                i.json.insert("status".into(), "READY".into());
+            }
+        }
+    }
+}
+
+/// `POST …/operations/{op}/wait`: finishes the operation unless it is held, in which case it
+/// spends one poll of the hold and answers RUNNING at the deadline. `early` answers after a
+/// single step.
+pub(crate) async fn wait(shared: &Mutex<State>, path: &str, early: bool) -> Reply {
+    let deadline = {
+        let mut state = shared.lock().expect("state lock");
+        if early {
+            step(&mut state, path, true)?;
+            return current(&state, path).ok_or_else(|| ApiError::not_found(path));
+        }
+        loop {
+            let held = state
+                .ops
+                .get(path)
+                .is_some_and(|op| op.status == Status::Running && op.running_left > 0);
+            if held {
+                step(&mut state, path, true)?;
+                break state.settings.wait_deadline;
+            }
+            if step(&mut state, path, false)? {
+                return current(&state, path).ok_or_else(|| ApiError::not_found(path));
+            }
+        }
+    };
+    tokio::time::sleep(deadline).await;
+    let state = shared.lock().expect("state lock");
+    current(&state, path).ok_or_else(|| ApiError::not_found(path))
+}
