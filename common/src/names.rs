@@ -17,7 +17,12 @@ mod tests {
 
     #[test]
     fn rfc1035() {
-        for ok in ["a", "preload-vm", "boot-disk-build-image-x7b2q", &"a".repeat(63)] {
+        for ok in [
+            "a",
+            "preload-vm",
+            "boot-disk-build-image-x7b2q",
+            &"a".repeat(63),
+        ] {
             assert!(is_resource_name(ok), "{ok}");
         }
         for bad in ["", "1a", "A", "a-", "a_b", "a.b", &"a".repeat(64)] {
