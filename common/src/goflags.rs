@@ -64,8 +64,28 @@ pub fn translate(cmd: &Command, args: impl IntoIterator<Item = OsString>) -> Vec
 pub fn parse<P: Parser>(args: impl IntoIterator<Item = OsString>) -> Result<P, clap::Error> {
     let cmd = P::command().args_override_self(true);
     let args = translate(&cmd, args);
-    let matches = cmd.try_get_matches_from(args)?;
+    let matches = cmd.try_get_matches_from(args).map_err(go_wording)?;
     P::from_arg_matches(&matches)
+}
+
+/// An unknown flag is reported in Go's words (`flag provided but not defined: -x`), as the
+/// original prints it, rather than as the `--x` the translation made of it.
+fn go_wording(e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return e;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return e;
+    };
+    let Some(flag) = arg.strip_prefix("--") else {
+        return e;
+    };
+    let name = flag.split('=').next().unwrap_or(flag);
+    clap::Error::raw(
+        ErrorKind::UnknownArgument,
+        format!("flag provided but not defined: -{name} (see -h for the flags)\n"),
+    )
 }
 
 /// Splits `-name[=value]` or `--name[=value]` into its name and value. A single dash
@@ -221,6 +241,19 @@ mod tests {
         } = cli.sub;
         assert_eq!((script.as_str(), dry_run), ("b.sh", false));
         assert_eq!(env, ["A=1", "B=2"]);
+    }
+
+    #[test]
+    fn unknown_flags_are_named_as_go_names_them() {
+        let e = parse::<Cli>(["x", "run", "-bogus=1"].map(OsString::from)).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(
+            e.to_string()
+                .contains("flag provided but not defined: -bogus"),
+            "{e}"
+        );
+        let e = parse::<Cli>(["x", "run", "extra"].map(OsString::from)).unwrap_err();
+        assert!(e.to_string().contains("unexpected argument 'extra'"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::disk::bootdisk;
 use crate::host::Host;
 use crate::mount::Mounted;
 
-const ESP_LABEL: &str = "EFI-SYSTEM";
+const ESP_LABEL: &str = cos_customizer_common::cos_layout::EFI_SYSTEM.label;
 
 /// The ESP by its GPT label: the udev link, or sysfs when udev made none.
 pub fn find_esp(host: &Host) -> Result<PathBuf> {

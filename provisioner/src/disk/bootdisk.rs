@@ -6,24 +6,26 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use cos_customizer_common::cos_layout;
 
 use crate::host::Host;
 
 /// The GPT label of the stateful partition, which marks the boot disk.
-pub const STATE_LABEL: &str = "STATE";
-// COS partition numbers: stable across milestones, unlike their offsets.
+pub const STATE_LABEL: &str = cos_layout::STATE.label;
+// COS partition numbers (`common::cos_layout`, which the host's preflight checks too):
+// stable across milestones, unlike their offsets.
 /// The stateful partition (`/mnt/stateful_partition`).
-pub const STATE: u32 = 1;
+pub const STATE: u32 = cos_layout::STATE.number;
 /// The kernel of slot A.
-pub const KERN_A: u32 = 2;
+pub const KERN_A: u32 = cos_layout::KERN_A.number;
 /// The root file system of slot A.
-pub const ROOT_A: u32 = 3;
+pub const ROOT_A: u32 = cos_layout::ROOT_A.number;
 /// The kernel of slot B.
-pub const KERN_B: u32 = 4;
+pub const KERN_B: u32 = cos_layout::KERN_B.number;
 /// The root file system of slot B.
-pub const ROOT_B: u32 = 5;
+pub const ROOT_B: u32 = cos_layout::ROOT_B.number;
 /// The OEM partition (`/usr/share/oem`).
-pub const OEM: u32 = 8;
+pub const OEM: u32 = cos_layout::OEM.number;
 
 /// The disk the VM booted from.
 #[derive(Debug, Clone)]

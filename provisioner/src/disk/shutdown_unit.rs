@@ -8,13 +8,19 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use cos_customizer_common::config::BootDiskConfig;
 use cos_customizer_common::fsutil;
-use cos_customizer_common::protocol::{STATUS_PREFIX, STATUS_TTY_X86_64};
+use cos_customizer_common::protocol::{STATUS_PREFIX, STATUS_TTY_AARCH64, STATUS_TTY_X86_64};
 
 use super::bootdisk::{OEM, STATE};
 use crate::host::Host;
 
 /// The unit's name.
 pub const UNIT: &str = "last-run.service";
+/// Serial port 3 of the guest this provisioner runs in, which is of its own architecture.
+const STATUS_TTY: &str = if cfg!(target_arch = "aarch64") {
+    STATUS_TTY_AARCH64
+} else {
+    STATUS_TTY_X86_64
+};
 /// A copy of this binary on /tmp, the one file system still mounted when the unit stops.
 pub const BIN: &str = "/tmp/cos-customizer-provisioner";
 
@@ -36,7 +42,7 @@ ExecStop=/bin/bash -c '{BIN} handle-disk-layout {disk} {STATE} {OEM} "{oem}" "{r
 TimeoutStopSec=600
 StandardOutput=tty
 StandardError=tty
-TTYPath={STATUS_TTY_X86_64}
+TTYPath={STATUS_TTY}
 "#,
         disk = disk.display(),
         oem = boot.oem_size.as_deref().unwrap_or(""),
