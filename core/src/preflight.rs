@@ -60,7 +60,7 @@ pub fn check_source(path: &Path, needs: &[Partition], allow_backing: bool) -> Re
             path.display()
         );
     }
-    let (facts, head) = if starts_with_gzip_magic(path)? {
+    let (facts, head) = if is_gzip(path)? {
         tar_gz_head(path)?
     } else {
         qemu_head(path, allow_backing)?
@@ -69,7 +69,8 @@ pub fn check_source(path: &Path, needs: &[Partition], allow_backing: bool) -> Re
     Ok(facts)
 }
 
-fn starts_with_gzip_magic(path: &Path) -> Result<bool> {
+/// Whether the file starts with the gzip magic (a GCE `tar.gz` image); a two-byte read.
+pub fn is_gzip(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 2];
     let mut f = std::fs::File::open(path)
         .with_context(|| format!("opening the source image {}", path.display()))?;
@@ -439,6 +440,18 @@ mod tests {
         let garbage = d.path().join("garbage.tar.gz");
         std::fs::write(&garbage, [0x1f, 0x8b, 0, 1, 2, 3]).unwrap();
         assert!(check_source(&garbage, &ALWAYS, false).is_err());
+    }
+
+    #[test]
+    fn gzip_magic() {
+        let d = tempfile::tempdir().unwrap();
+        let gz = d.path().join("a.gz");
+        std::fs::write(&gz, [0x1f, 0x8b, 8, 0]).unwrap();
+        let one = d.path().join("one");
+        std::fs::write(&one, [0x1f]).unwrap();
+        assert!(is_gzip(&gz).unwrap());
+        assert!(!is_gzip(&one).unwrap());
+        assert!(is_gzip(&d.path().join("missing")).is_err());
     }
 
     #[test]

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use cos_customizer_core::async_cmd;
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 /// GB as GCE counts them (GiB).
@@ -29,19 +28,6 @@ pub async fn image_info(path: &Path) -> Result<ImageInfo> {
     .await?;
     serde_json::from_slice(&out.stdout)
         .with_context(|| format!("parsing qemu-img info for {}", path.display()))
-}
-
-/// Whether the file starts with the gzip magic (a GCE `tar.gz` image).
-pub async fn is_gzip(path: &Path) -> Result<bool> {
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("opening source image {}", path.display()))?;
-    let mut magic = [0u8; 2];
-    match f.read_exact(&mut magic).await {
-        Ok(_) => Ok(magic == [0x1f, 0x8b]),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("reading source image {}", path.display())),
-    }
 }
 
 /// Extracts `disk.raw` from a GCE image archive into `dir`, holes kept where the
@@ -147,18 +133,6 @@ mod tests {
             e.contains("4 GB") && e.contains("/img/cos.raw") && e.contains("5368709121 bytes"),
             "{e}"
         );
-    }
-
-    #[tokio::test]
-    async fn gzip_magic() {
-        let d = tempfile::tempdir().unwrap();
-        let gz = d.path().join("a.gz");
-        std::fs::write(&gz, [0x1f, 0x8b, 8, 0]).unwrap();
-        let one = d.path().join("one");
-        std::fs::write(&one, [0x1f]).unwrap();
-        assert!(is_gzip(&gz).await.unwrap());
-        assert!(!is_gzip(&one).await.unwrap());
-        assert!(is_gzip(&d.path().join("missing")).await.is_err());
     }
 
     #[tokio::test]

@@ -281,7 +281,7 @@ impl Backend for QemuBackend {
         let given = tokio::fs::canonicalize(&given)
             .await
             .with_context(|| format!("resolving source image {}", given.display()))?;
-        let (source, unpacked) = if disk::is_gzip(&given).await? {
+        let (source, unpacked) = if cos_customizer_core::preflight::is_gzip(&given)? {
             let dir = self.work_dir.join(format!("{}-source", spec.name));
             (disk::extract_disk_raw(&given, &dir).await?, Some(dir))
         } else {
