@@ -84,9 +84,13 @@ pub struct VmSpec {
 /// Serial port text from an offset, and the offset to read from next.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SerialChunk {
-    /// The text read from the requested offset on.
+    /// The text read, from byte [`start`](Self::start) on.
     pub contents: String,
-    /// The offset to read from in the next call.
+    /// Where `contents` starts: the requested offset, or later when the backend no longer
+    /// holds the output between them (GCE keeps the last 1 MiB), which is then lost.
+    pub start: u64,
+    /// The offset to read from in the next call (in bytes; not derived from `contents`,
+    /// whose invalid UTF-8 may have been replaced).
     pub next: u64,
 }
 
@@ -221,6 +225,18 @@ pub trait Backend: Send + Sync {
     async fn delete_vm(&self, vm: &VmId) -> Result<()>;
     /// Deletes a disk; a disk a running VM still uses is an error.
     async fn delete_disk(&self, disk: &DiskId) -> Result<()>;
+    /// How long the preload flow waits between two polls of an idle VM. Each poll reads
+    /// the serial port and, now and then, the VM's status; a cloud API counts them against
+    /// a rate limit, so a remote backend polls less often than a local one.
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+    /// Deletes what the backend made for its own use rather than the flow's (GCE: the
+    /// temporary image and the uploaded object a CIDATA disk is made from), also when the
+    /// call that made it was cancelled. The flow calls it last when it cleans up.
+    async fn remove_temporaries(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -435,6 +435,7 @@ impl Backend for QemuBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(SerialChunk {
                     contents: String::new(),
+                    start: offset,
                     next: offset,
                 })
             }
@@ -450,6 +451,7 @@ impl Backend for QemuBackend {
             .with_context(|| format!("reading {}", path.display()))?;
         Ok(SerialChunk {
             contents: String::from_utf8_lossy(&bytes).into_owned(),
+            start: offset,
             next: offset + bytes.len() as u64,
         })
     }

@@ -34,6 +34,10 @@ const CONSOLE_PORT: u8 = 1;
 const LOG_TAIL_LINES: usize = 15;
 /// The most of one serial port kept after a failure.
 const MAX_KEPT_LOG: usize = 64 << 20;
+/// An idle watch reads the VM's status once in this many polls of its serial port.
+const STATUS_EVERY_POLLS: u32 = 5;
+/// Failed serial reads in a row after which the watch gives up (as Daisy does).
+const MAX_FAILED_READS: u32 = 3;
 
 /// The last `n` lines of `text`, without terminal escape sequences and carriage returns.
 fn last_lines(text: &str, n: usize) -> String {
@@ -201,13 +205,13 @@ impl Preloader {
     /// All of a serial port's output so far (best effort: what could be read).
     async fn read_serial(&self, vm: &VmId, port: u8) -> String {
         let mut text = String::new();
+        let mut offset = 0;
         while text.len() < MAX_KEPT_LOG {
-            match self
-                .backend
-                .serial_output(vm, port, text.len() as u64)
-                .await
-            {
-                Ok(chunk) if !chunk.contents.is_empty() => text.push_str(&chunk.contents),
+            match self.backend.serial_output(vm, port, offset).await {
+                Ok(chunk) if chunk.next > offset => {
+                    text.push_str(&chunk.contents);
+                    offset = chunk.next;
+                }
                 _ => break,
             }
         }
@@ -240,6 +244,10 @@ impl Preloader {
     }
 
     /// Follows serial port 3 until success, failure, a stopped VM or the timeout.
+    ///
+    /// An idle poll reads the port once; the VM's status is read only every
+    /// [`STATUS_EVERY_POLLS`] polls and after a failed read, which keeps a cloud backend's
+    /// calls per minute low while a marker is still seen within one poll interval.
     async fn watch(
         &self,
         vm: &VmId,
@@ -248,19 +256,42 @@ impl Preloader {
         timeout: Duration,
         log: &mut dyn FnMut(LogLine),
     ) -> Result<()> {
+        let interval = self.backend.poll_interval();
         let start = Instant::now();
         let mut offset = 0;
         let mut partial = String::new();
         let mut last_report = Instant::now();
+        let mut polls_since_status = 0;
+        let mut failed_reads = 0;
         loop {
-            let chunk = self
-                .backend
-                .serial_output(vm, STATUS_PORT, offset)
-                .await
-                .context("reading serial port 3 of the build VM")?;
-            offset = chunk.next;
-            let got_output = !chunk.contents.is_empty();
-            partial.push_str(&chunk.contents);
+            let mut got_output = false;
+            let mut check_status = polls_since_status + 1 >= STATUS_EVERY_POLLS;
+            match self.backend.serial_output(vm, STATUS_PORT, offset).await {
+                Ok(chunk) => {
+                    failed_reads = 0;
+                    if chunk.start > offset {
+                        log(LogLine::Note(&format!(
+                            "{} bytes of serial port 3 output were lost before they could be read",
+                            chunk.start - offset
+                        )));
+                        // The rest of the cut line is gone with them.
+                        partial.clear();
+                    }
+                    offset = chunk.next;
+                    got_output = !chunk.contents.is_empty();
+                    partial.push_str(&chunk.contents);
+                }
+                Err(e) => {
+                    failed_reads += 1;
+                    if failed_reads >= MAX_FAILED_READS {
+                        return Err(e.context(format!(
+                            "reading serial port 3 of the build VM failed {failed_reads} times in a row"
+                        )));
+                    }
+                    // A VM that stopped has no serial output to read: the status says which.
+                    check_status = true;
+                }
+            }
             while let Some(nl) = partial.find('\n') {
                 let line: String = partial.drain(..=nl).collect();
                 let line = line.trim_end_matches(['\r', '\n']);
@@ -285,12 +316,17 @@ impl Preloader {
                     }
                 }
             }
-            match self.backend.vm_status(vm).await? {
-                VmStatus::Running => {}
-                VmStatus::Stopped => bail!(
-                    "the build VM stopped before reporting success or failure on serial port 3"
-                ),
-                VmStatus::Failed(why) => bail!("the build VM failed: {why}"),
+            if check_status {
+                polls_since_status = 0;
+                match self.backend.vm_status(vm).await? {
+                    VmStatus::Running => {}
+                    VmStatus::Stopped => bail!(
+                        "the build VM stopped before reporting success or failure on serial port 3"
+                    ),
+                    VmStatus::Failed(why) => bail!("the build VM failed: {why}"),
+                }
+            } else {
+                polls_since_status += 1;
             }
             if start.elapsed() > timeout {
                 bail!(
@@ -307,7 +343,7 @@ impl Preloader {
                 last_report = Instant::now();
             }
             if !got_output {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(interval).await;
             }
         }
     }
@@ -326,7 +362,7 @@ impl Preloader {
                     duration::format(timeout)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(self.backend.poll_interval()).await;
         }
     }
 }
@@ -349,6 +385,8 @@ mod tests {
         after_resize: String,
         stops_after_ack: bool,
         acked: Mutex<bool>,
+        /// Port 3 output before this offset is no longer held, as GCE drops old output.
+        lost_before: usize,
     }
 
     impl Fake {
@@ -386,10 +424,16 @@ mod tests {
                 3 => self.serial.lock().unwrap().clone(),
                 other => panic!("port {other}"),
             };
+            let from = if port == 3 {
+                (offset as usize).max(self.lost_before)
+            } else {
+                offset as usize
+            };
             // Hand out a few bytes at a time to exercise partial lines.
-            let end = (offset as usize + 7).min(s.len());
+            let end = (from + 7).min(s.len());
             Ok(SerialChunk {
-                contents: s[offset as usize..end].to_string(),
+                contents: s[from..end].to_string(),
+                start: from as u64,
                 next: end as u64,
             })
         }
@@ -487,6 +531,29 @@ mod tests {
         assert!(
             calls.contains(&"resize_disk boot-disk 12".to_string()),
             "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn lost_output_is_reported_and_its_cut_line_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let lost = "BuildStatus: first\nBuildFa";
+        let fake = Arc::new(Fake {
+            stops_after_ack: true,
+            lost_before: lost.len(),
+            ..Default::default()
+        });
+        *fake.serial.lock().unwrap() = format!("{lost}iled: gone\nBuildSucceeded: ok\n");
+        let (r, lines, _) = run(fake, &sample_request(dir.path(), Duration::from_secs(30))).await;
+        r.unwrap();
+        let note = format!(
+            "{} bytes of serial port 3 output were lost before they could be read",
+            lost.len()
+        );
+        assert!(lines.contains(&note), "{lines:?}");
+        assert!(
+            lines.contains(&"BuildSucceeded: ok".to_string()),
+            "{lines:?}"
         );
     }
 

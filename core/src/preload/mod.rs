@@ -123,6 +123,9 @@ impl Preloader {
                 failures.push(format!("deleting {c:?}: {e:#}"));
             }
         }
+        if let Err(e) = self.backend.remove_temporaries().await {
+            failures.push(format!("removing the backend's temporary resources: {e:#}"));
+        }
         failures
     }
 }
