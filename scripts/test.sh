@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
+# The Cloud Storage tests fail rather than skip without fake-gcs-server, which
+# scripts/install-deps.sh links here (the provisioner's tests read FAKE_GCS_SERVER too).
+export REQUIRE_FAKE_GCS=1
+export FAKE_GCS_SERVER="${FAKE_GCS_SERVER:-$PWD/.venv-gcs/bin/fake-gcs-server}"
+
 scripts/install-deps.sh
 scripts/make-fixture.sh >/dev/null
 COS_CUSTOMIZER_PROVISIONER=$(scripts/build-provisioner.sh | tail -n 1)

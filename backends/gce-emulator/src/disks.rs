@@ -1,10 +1,11 @@
-//! Disks: insert (blank or from an image by name or family), get, resize and delete, with
+//! Disks: insert (blank or from an image by name or family), get, list, resize and delete, with
 //! GCE's rules: a known disk type, no size below the image's, no shrinking, and no delete
 //! while an instance uses the disk.
 
 use serde_json::{Map, Value};
 
 use crate::images;
+use crate::listing;
 use crate::model::{int64, link, State};
 use crate::ops::{self, Finish};
 use crate::reply::{ApiError, Reply};
@@ -172,15 +173,42 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
     ))
 }
 
-/// `GET projects/{p}/zones/{z}/disks/{d}`, with `users` filled in.
-pub(crate) fn get(state: &State, project: &str, zone: &str, name: &str) -> Reply {
-    let path = disk_path(state, project, zone, name)?;
-    let mut json = state.store.disks[&path].clone();
-    let users = users(state, &path);
+/// The disk at `path` as GCE returns it, with `users` filled in.
+fn to_json(state: &State, path: &str) -> Value {
+    let mut json = state.store.disks[path].clone();
+    let users = users(state, path);
     if !users.is_empty() {
         json.insert("users".into(), users.into());
     }
-    Ok(Value::Object(json))
+    Value::Object(json)
+}
+
+/// `GET projects/{p}/zones/{z}/disks/{d}`, with `users` filled in.
+pub(crate) fn get(state: &State, project: &str, zone: &str, name: &str) -> Reply {
+    let path = disk_path(state, project, zone, name)?;
+    Ok(to_json(state, &path))
+}
+
+/// `GET projects/{p}/zones/{z}/disks?filter=`: filters on `name`, `status`, `labels.K`;
+/// sorted by name, `users` filled in.
+pub(crate) fn list(state: &State, project: &str, zone: &str, query: &[(String, String)]) -> Reply {
+    state.check_zone(project, zone)?;
+    let terms = listing::filter(query, &["name", "status", "labels"])?;
+    let prefix = format!("projects/{project}/zones/{zone}/disks/");
+    let items = state
+        .store
+        .disks
+        .keys()
+        .filter(|p| p.starts_with(&prefix))
+        .map(|p| to_json(state, p))
+        .filter(|d| listing::matches(&terms, d))
+        .collect();
+    listing::page(
+        items,
+        query,
+        "compute#diskList",
+        link(&format!("projects/{project}/zones/{zone}/disks")),
+    )
 }
 
 /// `POST projects/{p}/zones/{z}/disks/{d}/resize`: grows the disk; scripted instances that

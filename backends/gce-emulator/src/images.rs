@@ -1,8 +1,11 @@
 //! Images: insert (from a disk, an image or a `rawDisk` in Cloud Storage), get, list with the
 //! filter subset, getFromFamily, deprecate and delete. All answer with global operations.
 
+use std::sync::Mutex;
+
 use serde_json::{json, Map, Value};
 
+use crate::gcs_fetch::{self, ImportError};
 use crate::listing;
 use crate::model::{link, Image, State, API_ROOT};
 use crate::ops::{self, Finish};
@@ -100,12 +103,42 @@ fn newest_in_family(
         .ok_or_else(|| ApiError::not_found(&format!("{prefix}family/{family}")))
 }
 
-/// `POST projects/{p}/global/images`.
+/// What reading a `rawDisk` source found: the size of its `disk.raw` in bytes, or why GCE
+/// would fail the import.
+pub(crate) type RawDisk = Result<u64, ImportError>;
+
+/// The bucket and the (still percent-encoded) object of a `rawDisk.source` URL.
+fn raw_disk_object(source: &str) -> Option<(&str, &str)> {
+    source
+        .strip_prefix("https://storage.googleapis.com/")
+        .or_else(|| source.strip_prefix("https://storage.cloud.google.com/"))?
+        .split_once('/')
+        .filter(|(bucket, object)| !bucket.is_empty() && !object.is_empty())
+}
+
+/// Reads the `rawDisk` source an `images.insert` body names from the emulator's storage
+/// endpoint; `None` without an endpoint or a well-formed source (`insert` rejects the latter).
+/// Awaited before the state is locked, which only the endpoint's lookup takes.
+pub(crate) async fn read_raw_disk(shared: &Mutex<State>, body: &Value) -> Option<RawDisk> {
+    let storage = shared
+        .lock()
+        .expect("state lock")
+        .settings
+        .storage
+        .clone()?;
+    let (bucket, object) = raw_disk_object(body["rawDisk"]["source"].as_str()?)?;
+    Some(gcs_fetch::raw_disk_size(&storage, bucket, object).await)
+}
+
+/// `POST projects/{p}/global/images`. `raw_disk` is what [`read_raw_disk`] found for a
+/// `rawDisk` body: its size becomes `diskSizeGb`, and a failure ends the operation DONE with
+/// the error and drops the image, as GCE does with an import that fails.
 pub(crate) fn insert(
     state: &mut State,
     project: &str,
     query: &[(String, String)],
     body: &Value,
+    raw_disk: Option<RawDisk>,
 ) -> Reply {
     state.check_project(project)?;
     let (name, labels) = validate::insert_body(body, INSERT_FIELDS, "Image")?;
@@ -156,13 +189,7 @@ pub(crate) fn insert(
         (image, None)
     } else {
         let source = body["rawDisk"]["source"].as_str().unwrap_or_default();
-        let object = source
-            .strip_prefix("https://storage.googleapis.com/")
-            .or_else(|| source.strip_prefix("https://storage.cloud.google.com/"));
-        if !object.is_some_and(|o| {
-            o.split_once('/')
-                .is_some_and(|(b, o)| !b.is_empty() && !o.is_empty())
-        }) {
+        if raw_disk_object(source).is_none() {
             return Err(ApiError::invalid(format!(
                 "Invalid value for field 'rawDisk.source': '{source}'. Expected https://storage.googleapis.com/BUCKET/OBJECT"
             )));
@@ -179,7 +206,12 @@ pub(crate) fn insert(
             "rawDisk".into(),
             json!({"source": source, "containerType": "TAR"}),
         );
-        (Value::Null, Some("10"))
+        // GCE sizes the image by its disk.raw, in whole GB rounded up; unread, a stand-in.
+        let size = match &raw_disk {
+            Some(Ok(bytes)) => bytes.div_ceil(1 << 30).max(1).to_string(),
+            _ => "10".to_string(),
+        };
+        (Value::Null, Some(size))
     };
     let id = state.new_id();
     json.insert("kind".into(), "compute#image".into());
@@ -229,7 +261,7 @@ pub(crate) fn insert(
             seeded: false,
         },
     );
-    Ok(ops::start(
+    let op = ops::start(
         state,
         project,
         None,
@@ -237,7 +269,12 @@ pub(crate) fn insert(
         &path,
         &id,
         Finish::ImageReady(path.clone()),
-    ))
+    );
+    if let Some(Err(e)) = raw_disk {
+        state.store.images.remove(&path);
+        ops::fail(state, &ops::path_of(&op), e.code, &e.message, e.http);
+    }
+    Ok(op)
 }
 
 fn image_path(state: &State, project: &str, name: &str) -> Result<String, ApiError> {

@@ -16,7 +16,9 @@
 
 mod discovery;
 mod disks;
+pub mod fake_gcs;
 mod faults;
+mod gcs_fetch;
 mod images;
 mod instances;
 mod listing;
@@ -71,6 +73,10 @@ pub struct Options {
     pub serial_window: usize,
     /// Instance GETs that show STOPPING after `instances.stop`, before TERMINATED.
     pub stop_polls: u32,
+    /// A Cloud Storage JSON-API endpoint (`http://127.0.0.1:Q`, fake-gcs-server) that
+    /// `images.insert` reads `rawDisk` sources from, checking each is a gzipped tar with
+    /// `disk.raw` first; `None` accepts any source unread.
+    pub storage: Option<String>,
 }
 
 impl Default for Options {
@@ -83,6 +89,7 @@ impl Default for Options {
             wait_deadline: Duration::from_secs(2),
             serial_window: 1 << 20,
             stop_polls: 1,
+            storage: None,
         }
     }
 }
@@ -98,6 +105,7 @@ impl Emulator {
             wait_deadline: opts.wait_deadline,
             serial_window: opts.serial_window,
             stop_polls: opts.stop_polls,
+            storage: opts.storage,
         };
         let state = Arc::new(Mutex::new(State::new(opts.seed, settings, opts.rng_seed)?));
         let listener = TcpListener::bind(opts.listen)
@@ -253,6 +261,38 @@ impl Handle {
     /// (`projects/p/zones/z/instances/i`); false if there is no such instance.
     pub fn append_serial(&self, path: &str, bytes: &[u8]) -> bool {
         serial::append(&mut self.state(), path, bytes)
+    }
+
+    /// Moves the `creationTimestamp` of the disk, instance or image at `path`
+    /// (`projects/p/zones/z/disks/d`, `…/instances/i`, `projects/p/global/images/n`) `by` into
+    /// the past, so a test can make a resource old; false if there is no such resource.
+    ///
+    /// # Panics
+    /// If the resource's `creationTimestamp` is not RFC 3339 (a seed can set any string).
+    pub fn backdate(&self, path: &str, by: Duration) -> bool {
+        let mut state = self.state();
+        let store = &mut state.store;
+        let json = match store.disks.get_mut(path) {
+            Some(disk) => disk,
+            None => match store.instances.get_mut(path) {
+                Some(instance) => &mut instance.json,
+                None => match store.images.get_mut(path) {
+                    Some(image) => &mut image.json,
+                    None => return false,
+                },
+            },
+        };
+        let created = json
+            .get("creationTimestamp")
+            .and_then(serde_json::Value::as_str)
+            .and_then(time::parse)
+            .unwrap_or_else(|| panic!("{path}: creationTimestamp is not RFC 3339"));
+        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        json.insert(
+            "creationTimestamp".into(),
+            time::format(created.saturating_sub(by)).into(),
+        );
+        true
     }
 
     /// The disks, instances and non-seeded images that exist now.

@@ -48,6 +48,8 @@ pub(crate) struct Settings {
     pub serial_window: usize,
     /// Instance GETs that show STOPPING after a `stop` before TERMINATED.
     pub stop_polls: u32,
+    /// Where `rawDisk` sources are read from, if anywhere.
+    pub storage: Option<String>,
 }
 
 /// A scripted instance.

@@ -27,6 +27,8 @@ pub enum Route {
     DiskInsert,
     /// `disks.get`.
     DiskGet,
+    /// `disks.list`.
+    DiskList,
     /// `disks.resize`.
     DiskResize,
     /// `disks.delete`.
@@ -104,6 +106,13 @@ const TABLE: &[(Route, &str, &str, &str, &str)] = &[
         "projects/{project}/zones/{zone}/disks/{disk}",
         "disks",
         "get",
+    ),
+    (
+        DiskList,
+        "GET",
+        "projects/{project}/zones/{zone}/disks",
+        "disks",
+        "list",
     ),
     (
         DiskResize,
@@ -390,6 +399,11 @@ async fn route(
         shared.lock().expect("state lock").check_project(&p[0])?;
         return ops::wait(shared, &path, fault == Some(Fault::WaitReturnsEarly)).await;
     }
+    // A rawDisk source is read from storage before the state is locked: the read awaits.
+    let raw_disk = match route {
+        ImageInsert => images::read_raw_disk(shared, &body).await,
+        _ => None,
+    };
     let mut guard = shared.lock().expect("state lock");
     let state = &mut *guard;
     let request_id = crate::listing::arg(query, "requestId").map(str::to_string);
@@ -404,7 +418,7 @@ async fn route(
         metadata::concurrent_change(state, &path);
     }
     let snapshot = matches!(fault, Some(Fault::OpError { .. })).then(|| state.store.clone());
-    let reply = dispatch(state, route, &p, query, &body)?;
+    let reply = dispatch(state, route, &p, query, &body, raw_disk)?;
     if route.is_mutation() {
         let op = ops::path_of(&reply);
         if let Some(rid) = request_id {
@@ -441,6 +455,7 @@ fn dispatch(
     p: &[String],
     query: &[(String, String)],
     body: &Value,
+    raw_disk: Option<images::RawDisk>,
 ) -> Reply {
     match route {
         ZoneOperationGet => {
@@ -456,6 +471,7 @@ fn dispatch(
         }
         DiskInsert => disks::insert(state, &p[0], &p[1], body),
         DiskGet => disks::get(state, &p[0], &p[1], &p[2]),
+        DiskList => disks::list(state, &p[0], &p[1], query),
         DiskResize => disks::resize(state, &p[0], &p[1], &p[2], body),
         DiskDelete => disks::delete(state, &p[0], &p[1], &p[2]),
         InstanceInsert => instances::insert(state, &p[0], &p[1], body),
@@ -471,7 +487,7 @@ fn dispatch(
             metadata::set(state, &p[0], &p[1], &path, body)
         }
         InstanceStop => instances::stop(state, &p[0], &p[1], &p[2]),
-        ImageInsert => images::insert(state, &p[0], query, body),
+        ImageInsert => images::insert(state, &p[0], query, body, raw_disk),
         ImageGet => images::get(state, &p[0], &p[1]),
         ImageList => images::list(state, &p[0], query),
         ImageGetFromFamily => images::from_family(state, &p[0], &p[1]),

@@ -46,6 +46,8 @@ async fn every_route_answers_in_the_discovery_shape() {
     let images = format!("projects/{P}/global/images");
     c.disk("boot").await;
     c.get(&format!("{zone}/disks/boot")).await;
+    c.get(&format!("{zone}/disks?filter=labels.a%20%3D%20b"))
+        .await;
     c.done(
         &c.post(&format!("{zone}/disks/boot/resize"), json!({"sizeGb": 11}))
             .await,

@@ -214,7 +214,7 @@ async fn unknown_routes_answer_501_naming_the_route() {
     let (emu, c) = start(Options::default()).await;
     for (method, path) in [
         ("GET", format!("projects/{P}/zones/{Z}/machineTypes")),
-        ("GET", format!("projects/{P}/zones/{Z}/disks")),
+        ("GET", format!("projects/{P}/global/snapshots")),
         ("PATCH", format!("projects/{P}/zones/{Z}/disks/d")),
         ("POST", format!("projects/{P}/zones/{Z}/instances/vm/start")),
         (
@@ -745,4 +745,52 @@ async fn seeded_images_support_family_and_milestone_lookups() {
         .get(&format!("{images}?filter=(labels.channel+%3D+dev)"))
         .await;
     assert_eq!(labelled["items"][0]["name"], "cos-dev-125-19100-0-0");
+}
+
+#[tokio::test]
+async fn disks_list_shows_users_and_backdate_ages_resources() {
+    let (emu, c) = start(Options::default()).await;
+    c.disk("a-boot").await;
+    c.disk("b-spare").await;
+    c.instance("vm", "a-boot", false).await;
+    let disks = format!("projects/{P}/zones/{Z}/disks");
+    let all = c.get(&disks).await;
+    assert_eq!(all["kind"], "compute#diskList");
+    let items = all["items"].as_array().unwrap();
+    let names: Vec<_> = items.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a-boot", "b-spare"]);
+    assert!(items[0]["users"][0]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("projects/{P}/zones/{Z}/instances/vm")));
+    assert!(items[1].get("users").is_none());
+    let page = c.get(&format!("{disks}?maxResults=1")).await;
+    assert_eq!(page["items"][0]["name"], "a-boot");
+    assert_eq!(page["nextPageToken"], "page-1");
+    let named = c.get(&format!("{disks}?filter=(name+%3D+b-spare)")).await;
+    assert_eq!(named["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        c.get(&format!("projects/{P}/zones/us-central1-b/disks"))
+            .await["items"],
+        serde_json::Value::Null,
+        "another zone's list is empty"
+    );
+
+    let day = std::time::Duration::from_secs(86_400);
+    let created = |v: &serde_json::Value| v["creationTimestamp"].as_str().unwrap().to_string();
+    let before = created(&c.get(&format!("{disks}/b-spare")).await);
+    assert!(emu.backdate(&format!("{disks}/b-spare"), day));
+    let after = created(&c.get(&format!("{disks}/b-spare")).await);
+    assert!(after < before, "{after} is not before {before}");
+    assert_eq!(
+        after[10..],
+        before[10..],
+        "one day earlier, same time of day"
+    );
+    let vm = format!("projects/{P}/zones/{Z}/instances/vm");
+    let vm_before = created(&c.get(&vm).await);
+    assert!(emu.backdate(&vm, day));
+    assert_ne!(created(&c.get(&vm).await), vm_before);
+    assert!(emu.backdate(IMAGE, day), "seeded images too");
+    assert!(!emu.backdate(&format!("{disks}/missing"), day));
 }

@@ -44,6 +44,7 @@ macro_rules! calls {
 calls! {
     DISKS_INSERT = "compute.disks.insert" "POST" "projects/{project}/zones/{zone}/disks" ["requestId"];
     DISKS_GET = "compute.disks.get" "GET" "projects/{project}/zones/{zone}/disks/{disk}" [];
+    DISKS_LIST = "compute.disks.list" "GET" "projects/{project}/zones/{zone}/disks" ["filter", "pageToken"];
     DISKS_RESIZE = "compute.disks.resize" "POST" "projects/{project}/zones/{zone}/disks/{disk}/resize" ["requestId"];
     DISKS_DELETE = "compute.disks.delete" "DELETE" "projects/{project}/zones/{zone}/disks/{disk}" ["requestId"];
     INSTANCES_INSERT = "compute.instances.insert" "POST" "projects/{project}/zones/{zone}/instances" ["requestId"];
@@ -173,6 +174,16 @@ impl Compute {
     pub async fn disks_get(&self, project: &str, zone: &str, disk: &str) -> Result<Disk> {
         self.call(&DISKS_GET, &[project, zone, disk], vec![], None)
             .await
+    }
+
+    /// `disks.list`, every page, optionally filtered.
+    pub async fn disks_list(
+        &self,
+        project: &str,
+        zone: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<Disk>> {
+        self.list_all(&DISKS_LIST, &[project, zone], filter).await
     }
 
     /// `disks.resize` to `size_gb`.
@@ -451,6 +462,7 @@ mod tests {
         let (compute, server) = compute(vec![
             done(),
             Reply::Json(200, json!({"name": "d", "sizeGb": "10"})),
+            Reply::Json(200, json!({"items": [{"name": "d", "sizeGb": "10"}]})),
             done(),
             done(),
             Reply::Json(200, json!({"name": "vm", "status": "RUNNING"})),
@@ -466,6 +478,7 @@ mod tests {
         let body = json!({});
         compute.disks_insert("p", "z", &body).await.unwrap();
         compute.disks_get("p", "z", "d").await.unwrap();
+        compute.disks_list("p", "z", None).await.unwrap();
         compute.disks_resize("p", "z", "d", 20).await.unwrap();
         compute.instances_insert("p", "z", &body).await.unwrap();
         compute.instances_get("p", "z", "vm").await.unwrap();
@@ -495,6 +508,7 @@ mod tests {
             [
                 "POST projects/p/zones/z/disks",
                 "GET projects/p/zones/z/disks/d",
+                "GET projects/p/zones/z/disks",
                 "POST projects/p/zones/z/disks/d/resize",
                 "POST projects/p/zones/z/instances",
                 "GET projects/p/zones/z/instances/vm",
@@ -507,6 +521,6 @@ mod tests {
                 "DELETE projects/p/global/images/i",
             ]
         );
-        assert_eq!(server.seen()[2].body, Some(json!({"sizeGb": "20"})));
+        assert_eq!(server.seen()[3].body, Some(json!({"sizeGb": "20"})));
     }
 }

@@ -132,6 +132,12 @@ pub struct Disk {
     /// The instances it is attached to (full URLs).
     #[serde(default)]
     pub users: Vec<String>,
+    /// Its labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// When it was created (RFC 3339).
+    #[serde(default)]
+    pub creation_timestamp: String,
 }
 
 /// A VM instance.

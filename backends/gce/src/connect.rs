@@ -1,0 +1,97 @@
+//! Opening the Compute API from upstream's `-compute-endpoint` flag.
+
+use anyhow::{Context, Result};
+use reqwest::Url;
+
+use crate::auth::Auth;
+use crate::compute::Compute;
+use crate::http::{Api, DEFAULT_COMPUTE_BASE};
+
+/// The base path `endpoint` means: Compute's public one when empty, else `endpoint` itself.
+fn base(endpoint: &str) -> &str {
+    if endpoint.is_empty() {
+        DEFAULT_COMPUTE_BASE
+    } else {
+        endpoint
+    }
+}
+
+/// Compute at `endpoint`, a base path that `projects/...` is joined to, with or without its
+/// trailing slash (`""` is `https://compute.googleapis.com/compute/v1/`). An `https://` endpoint
+/// gets Application Default Credentials; an `http://` one (an emulator) gets none, so no token
+/// is ever sent in the clear. Call it inside a Tokio runtime: the credentials start their
+/// refresher there.
+pub fn compute(endpoint: &str) -> Result<Compute> {
+    let base = base(endpoint);
+    let scheme = Url::parse(base)
+        .map(|url| url.scheme().to_string())
+        .with_context(|| {
+            format!(
+                "-compute-endpoint {base:?} is not a URL: give a base path such as \
+                 {DEFAULT_COMPUTE_BASE}"
+            )
+        })?;
+    let auth = if scheme == "https" {
+        Auth::application_default(None)?
+    } else {
+        Auth::None
+    };
+    let api = Api::new(base, auth).with_context(|| {
+        format!("-compute-endpoint {base:?}: give a base path such as {DEFAULT_COMPUTE_BASE}")
+    })?;
+    Ok(Compute::new(api))
+}
+
+#[cfg(test)]
+mod tests {
+    use cos_customizer_gce_emulator::{Emulator, Options};
+
+    use super::*;
+
+    #[test]
+    fn an_empty_endpoint_is_the_public_api() {
+        assert_eq!(base(""), "https://compute.googleapis.com/compute/v1/");
+        assert_eq!(
+            base("http://127.0.0.1:1/compute/v1"),
+            "http://127.0.0.1:1/compute/v1"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_base_is_joined_with_or_without_its_trailing_slash() {
+        let emu = Emulator::start(Options::default()).await.unwrap();
+        let with_slash = emu.compute_base();
+        let without = with_slash.trim_end_matches('/').to_string();
+        for endpoint in [with_slash, without] {
+            let compute = compute(&endpoint).unwrap();
+            let image = compute
+                .images_get("cos-cloud", "cos-dev-125-19100-0-0")
+                .await
+                .unwrap_or_else(|e| panic!("{endpoint}: {e:#}"));
+            assert_eq!(image.name, "cos-dev-125-19100-0-0");
+        }
+        let paths: Vec<String> = emu.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(
+            paths,
+            ["projects/cos-cloud/global/images/cos-dev-125-19100-0-0"; 2]
+        );
+    }
+
+    #[test]
+    fn endpoints_that_are_not_base_paths_are_refused_by_name() {
+        for bad in [
+            "compute.googleapis.com",
+            "ftp://x/compute/v1/",
+            "http://x/v1/?a=b",
+        ] {
+            let e = compute(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            let msg = format!("{e:#}");
+            assert!(
+                msg.contains("-compute-endpoint") && msg.contains(bad),
+                "{msg}"
+            );
+        }
+    }
+}
