@@ -17,9 +17,14 @@ pub struct Cli {
     /// State folder for the build, relative to $HOME.
     #[arg(long, default_value = cos_customizer_core::state::DEFAULT_WORKDIR, value_name = "DIR")]
     pub local_state_workdir: String,
-    /// Overrides the Compute Engine API endpoint (for a fake or a non-production API).
+    /// Overrides the Compute Engine API endpoint, a base path such as
+    /// https://compute.googleapis.com/compute/v1/ (for a fake or a non-production API).
     #[arg(long, default_value = "", value_name = "URL")]
     pub compute_endpoint: String,
+    /// Overrides the Cloud Storage endpoint (default: $STORAGE_EMULATOR_HOST, else
+    /// https://storage.googleapis.com).
+    #[arg(long, default_value = "", value_name = "URL")]
+    pub storage_endpoint: String,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -149,7 +154,7 @@ pub enum AccelKind {
     Tcg,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct FinishOpts {
     /// Project of the output image.
     #[arg(long, default_value = "")]
@@ -166,7 +171,8 @@ pub struct FinishOpts {
     /// Deprecates the older images of -image-family.
     #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub deprecate_old_images: bool,
-    /// Seconds until deprecated images are deleted (needs -deprecate-old-images).
+    /// Seconds after deprecation to record as the old images' "deleted" time (needs
+    /// -deprecate-old-images). GCE treats it as information only: it deletes nothing.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub old_image_ttl: i64,
     /// Zone of the build VM (GCE builds).
@@ -214,6 +220,10 @@ pub struct FinishOpts {
     /// Deletes leftover build VMs older than a day first (GCE builds).
     #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub enable_cleanup: bool,
+    /// Gives the build VM no external IP (GCE builds), as an organization policy may demand;
+    /// its network then needs Private Google Access or Cloud NAT for what the scripts fetch.
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub no_external_ip: bool,
     /// SBOM input: a JSON file in the build context (needs -sbom-output-path).
     #[arg(long, default_value = "")]
     pub sbom_input_path: String,

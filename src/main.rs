@@ -44,7 +44,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::AnthosInstallerInstall(o) => {
             commands::simple_steps::anthos_installer_install(&state()?, o)
         }
-        Cmd::FinishImageBuild(o) => commands::finish_image_build::run(&state()?, *o),
+        Cmd::FinishImageBuild(o) => commands::finish_image_build::run(
+            &state()?,
+            &cli.compute_endpoint,
+            &cli.storage_endpoint,
+            *o,
+        ),
         Cmd::MetadataProxy { addr } => cos_customizer_qemu::proxy_stdio(&addr),
     }
 }

@@ -100,46 +100,6 @@ impl Home {
 }
 
 #[test]
-fn upstream_cloudbuild_args_parse_and_record_steps() {
-    let h = Home::new();
-    h.ok(&[
-        "-local-state-workdir=.w",
-        "start-image-build",
-        "-build-context=ctx",
-        "-gcs-bucket=b",
-        "-gcs-workdir=customizer",
-        "-image-project=cos-cloud",
-        "-image-name=cos-stable-1",
-    ]);
-    assert_eq!(
-        h.state(".w", "source_image"),
-        r#"{"name":"cos-stable-1","Project":"cos-cloud"}"#
-    );
-    assert!(h
-        .state(".w", "build")
-        .starts_with(r#"{"GCSBucket":"b","GCSDir":"customizer","Project":"""#));
-    h.ok(&[
-        "-local-state-workdir",
-        ".w",
-        "run-script",
-        "-script=preload.sh",
-        "-env=B=2,A=1",
-    ]);
-    h.ok(&[
-        "--local-state-workdir=.w",
-        "run-script",
-        "--script",
-        "lib/x.sh",
-    ]);
-    h.ok(&["-local-state-workdir=.w", "seal-oem"]);
-    h.ok(&["-local-state-workdir=.w", "disable-auto-update"]);
-    assert_eq!(
-        h.state(".w", "provisioner"),
-        r#"{"BuildContexts":null,"BootDisk":{"OEMSize":"","OEMFSSize4K":0,"ReclaimSDA3":true,"WaitForDiskResize":false},"Steps":[{"Type":"RunScript","Args":{"BuildContext":"user","Path":"preload.sh","Env":"A=1,B=2"}},{"Type":"RunScript","Args":{"BuildContext":"user","Path":"lib/x.sh","Env":""}},{"Type":"SealOEM","Args":null},{"Type":"DisableAutoUpdate","Args":null}]}"#
-    );
-}
-
-#[test]
 fn exit_codes() {
     let h = Home::new();
     assert_eq!(h.fail(&["no-such-command"]).0, 2);

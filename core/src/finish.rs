@@ -43,6 +43,18 @@ pub struct FinishOptions {
     pub provisioner: Option<PathBuf>,
     /// Accept a local source image that sits on a backing file (`-allow-backing-file`).
     pub allow_backing_file: bool,
+    /// Where the VM finds `install-gpu`'s dependencies once the backend has uploaded them
+    /// (a `gs://` folder on GCE); replaces the `-deps-dir` recorded in the step.
+    pub gpu_deps_url: Option<String>,
+}
+
+/// How a build that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The output image was made.
+    Built,
+    /// The output image existed already, so nothing was done (as the original).
+    AlreadyExisted,
 }
 
 /// The build VM's flags; GCE-only ones are recorded for every backend, as the original.
@@ -120,7 +132,7 @@ pub async fn finish(
     opts: &FinishOptions,
     backend: Arc<dyn Backend>,
     log: &mut dyn FnMut(LogLine),
-) -> Result<()> {
+) -> Result<Outcome> {
     let (mut req, refusals) = prepare(state, state.load()?, opts, backend.info());
     if !refusals.is_empty() {
         bail!("{} (the build state is kept)", refused(&refusals));
@@ -129,8 +141,9 @@ pub async fn finish(
     req.provisioner = provisioner_bin::locate(opts.provisioner.as_deref())?;
     let result = build(&req, backend, log).await;
     let removed = state.remove();
-    result?;
-    removed
+    let outcome = result?;
+    removed?;
+    Ok(outcome)
 }
 
 /// One message for one or more reasons to refuse a build.
@@ -167,6 +180,15 @@ fn prepare(
     b.subnet = vm.subnet.clone();
     if vm.gpu_type.is_some() {
         b.gpu_type = vm.gpu_type.clone();
+    }
+    if let Some(url) = &opts.gpu_deps_url {
+        for step in &mut s.prov.steps {
+            if let Step::InstallGpu(gpu) = step {
+                if !gpu.gcs_deps_prefix.is_empty() {
+                    gpu.gcs_deps_prefix = url.clone();
+                }
+            }
+        }
     }
     if s.prov
         .steps
@@ -304,7 +326,7 @@ async fn build(
     req: &Request,
     backend: Arc<dyn Backend>,
     log: &mut dyn FnMut(LogLine),
-) -> Result<()> {
+) -> Result<Outcome> {
     // A local output was checked up front (it exists only with -overwrite); a GCE image
     // that exists means the build is done, as the original.
     if req.output.local_file.is_none() && backend.image_exists(&req.output).await? {
@@ -312,7 +334,7 @@ async fn build(
             "Result image {} already exists. Exiting.",
             req.output.display_name()
         )));
-        return Ok(());
+        return Ok(Outcome::AlreadyExisted);
     }
     let started = std::time::Instant::now();
     for removed in workdir::sweep(&std::env::temp_dir(), preload::WORK_DIR_PREFIX) {
@@ -333,7 +355,7 @@ async fn build(
                 req.output.display_name(),
                 started.elapsed().as_secs()
             )));
-            Ok(())
+            Ok(Outcome::Built)
         }
         Err(e) => Err(e.context("the image build failed; no output image was made")),
     }
@@ -392,6 +414,7 @@ mod tests {
             },
             provisioner: None,
             allow_backing_file: false,
+            gpu_deps_url: None,
         }
     }
 
@@ -452,6 +475,27 @@ mod tests {
         let (req, r) = prepare(&dir, s, &o, GCE);
         assert!(r.is_empty(), "{r:?}");
         assert_eq!(req.build.gpu_type.as_deref(), Some("nvidia-tesla-t4"));
+    }
+
+    #[test]
+    fn uploaded_gpu_deps_replace_the_recorded_folder() {
+        let (_home, dir) = started();
+        let mut s = dir.load().unwrap();
+        let step = |deps: &str| {
+            Step::InstallGpu(InstallGpuArgs {
+                gcs_deps_prefix: deps.into(),
+                ..Default::default()
+            })
+        };
+        s.add_step(step("/home/me/deps"));
+        s.add_step(step(""));
+        let mut o = options();
+        o.gpu_deps_url = Some("gs://b/w/cos-customizer/gcs_files".into());
+        let (req, _) = prepare(&dir, s, &o, GCE);
+        assert_eq!(
+            req.prov.steps,
+            [step("gs://b/w/cos-customizer/gcs_files"), step("")]
+        );
     }
 
     #[test]

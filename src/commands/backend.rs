@@ -1,35 +1,31 @@
-//! The one place that picks the backend a build runs on.
+//! What each backend can do, and opening the QEMU one (a GCE build opens its clients in
+//! [`crate::commands::gce_build`], with the steps around its build).
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use cos_customizer_core::backend::{Backend, BackendInfo};
 use cos_customizer_qemu::{Accel, QemuBackend, QemuOptions};
 
 use crate::cli::{AccelKind, BackendKind};
 
-/// What a GCE build VM can do; the backend itself is not in this build yet.
-const GCE_INFO: BackendInfo = BackendInfo {
-    name: "gce",
-    attaches_gpus: true,
-};
-
 /// What `kind` can do, without opening it (for `-dry-run`).
 pub fn info(kind: BackendKind) -> BackendInfo {
     match kind {
         BackendKind::Qemu => cos_customizer_qemu::INFO,
-        BackendKind::Gce => GCE_INFO,
+        BackendKind::Gce => cos_customizer_gce::backend::INFO,
     }
 }
 
-/// Opens the backend for a build.
-pub fn open(kind: BackendKind, accel: AccelKind) -> Result<Arc<dyn Backend>> {
-    match kind {
-        BackendKind::Qemu => Ok(Arc::new(open_qemu(accel)?)),
-        BackendKind::Gce => bail!(
-            "this build of cos-customizer has only the QEMU backend; build locally with start-image-build -image-file and finish-image-build -output-file (your build state is kept)"
-        ),
-    }
+/// Opens the QEMU backend for a build.
+pub fn open_qemu(accel: AccelKind) -> Result<Arc<dyn Backend>> {
+    let backend = QemuBackend::new(qemu_options(accel)?)?;
+    eprintln!(
+        "QEMU backend: accelerator {}, work folder {}",
+        backend.accel(),
+        backend.work_dir().display()
+    );
+    Ok(Arc::new(backend))
 }
 
 /// What keeps this machine from running `kind`'s VMs, for `-dry-run` (a real run finds
@@ -61,14 +57,4 @@ fn qemu_options(accel: AccelKind) -> Result<QemuOptions> {
         ],
         ..Default::default()
     })
-}
-
-fn open_qemu(accel: AccelKind) -> Result<QemuBackend> {
-    let backend = QemuBackend::new(qemu_options(accel)?)?;
-    eprintln!(
-        "QEMU backend: accelerator {}, work folder {}",
-        backend.accel(),
-        backend.work_dir().display()
-    );
-    Ok(backend)
 }

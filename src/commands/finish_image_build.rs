@@ -13,6 +13,7 @@ use cos_customizer_core::state::{BuildState, StateDir};
 
 use crate::cli::{BackendKind, FinishOpts};
 use crate::commands::backend;
+use crate::commands::gce_build::GceBuild;
 
 /// Flag checks that need no state, as the original's `validate`.
 fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
@@ -102,7 +103,8 @@ fn options(o: &FinishOpts) -> Result<FinishOptions> {
                 (None, Some(s)) => ImageName::Suffix(s),
                 (None, None) => ImageName::Unnamed,
             },
-            project: o.image_project.clone(),
+            // The original leaves an empty one to fail at GCE; the build's project is meant.
+            project: given(&o.image_project).unwrap_or_else(|| o.project.clone()),
             family: o.image_family.clone(),
             labels,
             inherit_labels: o.inherit_labels,
@@ -112,6 +114,7 @@ fn options(o: &FinishOpts) -> Result<FinishOptions> {
         },
         provisioner: o.provisioner.clone(),
         allow_backing_file: o.allow_backing_file,
+        gpu_deps_url: None,
     })
 }
 
@@ -131,7 +134,12 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-pub fn run(state: &StateDir, o: FinishOpts) -> Result<()> {
+pub fn run(
+    state: &StateDir,
+    compute_endpoint: &str,
+    storage_endpoint: &str,
+    o: FinishOpts,
+) -> Result<()> {
     let _lock = state.lock("finish-image-build", false)?;
     let kind = backend_kind(&o, &state.load()?);
     // Bad flags keep the recorded steps: fix the flag and run finish again.
@@ -149,22 +157,25 @@ pub fn run(state: &StateDir, o: FinishOpts) -> Result<()> {
         }
         return Ok(());
     }
-    let backend = backend::open(kind, o.accel)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     // The build's progress goes to stdout, notes on the run to stderr.
-    rt.block_on(finish::finish(
-        state,
-        &opts,
-        backend,
-        &mut |line| match line {
-            LogLine::Guest(l) | LogLine::Host(l) => println!("{l}"),
-            LogLine::Note(l) => eprintln!("{l}"),
-        },
-    ))
+    let mut log = |line: LogLine| match line {
+        LogLine::Guest(l) | LogLine::Host(l) => println!("{l}"),
+        LogLine::Note(l) => eprintln!("{l}"),
+    };
+    if kind == BackendKind::Gce {
+        return rt.block_on(async {
+            let gce = GceBuild::open(state, &o, &opts, compute_endpoint, storage_endpoint)?;
+            gce.run(state, opts, &mut log).await
+        });
+    }
+    let backend = backend::open_qemu(o.accel)?;
+    rt.block_on(finish::finish(state, &opts, backend, &mut log))
+        .map(drop)
 }
 
 #[cfg(test)]

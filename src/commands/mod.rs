@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod finish_image_build;
+pub mod gce_build;
 pub mod install_gpu;
 pub mod run_script;
 pub mod simple_steps;

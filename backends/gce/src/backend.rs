@@ -1,0 +1,561 @@
+//! [`GceBackend`]: the preload flow's disks, VM and image on Compute Engine, with the CIDATA disk
+//! carried through Cloud Storage.
+//!
+//! Names follow Daisy's (`boot-disk-build-image-<id>` …) so dashboards written for the original
+//! keep matching, and every resource carries the build's labels. Everything the backend inserts
+//! is remembered until it is deleted, so [`Backend::remove_temporaries`] also removes what a
+//! cancelled call (Ctrl-C, a timeout) created before it could return its id.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+
+use cos_customizer_core::backend::{
+    Backend, BackendInfo, DiskId, DiskSource, DiskSpec, OutputImage, SerialChunk, VmId, VmSpec,
+    VmStatus,
+};
+
+use crate::compute::body::{self, Gpu, ImageSpec, InstanceSpec};
+use crate::compute::model::{MetadataItem, Operation};
+use crate::compute::Compute;
+use crate::error::{kind_of, ApiError, ErrorKind};
+use crate::names::{build_labels, daisy_name};
+use crate::raw_disk;
+use crate::storage::{raw_disk_url, Gcs};
+
+/// What a GCE build VM can do.
+pub const INFO: BackendInfo = BackendInfo {
+    name: "gce",
+    attaches_gpus: true,
+};
+
+/// Daisy's workflow name, the middle of every resource name.
+const WORKFLOW: &str = "build-image";
+/// How often a metadata update is retried when another writer changed the metadata first.
+const METADATA_ATTEMPTS: u32 = 5;
+/// How often a disk delete is retried while the disk is still attached.
+const IN_USE_ATTEMPTS: u32 = 8;
+
+/// Where and how a build runs on GCE.
+#[derive(Clone, Debug)]
+pub struct GceOptions {
+    /// The project the disks and the VM are made in (`-project`).
+    pub project: String,
+    /// Their zone (`-zone`).
+    pub zone: String,
+    /// The bucket the CIDATA disk goes through (`-gcs-bucket`).
+    pub gcs_bucket: String,
+    /// The build's folder in the bucket (`-gcs-workdir`); objects go under `<dir>/cos-customizer/`.
+    pub gcs_dir: String,
+    /// The build's id, in every name and in the `cos-customizer-build` label.
+    pub build_id: String,
+    /// Whether the VM gets an external IP (upstream always gives one).
+    pub external_ip: bool,
+    /// How long to wait for one operation, such as the image's creation.
+    pub op_timeout: Duration,
+    /// How long the preload flow waits between two polls of the VM.
+    pub poll_interval: Duration,
+    /// The pause before the first retry of a disk delete that found the disk still attached;
+    /// each later retry waits one more of it.
+    pub in_use_backoff: Duration,
+}
+
+impl GceOptions {
+    /// `<gcs_dir>/cos-customizer/`: everything this tool puts in the bucket, as upstream lays it out.
+    pub fn gcs_prefix(&self) -> String {
+        let dir = self.gcs_dir.trim_matches('/');
+        if dir.is_empty() {
+            "cos-customizer/".into()
+        } else {
+            format!("{dir}/cos-customizer/")
+        }
+    }
+}
+
+/// Something the backend inserted and has not deleted yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Owned {
+    Object(String),
+    Image(String),
+    Disk(String),
+    Instance(String),
+}
+
+/// Builds on Compute Engine.
+#[derive(Debug)]
+pub struct GceBackend {
+    compute: Compute,
+    gcs: Gcs,
+    opts: GceOptions,
+    owned: Mutex<Vec<Owned>>,
+}
+
+impl GceBackend {
+    /// A backend calling `compute` and `gcs` for the build `opts` describes.
+    pub fn new(compute: Compute, gcs: Gcs, opts: GceOptions) -> GceBackend {
+        GceBackend {
+            compute,
+            gcs,
+            opts,
+            owned: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The options the backend was made with.
+    pub fn options(&self) -> &GceOptions {
+        &self.opts
+    }
+
+    fn own(&self, o: Owned) {
+        self.owned.lock().expect("owned list lock").push(o);
+    }
+
+    fn disown(&self, o: &Owned) {
+        self.owned
+            .lock()
+            .expect("owned list lock")
+            .retain(|x| x != o);
+    }
+
+    fn name(&self, role: &str) -> String {
+        daisy_name(role, WORKFLOW, &self.opts.build_id)
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        build_labels(&self.opts.build_id)
+    }
+
+    fn disk_path(&self, disk: &str) -> String {
+        format!(
+            "projects/{}/zones/{}/disks/{disk}",
+            self.opts.project, self.opts.zone
+        )
+    }
+
+    async fn wait(&self, op: Operation) -> Result<Operation> {
+        self.compute
+            .wait(&self.opts.project, op, self.opts.op_timeout)
+            .await
+    }
+
+    /// The image a disk of `source` starts from, as `projects/P/global/images/N`.
+    fn source_image(source: &cos_customizer_common::config::SourceImage) -> Result<String> {
+        if !source.local_file.is_empty() {
+            bail!(
+                "the source image is the local file {}: build it with -backend=qemu, or start \
+                 the build again with -image-name, -image-family or -image-milestone for GCE",
+                source.local_file
+            );
+        }
+        if source.name.is_empty() || source.project.is_empty() {
+            bail!(
+                "the build state names no resolved GCE source image: run start-image-build \
+                 again (it resolves -image-family and -image-milestone to an image name)"
+            );
+        }
+        Ok(format!(
+            "projects/{}/global/images/{}",
+            source.project, source.name
+        ))
+    }
+
+    /// A temporary image of the raw disk file `raw`, through Cloud Storage; returns its name
+    /// and the object it was imported from.
+    async fn import_raw(&self, role: &str, raw: &Path) -> Result<(String, String)> {
+        let staging = tempfile::Builder::new()
+            .prefix("gce-import-")
+            .tempdir_in(raw.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("creating a folder beside {}", raw.display()))?;
+        let archive = raw_disk::pack(raw, staging.path()).await?;
+        let object = format!(
+            "{}{}/{role}.tar.gz",
+            self.opts.gcs_prefix(),
+            self.opts.build_id
+        );
+        let bucket = &self.opts.gcs_bucket;
+        self.own(Owned::Object(object.clone()));
+        self.gcs
+            .upload_file(bucket, &object, &archive)
+            .await
+            .with_context(|| format!("uploading {} to gs://{bucket}/{object}", raw.display()))?;
+        let image = self.name(role.trim_end_matches("-disk"));
+        let body = body::raw_image(&image, &raw_disk_url(bucket, &object), &self.labels());
+        self.own(Owned::Image(image.clone()));
+        let op = self
+            .compute
+            .images_insert(&self.opts.project, &body)
+            .await
+            .with_context(|| format!("importing gs://{bucket}/{object} as image {image}"))?;
+        self.wait(op)
+            .await
+            .with_context(|| format!("importing gs://{bucket}/{object} as image {image}"))?;
+        Ok((image, object))
+    }
+
+    async fn delete_image(&self, image: &str) -> Result<()> {
+        let project = &self.opts.project;
+        match self.compute.images_delete(project, image).await {
+            Ok(op) => self.wait(op).await.map(drop).or_else(not_found_is_done)?,
+            Err(e) => not_found_is_done(e)?,
+        }
+        self.disown(&Owned::Image(image.to_string()));
+        Ok(())
+    }
+
+    async fn delete_object(&self, object: &str) -> Result<()> {
+        self.gcs
+            .delete(&self.opts.gcs_bucket, object)
+            .await
+            .with_context(|| format!("deleting gs://{}/{object}", self.opts.gcs_bucket))?;
+        self.disown(&Owned::Object(object.to_string()));
+        Ok(())
+    }
+
+    /// Reads the instance's metadata, sets `key` in it and writes it back with the fingerprint
+    /// it was read with; a fingerprint race (HTTP 412, or an operation that fails on it) starts
+    /// over from the read.
+    async fn set_metadata_once(&self, vm: &str, key: &str, value: &str) -> Result<()> {
+        let (project, zone) = (&self.opts.project, &self.opts.zone);
+        let current = self
+            .compute
+            .instances_get(project, zone, vm)
+            .await
+            .context("reading the instance's metadata")?
+            .metadata;
+        let merged = body::merge_metadata(&current, key, value);
+        let op = self
+            .compute
+            .instances_set_metadata(project, zone, vm, &merged)
+            .await?;
+        self.wait(op).await?;
+        Ok(())
+    }
+}
+
+/// `Ok` for an error that says the resource is already gone.
+fn not_found_is_done(e: anyhow::Error) -> Result<()> {
+    if kind_of(&e) == Some(ErrorKind::NotFound) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// The flow's status of a GCE instance status. GCE has no failed state: a guest that panics
+/// stays RUNNING (the watch's timeout catches it) or reboots.
+fn vm_status(status: &str, message: Option<&str>) -> VmStatus {
+    match status {
+        "TERMINATED" | "STOPPED" | "SUSPENDED" => VmStatus::Stopped,
+        "PROVISIONING" | "STAGING" | "RUNNING" | "STOPPING" | "SUSPENDING" | "REPAIRING"
+        | "PENDING_STOP" => VmStatus::Running,
+        other => VmStatus::Failed(format!(
+            "the instance is {other}{}",
+            message.map(|m| format!(": {m}")).unwrap_or_default()
+        )),
+    }
+}
+
+#[async_trait]
+impl Backend for GceBackend {
+    fn info(&self) -> BackendInfo {
+        INFO
+    }
+
+    async fn image_exists(&self, out: &OutputImage) -> Result<bool> {
+        match self.compute.images_get(&out.project, &out.name).await {
+            Ok(_) => Ok(true),
+            Err(e) if kind_of(&e) == Some(ErrorKind::NotFound) => Ok(false),
+            Err(e) => Err(e.context(format!("looking for image {}", out.display_name()))),
+        }
+    }
+
+    async fn create_disk(&self, spec: &DiskSpec) -> Result<DiskId> {
+        let name = self.name(&spec.name);
+        let (source, temporary) = match &spec.source {
+            DiskSource::Image(source) => (Self::source_image(source)?, None),
+            DiskSource::RawFile(raw) => {
+                let (image, object) = self.import_raw(&spec.name, raw).await?;
+                let path = format!("projects/{}/global/images/{image}", self.opts.project);
+                (path, Some((image, object)))
+            }
+        };
+        let labels = self.labels();
+        let size_gb = spec
+            .size_gb
+            .map(|gb| i64::try_from(gb).context("disk size"))
+            .transpose()?;
+        let body = body::disk(
+            &self.opts.project,
+            &self.opts.zone,
+            &body::DiskSpec {
+                name: &name,
+                source_image: Some(&source),
+                disk_type: &spec.disk_type,
+                size_gb,
+                labels: &labels,
+            },
+        );
+        self.own(Owned::Disk(name.clone()));
+        let op = self
+            .compute
+            .disks_insert(&self.opts.project, &self.opts.zone, &body)
+            .await
+            .with_context(|| format!("creating disk {name} from {source}"))?;
+        self.wait(op)
+            .await
+            .with_context(|| format!("creating disk {name} from {source}"))?;
+        // The disk holds its own copy: the imported image and its object can go at once.
+        if let Some((image, object)) = temporary {
+            self.delete_image(&image).await?;
+            self.delete_object(&object).await?;
+        }
+        Ok(DiskId(name))
+    }
+
+    async fn create_vm(&self, spec: &VmSpec) -> Result<VmId> {
+        let name = self.name(&spec.name);
+        let mut labels = spec.labels.clone();
+        labels.extend(self.labels());
+        let metadata: Vec<MetadataItem> = spec
+            .metadata
+            .iter()
+            .map(|(k, v)| MetadataItem {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        let disks: Vec<&str> = spec.disks.iter().map(|d| d.0.as_str()).collect();
+        let description = format!("Build VM of cos-customizer build {}", self.opts.build_id);
+        let account = if spec.service_account.is_empty() {
+            "default"
+        } else {
+            &spec.service_account
+        };
+        let body = body::instance(
+            &self.opts.project,
+            &self.opts.zone,
+            &InstanceSpec {
+                name: &name,
+                description: &description,
+                machine_type: &spec.machine_type,
+                disks: &disks,
+                labels: &labels,
+                metadata: &metadata,
+                service_account: account,
+                gpu: spec.gpu_type.as_deref().map(|t| Gpu {
+                    accelerator_type: t,
+                    count: 1,
+                }),
+                network: spec.network.as_deref(),
+                subnetwork: spec.subnet.as_deref(),
+                external_ip: self.opts.external_ip,
+                max_run_duration: spec.max_lifetime,
+            },
+        );
+        self.own(Owned::Instance(name.clone()));
+        let placed = |e: anyhow::Error| match e.downcast::<ApiError>() {
+            Ok(api) => anyhow::Error::new(api.with_placement(&self.opts.zone, &spec.machine_type)),
+            Err(e) => e,
+        };
+        let op = self
+            .compute
+            .instances_insert(&self.opts.project, &self.opts.zone, &body)
+            .await
+            .map_err(placed)
+            .with_context(|| format!("creating instance {name}"))?;
+        self.wait(op)
+            .await
+            .map_err(placed)
+            .with_context(|| format!("creating instance {name}"))?;
+        Ok(VmId(name))
+    }
+
+    async fn serial_output(&self, vm: &VmId, port: u8, offset: u64) -> Result<SerialChunk> {
+        let start = i64::try_from(offset).context("serial offset")?;
+        let out = self
+            .compute
+            .instances_serial_port(&self.opts.project, &self.opts.zone, &vm.0, port, start)
+            .await
+            .with_context(|| format!("reading serial port {port} of instance {vm}"))?;
+        Ok(SerialChunk {
+            contents: out.contents,
+            start: u64::try_from(out.start).unwrap_or(offset).max(offset),
+            next: u64::try_from(out.next).unwrap_or(offset),
+        })
+    }
+
+    async fn resize_disk(&self, disk: &DiskId, size_gb: u64) -> Result<()> {
+        let gb = i64::try_from(size_gb).context("disk size")?;
+        let (project, zone) = (&self.opts.project, &self.opts.zone);
+        let op = self
+            .compute
+            .disks_resize(project, zone, &disk.0, gb)
+            .await
+            .with_context(|| format!("resizing disk {disk} to {size_gb} GB"))?;
+        self.wait(op)
+            .await
+            .with_context(|| format!("resizing disk {disk} to {size_gb} GB"))?;
+        Ok(())
+    }
+
+    async fn set_metadata(&self, vm: &VmId, key: &str, value: &str) -> Result<()> {
+        let mut attempt = 1;
+        loop {
+            match self.set_metadata_once(&vm.0, key, value).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if kind_of(&e) == Some(ErrorKind::Precondition)
+                        && attempt < METADATA_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.context(format!("setting metadata {key} on instance {vm}"))),
+            }
+        }
+    }
+
+    async fn vm_status(&self, vm: &VmId) -> Result<VmStatus> {
+        match self
+            .compute
+            .instances_get(&self.opts.project, &self.opts.zone, &vm.0)
+            .await
+        {
+            Ok(i) => Ok(vm_status(&i.status, i.status_message.as_deref())),
+            Err(e) if kind_of(&e) == Some(ErrorKind::NotFound) => Ok(VmStatus::Failed(format!(
+                "instance {vm} no longer exists (deleted by someone else, or by GCE at its \
+                 maximum run duration)"
+            ))),
+            Err(e) => Err(e.context(format!("reading the status of instance {vm}"))),
+        }
+    }
+
+    async fn create_image(&self, disk: &DiskId, out: &OutputImage) -> Result<()> {
+        let source_disk = self.disk_path(&disk.0);
+        let body = body::image(&ImageSpec {
+            name: &out.name,
+            source_disk: &source_disk,
+            family: Some(out.family.as_str()).filter(|f| !f.is_empty()),
+            labels: &out.labels,
+            licenses: &out.licenses,
+            description: &out.description,
+        });
+        let op = self.compute.images_insert(&out.project, &body).await?;
+        self.wait(op).await?;
+        Ok(())
+    }
+
+    async fn delete_vm(&self, vm: &VmId) -> Result<()> {
+        let (project, zone) = (&self.opts.project, &self.opts.zone);
+        match self.compute.instances_delete(project, zone, &vm.0).await {
+            Ok(op) => self.wait(op).await.map(drop).or_else(not_found_is_done)?,
+            Err(e) => not_found_is_done(e)?,
+        }
+        self.disown(&Owned::Instance(vm.0.clone()));
+        Ok(())
+    }
+
+    async fn delete_disk(&self, disk: &DiskId) -> Result<()> {
+        let (project, zone) = (&self.opts.project, &self.opts.zone);
+        let mut attempt = 1;
+        loop {
+            let deleted = match self.compute.disks_delete(project, zone, &disk.0).await {
+                Ok(op) => self.wait(op).await.map(drop).or_else(not_found_is_done),
+                Err(e) => not_found_is_done(e),
+            };
+            match deleted {
+                Ok(_) => break,
+                // A disk is detached a little after its instance is deleted.
+                Err(e) if kind_of(&e) == Some(ErrorKind::InUse) && attempt < IN_USE_ATTEMPTS => {
+                    tokio::time::sleep(self.opts.in_use_backoff * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.disown(&Owned::Disk(disk.0.clone()));
+        Ok(())
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.opts.poll_interval
+    }
+
+    async fn remove_temporaries(&self) -> Result<()> {
+        let owned = self.owned.lock().expect("owned list lock").clone();
+        let mut failures = Vec::new();
+        for o in owned.iter().rev() {
+            let r = match o {
+                Owned::Instance(i) => self.delete_vm(&VmId(i.clone())).await,
+                Owned::Disk(d) => self.delete_disk(&DiskId(d.clone())).await,
+                Owned::Image(i) => self.delete_image(i).await,
+                Owned::Object(o) => self.delete_object(o).await,
+            };
+            if let Err(e) = r {
+                failures.push(format!("{o:?}: {e:#}"));
+            }
+        }
+        if !failures.is_empty() {
+            bail!("could not delete: {}", failures.join("; "));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_statuses() {
+        assert_eq!(vm_status("RUNNING", None), VmStatus::Running);
+        assert_eq!(vm_status("STAGING", None), VmStatus::Running);
+        assert_eq!(vm_status("STOPPING", None), VmStatus::Running);
+        assert_eq!(vm_status("TERMINATED", None), VmStatus::Stopped);
+        assert_eq!(
+            vm_status("SOMETHING_NEW", Some("why")),
+            VmStatus::Failed("the instance is SOMETHING_NEW: why".into())
+        );
+    }
+
+    #[test]
+    fn gcs_prefix_follows_upstream() {
+        let mut o = GceOptions {
+            project: "p".into(),
+            zone: "z".into(),
+            gcs_bucket: "b".into(),
+            gcs_dir: "/w/".into(),
+            build_id: "b4x9q".into(),
+            external_ip: true,
+            op_timeout: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(1),
+            in_use_backoff: Duration::from_secs(1),
+        };
+        assert_eq!(o.gcs_prefix(), "w/cos-customizer/");
+        o.gcs_dir = String::new();
+        assert_eq!(o.gcs_prefix(), "cos-customizer/");
+    }
+
+    #[test]
+    fn local_and_unresolved_sources_are_refused() {
+        let mut s = cos_customizer_common::config::SourceImage {
+            name: "cos".into(),
+            project: "cos-cloud".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            GceBackend::source_image(&s).unwrap(),
+            "projects/cos-cloud/global/images/cos"
+        );
+        s.local_file = "/x/cos.img".into();
+        let e = GceBackend::source_image(&s).unwrap_err().to_string();
+        assert!(e.contains("-backend=qemu"), "{e}");
+        s.local_file.clear();
+        s.name.clear();
+        let e = GceBackend::source_image(&s).unwrap_err().to_string();
+        assert!(e.contains("run start-image-build again"), "{e}");
+    }
+}
