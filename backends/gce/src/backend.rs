@@ -444,7 +444,10 @@ impl Backend for GceBackend {
             description: &out.description,
         });
         let op = self.compute.images_insert(&out.project, &body).await?;
-        self.wait(op).await?;
+        // The image's operation lives in the image's project, which may not be the build's.
+        self.compute
+            .wait(&out.project, op, self.opts.op_timeout)
+            .await?;
         Ok(())
     }
 
