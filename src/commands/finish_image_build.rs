@@ -47,6 +47,9 @@ fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
     if o.sbom_input_path.is_empty() != o.sbom_output_path.is_empty() {
         bail!("-sbom-input-path and -sbom-output-path must be given together");
     }
+    if !o.sbom_input_path.is_empty() {
+        bail!("this cos-customizer makes no SBOM yet: drop -sbom-input-path and -sbom-output-path");
+    }
     if o.disk_size_gb < 0 {
         bail!("-disk-size-gb must not be negative");
     }
