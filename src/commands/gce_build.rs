@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 use cos_customizer_core::finish::{self, FinishOptions, ImageName, Outcome};
 use cos_customizer_core::preload::LogLine;
 use cos_customizer_core::state::StateDir;
-use cos_customizer_gce::auth::Auth;
 use cos_customizer_gce::backend::{GceBackend, GceOptions};
 use cos_customizer_gce::compute::Compute;
 use cos_customizer_gce::storage::Gcs;
@@ -70,17 +69,7 @@ impl GceBuild {
             compute_endpoint
         };
         let compute = connect::compute(endpoint)?;
-        let storage = if storage_endpoint.is_empty() {
-            Gcs::default_endpoint()
-        } else {
-            storage_endpoint.to_string()
-        };
-        let gcs_auth = if storage.starts_with("https://") {
-            Auth::application_default(None)?
-        } else {
-            Auth::None
-        };
-        let gcs = Gcs::new(&storage, gcs_auth)?;
+        let gcs = connect::storage(storage_endpoint)?;
         let backend = GceBackend::new(
             compute.clone(),
             gcs.clone(),

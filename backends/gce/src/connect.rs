@@ -1,4 +1,5 @@
-//! Opening the Compute API from upstream's `-compute-endpoint` flag.
+//! Opening the Compute and Cloud Storage APIs from the `-compute-endpoint` and
+//! `-storage-endpoint` flags.
 
 use anyhow::{Context, Result};
 use reqwest::Url;
@@ -6,6 +7,7 @@ use reqwest::Url;
 use crate::auth::Auth;
 use crate::compute::Compute;
 use crate::http::{Api, DEFAULT_COMPUTE_BASE};
+use crate::storage::Gcs;
 
 /// The base path `endpoint` means: Compute's public one when empty, else `endpoint` itself.
 fn base(endpoint: &str) -> &str {
@@ -40,6 +42,34 @@ pub fn compute(endpoint: &str) -> Result<Compute> {
         format!("-compute-endpoint {base:?}: give a base path such as {DEFAULT_COMPUTE_BASE}")
     })?;
     Ok(Compute::new(api))
+}
+
+/// Cloud Storage at `endpoint` (`""` is `STORAGE_EMULATOR_HOST` or the public API), with
+/// Application Default Credentials for an `https://` endpoint and none for an emulator.
+/// Call it inside a Tokio runtime.
+pub fn storage(endpoint: &str) -> Result<Gcs> {
+    let endpoint = if endpoint.is_empty() {
+        Gcs::default_endpoint()
+    } else {
+        endpoint.to_string()
+    };
+    let auth = if endpoint.starts_with("https://") {
+        Auth::application_default(None)?
+    } else {
+        Auth::None
+    };
+    Gcs::new(&endpoint, auth).context("-storage-endpoint")
+}
+
+/// Anonymous Cloud Storage at `endpoint`, for public buckets such as NVIDIA's drivers and
+/// `cos-tools`: they must be readable without credentials, so none are asked for.
+pub fn public_storage(endpoint: &str) -> Result<Gcs> {
+    let endpoint = if endpoint.is_empty() {
+        Gcs::default_endpoint()
+    } else {
+        endpoint.to_string()
+    };
+    Gcs::new(&endpoint, Auth::None).context("-storage-endpoint")
 }
 
 #[cfg(test)]
