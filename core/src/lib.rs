@@ -10,5 +10,6 @@ pub mod finish;
 pub mod preflight;
 pub mod preload;
 pub mod provisioner_bin;
+pub mod scratch;
 pub mod state;
 pub mod workdir;

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use cos_customizer_common::config::{BuildConfig, ProvisionerConfig, SourceImage};
+use cos_customizer_common::config::{
+    BuildConfig, InstallGpuArgs, ProvisionerConfig, SourceImage, Step,
+};
 use cos_customizer_core::backend::{Backend, OutputImage};
 use cos_customizer_core::preload::{LogLine, Preloader, Request};
 use cos_customizer_gce::auth::Auth;
@@ -328,6 +330,60 @@ async fn the_boot_disk_grows_on_the_trigger_line() {
     assert_eq!(resize.len(), 1);
     assert_eq!(resize[0]["sizeGb"], "14");
     env.assert_clean(Some("my-cos"));
+}
+
+#[tokio::test]
+async fn a_gpu_build_attaches_a_gpu_and_a_scratch_disk() {
+    let Some(env) = Env::start(Options::default()).await else {
+        return;
+    };
+    env.emu.script("preload-vm-", success_script());
+    let mut req = env.request(Duration::from_secs(30));
+    req.build.gpu_type = Some("nvidia-tesla-t4".into());
+    req.prov
+        .steps
+        .push(Step::InstallGpu(InstallGpuArgs::default()));
+    let (r, _) = env.build(&req).await;
+    r.unwrap();
+    env.assert_clean(Some("my-cos"));
+
+    let sources: Vec<String> = env
+        .bodies("POST", "global/images")
+        .iter()
+        .filter_map(|i| i["rawDisk"]["source"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        sources
+            .iter()
+            .any(|s| s.ends_with("/b4x9q/scratch-disk.tar.gz")),
+        "{sources:?}"
+    );
+    let disks = env.bodies("POST", "/disks");
+    let scratch = disks
+        .iter()
+        .find(|d| d["name"] == "scratch-disk-build-image-b4x9q")
+        .unwrap_or_else(|| panic!("no scratch disk in {disks:?}"));
+    assert_eq!(scratch["sizeGb"], "10");
+    let vm = &env.bodies("POST", "/instances")[0];
+    let attached: Vec<&str> = vm["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["source"].as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        attached,
+        [
+            "boot-disk-build-image-b4x9q",
+            "scratch-disk-build-image-b4x9q",
+            "cidata-disk-build-image-b4x9q"
+        ]
+    );
+    assert_eq!(vm["scheduling"]["onHostMaintenance"], "TERMINATE");
+    assert!(vm["guestAccelerators"][0]["acceleratorType"]
+        .as_str()
+        .unwrap()
+        .ends_with("/acceleratorTypes/nvidia-tesla-t4"));
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::{Created, LogLine, Preloader, Request, CLEANUP_LABEL, VM_NAME};
 use crate::backend::{DiskId, DiskSource, DiskSpec, VmId, VmSpec, VmStatus};
-use crate::cidata;
+use crate::{cidata, scratch};
 use cos_customizer_common::duration;
 use cos_customizer_common::protocol::{
     FAILURE_MARKER, RESIZE_TRIGGER, STATUS_PORT, STATUS_PREFIX, SUCCESS_MARKER,
@@ -115,10 +115,15 @@ impl Preloader {
             "Created boot disk ({boot_gb} GB) from {} and the CIDATA disk",
             req.source.url()
         )));
+        let mut disks = vec![boot.clone()];
+        if scratch::needed(&req.prov) {
+            disks.push(self.create_scratch(req, log).await?);
+        }
+        disks.push(cidata.clone());
         let vm = b
             .create_vm(&VmSpec {
                 name: VM_NAME.into(),
-                disks: vec![boot.clone(), cidata.clone()],
+                disks,
                 metadata: vm_metadata(&req.user_data),
                 labels: BTreeMap::from([(CLEANUP_LABEL.to_string(), String::new())]),
                 machine_type: req.build.machine_type.clone(),
@@ -241,6 +246,29 @@ impl Preloader {
             serde_json::to_string(&req.prov).context("encoding the provisioner config")?
         )));
         Ok(image)
+    }
+
+    /// The SCRATCH disk of a GPU build, attached between the boot and CIDATA disks as
+    /// upstream does.
+    async fn create_scratch(&self, req: &Request, log: &mut dyn FnMut(LogLine)) -> Result<DiskId> {
+        let image = self.work_dir.path().join("scratch.img");
+        scratch::build(&image).await?;
+        let disk = self
+            .backend
+            .create_disk(&DiskSpec {
+                name: "scratch-disk".into(),
+                source: DiskSource::RawFile(image),
+                size_gb: Some(scratch::DISK_GB),
+                disk_type: req.build.disk_type.clone(),
+            })
+            .await
+            .context("creating the SCRATCH disk")?;
+        self.record(Created::Disk(disk.clone()));
+        log(LogLine::Host(&format!(
+            "Created the SCRATCH disk ({} GB) for the GPU driver installer",
+            scratch::DISK_GB
+        )));
+        Ok(disk)
     }
 
     /// Follows serial port 3 until success, failure, a stopped VM or the timeout.
@@ -375,6 +403,7 @@ mod tests {
     use super::super::sample_request;
     use crate::backend::{Backend, BackendInfo, OutputImage, SerialChunk};
     use async_trait::async_trait;
+    use cos_customizer_common::config::{InstallGpuArgs, Step};
 
     /// Records every call and plays a scripted serial log.
     #[derive(Default)]
@@ -509,6 +538,35 @@ mod tests {
                 "delete_disk boot-disk",
                 "delete_disk cidata-disk",
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gpu_build_gets_a_scratch_disk_between_boot_and_cidata() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake {
+            stops_after_ack: true,
+            ..Default::default()
+        });
+        *fake.serial.lock().unwrap() = "BuildSucceeded: done\n".into();
+        let mut req = sample_request(dir.path(), Duration::from_secs(30));
+        req.prov
+            .steps
+            .push(Step::InstallGpu(InstallGpuArgs::default()));
+        let (r, _, calls) = run(fake, &req).await;
+        r.unwrap();
+        assert_eq!(
+            calls[..4],
+            [
+                "create_disk cidata-disk None",
+                "create_disk boot-disk Some(10)",
+                "create_disk scratch-disk Some(10)",
+                "create_vm preload-vm [DiskId(\"boot-disk\"), DiskId(\"scratch-disk\"), DiskId(\"cidata-disk\")]",
+            ]
+        );
+        assert!(
+            calls.contains(&"delete_disk scratch-disk".to_string()),
+            "{calls:?}"
         );
     }
 

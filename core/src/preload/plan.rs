@@ -4,6 +4,7 @@
 use anyhow::{Context, Result};
 
 use super::{Request, VM_NAME};
+use crate::scratch;
 use cos_customizer_common::config::ProvisionerConfig;
 use cos_customizer_common::duration;
 use cos_customizer_common::sizing::{initial_disk_gb, moves_partitions, resize_to_gb};
@@ -31,11 +32,20 @@ pub fn plan(req: &Request, backend: &str) -> Result<String> {
     out += "Disks:\n";
     out += "  cidata-disk: CIDATA FAT image built from the provisioner, its config and the build context\n";
     out += &format!("  boot-disk: {boot_gb} GB from {}\n", req.source.url());
+    let vm_disks = if scratch::needed(&req.prov) {
+        out += &format!(
+            "  scratch-disk: {} GB ext4 labelled SCRATCH, for the GPU driver installer\n",
+            scratch::DISK_GB
+        );
+        "boot-disk, scratch-disk, cidata-disk"
+    } else {
+        "boot-disk, cidata-disk"
+    };
     if let Some(gb) = resize_to_gb(&req.build, &req.prov) {
         out += &format!("  boot-disk grows to {gb} GB when the provisioner asks\n");
     }
     out += &format!(
-        "VM: {VM_NAME}, machine type {}, disks [boot-disk, cidata-disk]{}, timeout {} per wait\n",
+        "VM: {VM_NAME}, machine type {}, disks [{vm_disks}]{}, timeout {} per wait\n",
         req.build.machine_type,
         match &req.build.gpu_type {
             Some(gpu) => format!(", GPU {gpu}"),
