@@ -231,6 +231,13 @@ pub trait Backend: Send + Sync {
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(500)
     }
+    /// Puts `file`, too large for the CIDATA disk, where the build VM can fetch it with its
+    /// service account, under `name`; returns the URL the provisioner reads it from
+    /// (`gs://...`), or `None` when the backend has no such place. What it stores is
+    /// removed by [`Backend::remove_temporaries`].
+    async fn stage_file(&self, _file: &std::path::Path, _name: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Deletes what the backend made for its own use rather than the flow's (GCE: the
     /// temporary image and the uploaded object a CIDATA disk is made from), also when the
     /// call that made it was cancelled. The flow calls it last when it cleans up.

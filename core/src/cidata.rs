@@ -35,8 +35,8 @@ const SLACK: u64 = 8 * MIB;
 const MAX_CLUSTER: u64 = 32 * KIB;
 /// fatfs's own cut-over: below this it formats FAT16, from here on FAT32.
 const FAT32_FROM: u64 = 512 * MIB;
-/// A FAT directory entry holds a 32-bit size.
-const MAX_FILE: u64 = u32::MAX as u64;
+/// The largest file a FAT volume holds: a directory entry has a 32-bit size.
+pub const MAX_FILE: u64 = u32::MAX as u64;
 
 /// One file in the root of the CIDATA volume.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -487,6 +487,17 @@ impl Backend for GceBackend {
         self.opts.poll_interval
     }
 
+    async fn stage_file(&self, file: &Path, name: &str) -> Result<Option<String>> {
+        let object = format!("{}{}/{name}", self.opts.gcs_prefix(), self.opts.build_id);
+        let bucket = &self.opts.gcs_bucket;
+        self.own(Owned::Object(object.clone()));
+        self.gcs
+            .upload_file(bucket, &object, file)
+            .await
+            .with_context(|| format!("uploading {} to gs://{bucket}/{object}", file.display()))?;
+        Ok(Some(format!("gs://{bucket}/{object}")))
+    }
+
     async fn remove_temporaries(&self) -> Result<()> {
         let owned = self.owned.lock().expect("owned list lock").clone();
         let mut failures = Vec::new();

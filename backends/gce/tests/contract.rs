@@ -387,6 +387,41 @@ async fn a_gpu_build_attaches_a_gpu_and_a_scratch_disk() {
 }
 
 #[tokio::test]
+async fn a_context_too_large_for_cidata_goes_through_the_bucket() {
+    let Some(env) = Env::start(Options::default()).await else {
+        return;
+    };
+    env.emu.script("preload-vm-", success_script());
+    let req = env.request(Duration::from_secs(30));
+    std::fs::write(&req.context_tar, vec![7u8; 4096]).unwrap();
+    let preloader = Preloader::new(env.backend.clone())
+        .unwrap()
+        .with_cidata_file_limit(1024);
+    let mut lines = Vec::new();
+    preloader
+        .run(&req, &mut |l: LogLine| lines.push(l.text().to_string()))
+        .await
+        .unwrap();
+    let object = "work/cos-customizer/b4x9q/user_build_context.tar";
+    assert_eq!(env.gcs.object(BUCKET, object), Some(vec![7u8; 4096]));
+    let url = format!("gs://{BUCKET}/{object}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&url) && l.contains("4096 bytes")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("\"BuildContexts\":{{\"user\":\"{url}\"}}"))),
+        "{lines:?}"
+    );
+    assert!(preloader.cleanup().await.is_empty());
+    env.assert_clean(Some("my-cos"));
+}
+
+#[tokio::test]
 async fn output_the_serial_buffer_dropped_is_reported() {
     let Some(env) = Env::start(Options {
         serial_window: 4096,

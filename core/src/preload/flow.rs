@@ -12,7 +12,8 @@ use crate::backend::{DiskId, DiskSource, DiskSpec, VmId, VmSpec, VmStatus};
 use crate::{cidata, scratch};
 use cos_customizer_common::duration;
 use cos_customizer_common::protocol::{
-    FAILURE_MARKER, RESIZE_TRIGGER, STATUS_PORT, STATUS_PREFIX, SUCCESS_MARKER,
+    BUILD_CONTEXT_TAR, FAILURE_MARKER, RESIZE_TRIGGER, STATUS_PORT, STATUS_PREFIX, SUCCESS_MARKER,
+    USER_CONTEXT,
 };
 use cos_customizer_common::sizing::{initial_disk_gb, resize_to_gb};
 
@@ -89,7 +90,7 @@ impl Preloader {
     pub async fn run(&self, req: &Request, log: &mut dyn FnMut(LogLine)) -> Result<()> {
         let b = &self.backend;
         let timeout_text = duration::format(req.timeout);
-        let cidata_image = self.build_cidata(req, log)?;
+        let cidata_image = self.build_cidata(req, log).await?;
         let cidata = b
             .create_disk(&DiskSpec {
                 name: "cidata-disk".into(),
@@ -225,17 +226,45 @@ impl Preloader {
 
     /// Writes the CIDATA image (provisioner, config, cloud-config, build context) into
     /// the preloader's folder.
-    fn build_cidata(
+    async fn build_cidata(
         &self,
         req: &Request,
         log: &mut dyn FnMut(LogLine),
     ) -> Result<std::path::PathBuf> {
         let started = Instant::now();
+        let mut prov = req.prov.clone();
+        let context_len = std::fs::metadata(&req.context_tar)
+            .with_context(|| format!("reading the build context {}", req.context_tar.display()))?
+            .len();
+        let context = if context_len <= self.cidata_file_limit {
+            Some(req.context_tar.as_path())
+        } else {
+            let url = self
+                .backend
+                .stage_file(&req.context_tar, BUILD_CONTEXT_TAR)
+                .await
+                .context("staging the build context for the VM")?
+                .with_context(|| {
+                    format!(
+                        "the build context {} is {context_len} bytes, more than the CIDATA disk \
+                         holds ({} bytes) and this backend has nowhere else to put it: leave \
+                         large files out of start-image-build's -build-context and fetch them \
+                         from a script instead, or build with -backend=gce",
+                        req.context_tar.display(),
+                        self.cidata_file_limit
+                    )
+                })?;
+            log(LogLine::Host(&format!(
+                "The build context ({context_len} bytes) is too large for the CIDATA disk; the VM fetches it from {url}"
+            )));
+            prov.build_contexts.insert(USER_CONTEXT.to_string(), url);
+            None
+        };
         let files = cidata::cidata_files(
-            &req.prov,
+            &prov,
             &req.user_data,
             &req.provisioner,
-            Some(&req.context_tar),
+            context,
             &format!("cos-customizer-{}", std::process::id()),
         )?;
         let image = self.work_dir.path().join("cidata.img");
@@ -243,7 +272,7 @@ impl Preloader {
         log(LogLine::Note(&format!(
             "Built the CIDATA disk in {:.2}s; provisioner config: {}",
             started.elapsed().as_secs_f64(),
-            serde_json::to_string(&req.prov).context("encoding the provisioner config")?
+            serde_json::to_string(&prov).context("encoding the provisioner config")?
         )));
         Ok(image)
     }
@@ -416,6 +445,8 @@ mod tests {
         acked: Mutex<bool>,
         /// Port 3 output before this offset is no longer held, as GCE drops old output.
         lost_before: usize,
+        /// Where `stage_file` puts a file; `None`: the backend cannot stage.
+        stages_to: Option<String>,
     }
 
     impl Fake {
@@ -495,6 +526,10 @@ mod tests {
             self.call(format!("delete_disk {d}"));
             Ok(())
         }
+        async fn stage_file(&self, f: &Path, name: &str) -> Result<Option<String>> {
+            self.call(format!("stage_file {} {name}", f.display()));
+            Ok(self.stages_to.as_ref().map(|url| format!("{url}/{name}")))
+        }
     }
 
     async fn run(fake: Arc<Fake>, req: &Request) -> (Result<()>, Vec<String>, Vec<String>) {
@@ -567,6 +602,66 @@ mod tests {
         assert!(
             calls.contains(&"delete_disk scratch-disk".to_string()),
             "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_context_too_large_for_cidata_is_staged_by_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake {
+            stops_after_ack: true,
+            stages_to: Some("gs://b/w".into()),
+            ..Default::default()
+        });
+        *fake.serial.lock().unwrap() = "BuildSucceeded: done\n".into();
+        let req = sample_request(dir.path(), Duration::from_secs(30));
+        std::fs::write(&req.context_tar, [0u8; 2048]).unwrap();
+        let p = Preloader::new(fake.clone())
+            .unwrap()
+            .with_cidata_file_limit(1024);
+        let mut lines = Vec::new();
+        p.run(&req, &mut |l| lines.push(l.text().to_string()))
+            .await
+            .unwrap();
+        assert!(p.cleanup().await.is_empty());
+        let calls = fake.calls();
+        assert_eq!(
+            calls[0],
+            format!(
+                "stage_file {} {BUILD_CONTEXT_TAR}",
+                req.context_tar.display()
+            )
+        );
+        let config = lines
+            .iter()
+            .find_map(|l| l.split_once("provisioner config: ").map(|(_, c)| c))
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        let config: serde_json::Value = serde_json::from_str(config).unwrap();
+        assert_eq!(
+            config["BuildContexts"]["user"],
+            "gs://b/w/user_build_context.tar"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_context_too_large_for_cidata_and_the_backend_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let req = sample_request(dir.path(), Duration::from_secs(30));
+        std::fs::write(&req.context_tar, [0u8; 2048]).unwrap();
+        let p = Preloader::new(fake.clone())
+            .unwrap()
+            .with_cidata_file_limit(1024);
+        let e = p.run(&req, &mut |_| {}).await.unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains(&req.context_tar.display().to_string()) && msg.contains("2048 bytes"),
+            "{msg}"
+        );
+        assert!(
+            !fake.calls().iter().any(|c| c.starts_with("create_")),
+            "{:?}",
+            fake.calls()
         );
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::backend::{Backend, DiskId, OutputImage, VmId};
-use crate::workdir;
+use crate::{cidata, workdir};
 use cos_customizer_common::config::{BuildConfig, ProvisionerConfig, SourceImage};
 
 pub use plan::{expected_reboots, plan};
@@ -90,6 +90,8 @@ pub struct Preloader {
     created: Mutex<Vec<Created>>,
     /// Holds the CIDATA image until the preloader is dropped, after cleanup.
     work_dir: tempfile::TempDir,
+    /// A build context larger than this is staged by the backend instead of going on CIDATA.
+    cidata_file_limit: u64,
 }
 
 impl Preloader {
@@ -102,7 +104,15 @@ impl Preloader {
             backend,
             created: Mutex::new(Vec::new()),
             work_dir,
+            cidata_file_limit: cidata::MAX_FILE,
         })
+    }
+
+    /// Sets the largest build context that goes on the CIDATA disk (by default the largest
+    /// file FAT holds); a larger one is handed to [`Backend::stage_file`].
+    pub fn with_cidata_file_limit(mut self, bytes: u64) -> Self {
+        self.cidata_file_limit = bytes.min(cidata::MAX_FILE);
+        self
     }
 
     fn record(&self, c: Created) {
