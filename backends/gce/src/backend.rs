@@ -20,10 +20,11 @@ use cos_customizer_core::backend::{
 };
 
 use crate::compute::body::{self, Gpu, ImageSpec, InstanceSpec};
+use crate::compute::in_use::InUseRetry;
 use crate::compute::model::{MetadataItem, Operation};
 use crate::compute::Compute;
 use crate::error::{kind_of, ApiError, ErrorKind};
-use crate::names::{build_labels, daisy_name};
+use crate::names::{build_labels, daisy_name, WORKFLOW};
 use crate::raw_disk;
 use crate::storage::{raw_disk_url, Gcs};
 
@@ -33,8 +34,6 @@ pub const INFO: BackendInfo = BackendInfo {
     attaches_gpus: true,
 };
 
-/// Daisy's workflow name, the middle of every resource name.
-const WORKFLOW: &str = "build-image";
 /// How often a metadata update is retried when another writer changed the metadata first.
 const METADATA_ATTEMPTS: u32 = 5;
 /// How often a disk delete is retried while the disk is still attached.
@@ -462,23 +461,20 @@ impl Backend for GceBackend {
     }
 
     async fn delete_disk(&self, disk: &DiskId) -> Result<()> {
-        let (project, zone) = (&self.opts.project, &self.opts.zone);
-        let mut attempt = 1;
-        loop {
-            let deleted = match self.compute.disks_delete(project, zone, &disk.0).await {
-                Ok(op) => self.wait(op).await.map(drop).or_else(not_found_is_done),
-                Err(e) => not_found_is_done(e),
-            };
-            match deleted {
-                Ok(_) => break,
-                // A disk is detached a little after its instance is deleted.
-                Err(e) if kind_of(&e) == Some(ErrorKind::InUse) && attempt < IN_USE_ATTEMPTS => {
-                    tokio::time::sleep(self.opts.in_use_backoff * attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let retry = InUseRetry {
+            attempts: IN_USE_ATTEMPTS,
+            backoff: self.opts.in_use_backoff,
+        };
+        self.compute
+            .delete_disk_when_free(
+                &self.opts.project,
+                &self.opts.zone,
+                &disk.0,
+                self.opts.op_timeout,
+                retry,
+            )
+            .await
+            .or_else(not_found_is_done)?;
         self.disown(&Owned::Disk(disk.0.clone()));
         Ok(())
     }

@@ -29,6 +29,10 @@ pub fn build_id() -> String {
         .collect()
 }
 
+/// The Daisy workflow name the original's resources carry, kept so its dashboards and
+/// cleanup scripts find ours: `boot-disk-build-image-<id>`.
+pub const WORKFLOW: &str = "build-image";
+
 /// Daisy's `genName`: `<role>-<workflow>-<id>`, the prefix cut to 56 bytes if longer than 57,
 /// the whole cut to 63 bytes if longer than 64, lower-cased. For this builder the workflow is
 /// `build-image`, so the boot disk of build `b4x9q` is `boot-disk-build-image-b4x9q`.

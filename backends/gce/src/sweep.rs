@@ -17,9 +17,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use jiff::Timestamp;
 
+use crate::compute::in_use::InUseRetry;
 use crate::compute::Compute;
 use crate::error::{kind_of, ErrorKind};
-use crate::names::{BUILD_LABEL, CLEANUP_LABEL};
+use crate::names::{BUILD_LABEL, CLEANUP_LABEL, WORKFLOW};
 
 /// Upstream's age for `-enable-cleanup` (`cleanupVMTTL`): a day.
 pub const DEFAULT_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -31,11 +32,12 @@ pub const MIN_AGE: Duration = Duration::from_secs(3600);
 /// How long one deletion may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How often a disk delete is tried while GCE still sees the disk in use.
-const IN_USE_ATTEMPTS: u32 = 4;
-
-/// The pause before the first retry of a disk still in use; each later retry waits one more.
-const IN_USE_BACKOFF: Duration = Duration::from_secs(1);
+/// How a disk delete is retried while GCE still sees the disk attached to an instance the
+/// sweep has just deleted.
+const IN_USE: InUseRetry = InUseRetry {
+    attempts: 4,
+    backoff: Duration::from_secs(1),
+};
 
 /// What a sweep deleted, and what it could not.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,7 +73,7 @@ fn is_old(created: &str, cutoff: Timestamp) -> Result<bool> {
 fn made_by_a_build(name: &str, labels: &BTreeMap<String, String>) -> bool {
     labels
         .get(BUILD_LABEL)
-        .is_some_and(|id| !id.is_empty() && name.ends_with(&format!("-build-image-{id}")))
+        .is_some_and(|id| !id.is_empty() && name.ends_with(&format!("-{WORKFLOW}-{id}")))
 }
 
 /// The outcome of deleting one resource: recorded as deleted, skipped if it was already gone,
@@ -87,27 +89,6 @@ fn record(
         Ok(()) => deleted.push(name.to_string()),
         Err(e) if kind_of(&e) == Some(ErrorKind::NotFound) => {}
         Err(e) => failures.push(format!("{what} {name}: {e:#}")),
-    }
-}
-
-/// Deletes the disk, retrying while GCE still sees it attached to an instance being deleted.
-async fn delete_disk(compute: &Compute, project: &str, zone: &str, disk: &str) -> Result<()> {
-    let mut attempt = 1;
-    loop {
-        let result = match compute.disks_delete(project, zone, disk).await {
-            Ok(op) => compute.wait(project, op, OP_TIMEOUT).await.map(drop),
-            Err(e) => Err(e),
-        };
-        match result {
-            Err(e) if kind_of(&e) == Some(ErrorKind::InUse) => {
-                if attempt == IN_USE_ATTEMPTS {
-                    return Err(e.context(format!("still in use after {attempt} attempts")));
-                }
-                tokio::time::sleep(IN_USE_BACKOFF * attempt).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
     }
 }
 
@@ -182,7 +163,9 @@ pub async fn sweep_old(
         match is_old(&disk.creation_timestamp, cutoff) {
             Ok(false) => {}
             Ok(true) => {
-                let result = delete_disk(compute, project, zone, name).await;
+                let result = compute
+                    .delete_disk_when_free(project, zone, name, OP_TIMEOUT, IN_USE)
+                    .await;
                 record(&mut swept.disks, &mut swept.failures, "disk", name, result);
             }
             Err(e) => swept.failures.push(format!("disk {name}: {e:#}")),

@@ -4,6 +4,7 @@
 //! kept across its retries.
 
 pub mod body;
+pub mod in_use;
 pub mod model;
 pub mod op;
 
