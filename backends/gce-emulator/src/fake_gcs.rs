@@ -182,6 +182,39 @@ impl FakeGcs {
         names
     }
 
+    /// Stores `data` as `bucket/name`, creating the bucket first if it is not there yet.
+    ///
+    /// # Panics
+    /// If the server refuses either.
+    pub fn put(&self, bucket: &str, name: &str, data: &[u8]) {
+        let buckets = format!("{}/storage/v1/b", self.endpoint());
+        let body = serde_json::json!({ "name": bucket })
+            .to_string()
+            .into_bytes();
+        let (status, answer) = blocking(request("POST", &buckets, body))
+            .unwrap_or_else(|e| panic!("creating bucket {bucket}: {e:#}"));
+        // 409: the bucket exists already.
+        assert!(
+            status == 200 || status == 409,
+            "creating bucket {bucket}: {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let url = format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}",
+            self.endpoint(),
+            encode_segment(bucket),
+            encode_segment(name)
+        );
+        let (status, answer) = blocking(request("POST", &url, data.to_vec()))
+            .unwrap_or_else(|e| panic!("writing gs://{bucket}/{name}: {e:#}"));
+        assert_eq!(
+            status,
+            200,
+            "writing gs://{bucket}/{name}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
     /// The content of `bucket/name`, or `None` if there is no such object.
     ///
     /// # Panics
