@@ -38,7 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             commands::start_image_build::run(&state()?, &cli.compute_endpoint, o)
         }
         Cmd::RunScript(o) => commands::run_script::run(&state()?, o),
-        Cmd::InstallGpu(o) => commands::install_gpu::run(&state()?, o),
+        Cmd::InstallGpu(o) => commands::install_gpu::run(state, &cli.storage_endpoint, o),
         Cmd::SealOem(_) => commands::simple_steps::seal_oem(&state()?),
         Cmd::DisableAutoUpdate(_) => commands::simple_steps::disable_auto_update(&state()?),
         Cmd::AnthosInstallerInstall(o) => {

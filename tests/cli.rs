@@ -4,6 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use cos_customizer_gce::auth::Auth;
+use cos_customizer_gce::drivers;
+use cos_customizer_gce::storage::Gcs;
+use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+
 /// A sparse 64 MiB raw disk with COS's partition numbers and labels (no file systems):
 /// enough for every check made before a VM starts.
 fn cos_shaped_disk(path: &Path) {
@@ -194,16 +199,46 @@ fn env_values_with_commas_are_kept() {
     assert!(prov.contains(r#""Env":"LIST=z\\,y,X=1""#), "{prov}");
 }
 
+/// fake-gcs-server holding NVIDIA's driver bucket with one installer under
+/// `tesla/<version>/` for each of `versions`, and the global flag that points the CLI at it;
+/// `None` (after a loud SKIPPED line) without the server, unless `REQUIRE_FAKE_GCS=1`.
+fn nvidia_bucket(versions: &[&str]) -> Option<(FakeGcs, String)> {
+    if !fake_gcs::require() {
+        return None;
+    }
+    // On the test's own thread: the server dies with the thread that started it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = rt.block_on(async {
+        let fake = FakeGcs::start(drivers::DRIVER_BUCKET).await.unwrap();
+        let gcs = Gcs::new(&fake.endpoint(), Auth::None).unwrap();
+        for v in versions {
+            let name = format!("tesla/{v}/NVIDIA-Linux-x86_64-{v}.run");
+            gcs.upload_bytes(drivers::DRIVER_BUCKET, &name, b"x".to_vec())
+                .await
+                .unwrap();
+        }
+        fake
+    });
+    let flag = format!("-storage-endpoint={}", fake.endpoint());
+    Some((fake, flag))
+}
+
 #[test]
 fn install_gpu_rules() {
+    let Some((_gcs, storage)) = nvidia_bucket(&["450.51.06"]) else {
+        return;
+    };
     let h = Home::new();
     h.start_local();
     let (_, err) = h.fail(&["install-gpu"]);
     assert!(err.contains("-version is required"), "{err}");
     let (_, err) = h.fail(&["install-gpu", "-version=NVIDIA-Linux-x86_64-450.51.06.run"]);
     assert!(err.contains("-deps-dir"), "{err}");
-    h.ok(&["install-gpu", "-version=450.51.06"]);
-    let (_, err) = h.fail(&["install-gpu", "-version=450.51.06"]);
+    h.ok(&[&storage, "install-gpu", "-version=450.51.06"]);
+    let (_, err) = h.fail(&[&storage, "install-gpu", "-version=450.51.06"]);
     assert!(err.contains("only be invoked once"), "{err}");
     // Unlike the original, no GPU type is made up.
     assert!(h
@@ -400,10 +435,82 @@ fn a_script_name_that_is_not_utf8_is_named() {
 }
 
 #[test]
-fn dry_run_shows_the_plan_and_every_reason_to_refuse() {
+fn install_gpu_lists_the_valid_drivers_without_a_build() {
+    let Some((_gcs, storage)) = nvidia_bucket(&["535.129.03", "450.51.06", "96.1"]) else {
+        return;
+    };
+    let h = Home::new();
+    let out = h.ok(&[&storage, "install-gpu", "-get-valid-drivers"]);
+    assert_eq!(
+        out,
+        "Valid driver versions are: [96.1 390.46 450.51.06 535.129.03]\n"
+    );
+    assert!(!h.state_dir(".cos-customizer-workdir").exists());
+}
+
+#[test]
+fn install_gpu_refuses_a_version_nvidia_does_not_publish() {
+    let Some((_gcs, storage)) = nvidia_bucket(&["450.51.06"]) else {
+        return;
+    };
     let h = Home::new();
     h.start_local();
-    h.ok(&["install-gpu", "-version=450.51.06"]);
+    let before = h.state(".cos-customizer-workdir", "provisioner");
+    let (code, err) = h.fail(&[&storage, "install-gpu", "-version=450.51.07"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "driver version 450.51.07 is not valid; valid driver versions are: [390.46 450.51.06]"
+        ),
+        "{err}"
+    );
+    assert_eq!(h.state(".cos-customizer-workdir", "provisioner"), before);
+    // The legacy version is valid though its bucket has no folder for it.
+    h.ok(&[&storage, "install-gpu", "-version=390.46"]);
+    assert!(h
+        .state(".cos-customizer-workdir", "provisioner")
+        .contains(r#""NvidiaDriverVersion":"390.46""#));
+}
+
+#[test]
+fn install_gpu_names_the_bucket_and_the_fix_when_the_listing_fails() {
+    if !fake_gcs::require() {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A Cloud Storage without NVIDIA's bucket: the listing fails at once (404, not retried).
+    let gcs = rt.block_on(FakeGcs::start("another-bucket")).unwrap();
+    let storage = format!("-storage-endpoint={}", gcs.endpoint());
+    let h = Home::new();
+    h.start_local();
+    let before = h.state(".cos-customizer-workdir", "provisioner");
+    let (code, err) = h.fail(&[&storage, "install-gpu", "-version=450.51.06"]);
+    assert_eq!(code, 1);
+    for part in [
+        "-version=450.51.06",
+        "gs://nvidia-drivers-us-public/tesla/",
+        "check the network",
+        "-storage-endpoint",
+    ] {
+        assert!(err.contains(part), "{part}: {err}");
+    }
+    assert_eq!(h.state(".cos-customizer-workdir", "provisioner"), before);
+    let (code, err) = h.fail(&[&storage, "install-gpu", "-get-valid-drivers"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("-storage-endpoint"), "{err}");
+}
+
+#[test]
+fn dry_run_shows_the_plan_and_every_reason_to_refuse() {
+    let Some((_gcs, storage)) = nvidia_bucket(&["450.51.06"]) else {
+        return;
+    };
+    let h = Home::new();
+    h.start_local();
+    h.ok(&[&storage, "install-gpu", "-version=450.51.06"]);
     std::fs::remove_file(h.path().join("source.img")).unwrap();
     let out = h.run(&["finish-image-build", "-output-file=out.img", "-dry-run"]);
     assert_eq!(out.status.code(), Some(1));

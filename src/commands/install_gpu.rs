@@ -1,10 +1,12 @@
-//! `install-gpu`: adds a step that installs NVIDIA drivers; it may appear once.
+//! `install-gpu`: adds a step that installs NVIDIA drivers; it may appear once. A driver
+//! version (not an installer file) must be one of NVIDIA's, which are listed online.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::config::{InstallGpuArgs, Step};
 use cos_customizer_core::state::StateDir;
+use cos_customizer_gce::{connect, drivers};
 
 use crate::cli::InstallGpuOpts;
 
@@ -36,14 +38,35 @@ fn validate(o: &InstallGpuOpts) -> Result<()> {
                 o.version
             );
         }
-    } else if !o
-        .version
-        .split('.')
-        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    }
+    Ok(())
+}
+
+/// NVIDIA's driver versions, from the public bucket at `storage_endpoint` (anonymously).
+fn valid_versions(storage_endpoint: &str) -> Result<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let gcs = connect::public_storage(storage_endpoint)?;
+        drivers::valid_versions(&gcs).await
+    })
+}
+
+/// Go's `%v` of a string slice, as the original prints the versions: `[a b c]`.
+fn go_list(versions: &[String]) -> String {
+    format!("[{}]", versions.join(" "))
+}
+
+/// Refuses a driver version NVIDIA does not publish, as the original does.
+fn check_version(version: &str, storage_endpoint: &str) -> Result<()> {
+    let versions = valid_versions(storage_endpoint)
+        .with_context(|| format!("checking -version={version} against NVIDIA's drivers"))?;
+    if !versions.iter().any(|v| v == version) {
         bail!(
-            "-version={:?} is not a driver version such as 535.129.03 (or an installer .run file)",
-            o.version
+            "driver version {version} is not valid; valid driver versions are: {}",
+            go_list(&versions)
         );
     }
     Ok(())
@@ -70,13 +93,24 @@ fn deps_files(dir: &str) -> Result<Vec<String>> {
     Ok(files)
 }
 
-pub fn run(state: &StateDir, o: InstallGpuOpts) -> Result<()> {
+/// Runs `install-gpu`. `state` opens the state folder, which `-get-valid-drivers` does not
+/// need; `storage_endpoint` is `-storage-endpoint`, where NVIDIA's bucket is listed.
+pub fn run(
+    state: impl FnOnce() -> Result<StateDir>,
+    storage_endpoint: &str,
+    o: InstallGpuOpts,
+) -> Result<()> {
     if o.get_valid_drivers {
-        bail!(
-            "-get-valid-drivers lists gs://nvidia-drivers-us-public, which needs the Cloud Storage client of the GCE backend; this build has only the QEMU backend"
-        );
+        let versions = valid_versions(storage_endpoint)?;
+        println!("Valid driver versions are: {}", go_list(&versions));
+        return Ok(());
     }
     validate(&o)?;
+    if !o.version.ends_with(".run") {
+        // Before the lock, so no other command waits on the network.
+        check_version(&o.version, storage_endpoint)?;
+    }
+    let state = state()?;
     let _lock = state.lock("install-gpu", false)?;
     let mut s = state.load()?;
     if s.prov
@@ -120,10 +154,20 @@ mod tests {
     }
 
     #[test]
-    fn versions() {
+    fn a_version_is_required_and_checked_online_only() {
+        let e = validate(&opts("", "")).unwrap_err();
+        assert!(e.to_string().contains("-version is required"), "{e}");
         validate(&opts("450.51.06", "")).unwrap();
-        assert!(validate(&opts("", "")).is_err());
-        assert!(validate(&opts("latest", "")).is_err());
+        validate(&opts("latest", "")).unwrap();
+    }
+
+    #[test]
+    fn versions_print_as_go_prints_a_slice() {
+        assert_eq!(go_list(&[]), "[]");
+        assert_eq!(
+            go_list(&["390.46".to_string(), "450.51.06".to_string()]),
+            "[390.46 450.51.06]"
+        );
     }
 
     #[test]

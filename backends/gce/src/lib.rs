@@ -15,6 +15,7 @@ pub mod backend;
 pub mod compute;
 pub mod connect;
 pub mod deprecate;
+pub mod drivers;
 pub mod error;
 pub mod http;
 pub mod names;

@@ -192,6 +192,40 @@ impl Gcs {
         }
     }
 
+    /// The folders directly under `prefix`, every page, sorted and once each: each object
+    /// name under it cut after the first `/` past `prefix` (`tesla/450.51.06/` for
+    /// `tesla/450.51.06/NVIDIA.run`). GCS folds the objects with the `/` delimiter, so a page
+    /// holds up to a thousand folders however many objects each holds. Objects directly under
+    /// `prefix` are not folders and are left out. Errors name the listing but no fix: the
+    /// caller knows which flag chose the bucket.
+    pub async fn list_folders(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+        // A set: fake-gcs-server repeats every folder on every page.
+        let mut folders = std::collections::BTreeSet::new();
+        let mut page_token = None;
+        loop {
+            let request = ListObjectsRequest {
+                bucket: bucket.to_string(),
+                prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
+                delimiter: Some("/".to_string()),
+                max_results: Some(PAGE_SIZE),
+                page_token: page_token.take(),
+                ..Default::default()
+            };
+            let page = self
+                .retrying(|| async { Ok(self.client.list_objects(&request).await?) })
+                .await
+                .map_err(|f| {
+                    f.error
+                        .context(format!("listing the folders of gs://{bucket}/{prefix}"))
+                })?;
+            folders.extend(page.prefixes.into_iter().flatten());
+            match page.next_page_token {
+                Some(token) if !token.is_empty() => page_token = Some(token),
+                _ => return Ok(folders.into_iter().collect()),
+            }
+        }
+    }
+
     /// 404 counts as deleted.
     pub async fn delete(&self, bucket: &str, object: &str) -> Result<()> {
         let request = DeleteObjectRequest {

@@ -188,3 +188,37 @@ async fn a_missing_file_is_named() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn folders_are_listed_once_each_across_pages_without_their_objects() {
+    let Some((_fake, gcs)) = setup().await else {
+        return;
+    };
+    for name in ["t/a/1", "t/a/2", "t/b c/1", "t/b c/d/2", "t/plain", "u/z/1"] {
+        gcs.upload_bytes(BUCKET, name, vec![1]).await.unwrap();
+    }
+    // More objects directly under the prefix than one page holds: fake-gcs-server pages
+    // them, repeating every folder on each page.
+    let mut tasks = tokio::task::JoinSet::new();
+    for batch in 0..8 {
+        let gcs = gcs.clone();
+        tasks.spawn(async move {
+            for i in (batch..1001).step_by(8) {
+                gcs.upload_bytes(BUCKET, &format!("t/o{i:04}"), vec![1])
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    tasks.join_all().await;
+    assert_eq!(
+        gcs.list_folders(BUCKET, "t/").await.unwrap(),
+        ["t/a/", "t/b c/"]
+    );
+    assert_eq!(gcs.list_folders(BUCKET, "").await.unwrap(), ["t/", "u/"]);
+    let text = format!(
+        "{:#}",
+        gcs.list_folders("no-such-bucket", "t/").await.unwrap_err()
+    );
+    assert!(text.contains("gs://no-such-bucket/t/"), "{text}");
+}
