@@ -11,6 +11,8 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 # The Cloud Storage tests fail rather than skip without fake-gcs-server, which
 # scripts/install-deps.sh links here (the provisioner's tests read FAKE_GCS_SERVER too).
 export REQUIRE_FAKE_GCS=1
+# The dm-verity tests compare with veritysetup on the host (cryptsetup-bin) rather than skip.
+export REQUIRE_VERITYSETUP=1
 export FAKE_GCS_SERVER="${FAKE_GCS_SERVER:-$PWD/.venv-gcs/bin/fake-gcs-server}"
 
 scripts/install-deps.sh
@@ -21,4 +23,4 @@ export COS_CUSTOMIZER_PROVISIONER
 cargo test --workspace
 cargo test -p cos-customizer-core --test cloud_init_schema
 cargo test -p cos-customizer-qemu --test vm
-cargo test -p cos-customizer --test e2e --test e2e_disk --test faults
+cargo test -p cos-customizer --test e2e --test e2e_guest --test e2e_disk --test faults

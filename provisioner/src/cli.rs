@@ -20,9 +20,10 @@ pub struct Cli {
     /// docker-credential-gcr binary to install, so scripts can pull from GCR/Artifact Registry.
     #[arg(long, global = true)]
     pub docker_credential_gcr: Option<PathBuf>,
-    /// veritysetup container image for seal-oem, used when veritysetup is not installed (COS).
-    #[arg(long, global = true)]
-    pub veritysetup_image: Option<PathBuf>,
+    /// The original's veritysetup container image for seal-oem; accepted and ignored, for
+    /// its startup script, since seal-oem writes the dm-verity hash tree itself.
+    #[arg(long = "veritysetup-image", global = true)]
+    pub _veritysetup_image: Option<PathBuf>,
     /// The original's separate repartitioning tool; accepted for its startup script, but
     /// the `handle-disk-layout` subcommand of this binary does that work.
     #[arg(long = "handle-disk-layout-bin", global = true)]

@@ -15,8 +15,6 @@ pub struct Context {
     pub state_dir: PathBuf,
     /// The docker-credential-gcr binary to install, so scripts can pull from GCR/Artifact Registry.
     pub docker_credential_gcr: Option<PathBuf>,
-    /// The veritysetup container image, for seal-oem where veritysetup is not installed.
-    pub veritysetup_image: Option<PathBuf>,
 }
 
 impl Context {
@@ -48,7 +46,6 @@ pub mod tests {
             host: fake_host(root),
             state_dir: root.join("state"),
             docker_credential_gcr: Some("/bin/true".into()),
-            veritysetup_image: None,
         }
     }
 

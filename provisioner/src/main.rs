@@ -8,6 +8,7 @@ mod cleanup;
 mod cli;
 mod context;
 mod disk;
+mod docker_auth;
 mod flow;
 mod gcs;
 mod host;
@@ -50,7 +51,6 @@ fn main() -> ExitCode {
         host: Host::system(),
         state_dir: cli.state_dir,
         docker_credential_gcr: cli.docker_credential_gcr,
-        veritysetup_image: cli.veritysetup_image,
     };
     let result = match cli.command {
         Command::Run { config } => flow::run(&ctx, &config),

@@ -1,5 +1,5 @@
 //! Finding a program on `PATH`, for the tools that are used when installed and replaced
-//! otherwise (veritysetup).
+//! otherwise.
 
 use std::os::unix::fs::PermissionsExt;
 

@@ -40,7 +40,7 @@ pub struct OemVerity {
     pub partuuid: String,
     /// The hash tree's root hash, in hex.
     pub root_hash: String,
-    /// The salt veritysetup used, in hex.
+    /// The salt of the hash tree, in hex.
     pub salt: String,
     /// File system size in 4 KiB blocks; the hash tree starts right after it.
     pub data_blocks: u64,

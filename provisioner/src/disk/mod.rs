@@ -8,3 +8,4 @@ pub mod layout;
 pub mod repartition;
 pub mod sfdisk;
 pub mod shutdown_unit;
+pub mod verity;

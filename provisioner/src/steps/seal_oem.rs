@@ -1,22 +1,18 @@
 //! SealOEM: builds a dm-verity hash tree over the OEM file system, in the same partition
 //! right after it, and adds the `oemroot` verity device to the kernel command line.
 //!
-//! veritysetup runs directly when it is on PATH; otherwise from the container image given
-//! with `-veritysetup-image`, as the original does on COS (which has docker, not veritysetup).
+//! The provisioner writes the tree itself (`disk::verity`), byte for byte the one the
+//! original's `veritysetup format` (run in docker) writes: COS images have no veritysetup.
 
-use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
-use cos_customizer_common::cmd;
 
 use crate::boot::esp;
 use crate::boot::grub_cfg::{self, OemVerity};
 use crate::context::Context;
 use crate::disk::bootdisk::{BootDisk, OEM};
-use crate::disk::{ext4, sfdisk};
-use crate::tool;
+use crate::disk::{ext4, sfdisk, verity};
 
 const OEM_MOUNT_UNIT: &str = "usr-share-oem.mount";
 
@@ -41,16 +37,8 @@ pub fn run(ctx: &Context, oem_fs_size_4k: u64) -> Result<()> {
         )
     })?;
     check_sealable(&dev, blocks, block_size, oem_fs_size_4k)?;
-    let args = verity_args(&dev, oem_fs_size_4k);
-    let out = if tool::on_path("veritysetup") {
-        cmd::run_stdout(Command::new("veritysetup").args(&args))
-            .with_context(|| format!("building the dm-verity hash tree of {}", dev.display()))?
-    } else if let Some(image) = &ctx.veritysetup_image {
-        veritysetup_in_docker(&ctx.state_dir, image, &args)?
-    } else {
-        bail!("veritysetup is not installed and no -veritysetup-image was given; cannot seal the OEM partition");
-    };
-    let (root_hash, salt) = parse_veritysetup(&out)?;
+    let (root_hash, salt) = verity::format(&dev, &verity_params(oem_fs_size_4k))
+        .with_context(|| format!("building the dm-verity hash tree of {}", dev.display()))?;
     let v = OemVerity {
         partuuid: sfdisk::read(&disk.dev)?.uuid(OEM)?,
         root_hash,
@@ -88,107 +76,26 @@ fn check_sealable(dev: &Path, blocks: u64, block_size: u64, data_blocks_4k: u64)
     Ok(())
 }
 
-/// `veritysetup format` over the partition: data first, the hash tree right after it.
-fn verity_args(dev: &Path, blocks: u64) -> Vec<String> {
-    let dev = dev.display().to_string();
-    vec![
-        "format".into(),
-        dev.clone(),
-        dev,
-        "--data-block-size=4096".into(),
-        "--hash-block-size=4096".into(),
-        format!("--data-blocks={blocks}"),
-        format!("--hash-offset={}", blocks * 4096),
-        "--no-superblock".into(),
-        "--format=0".into(),
-    ]
-}
-
-/// `(root hash, salt)` from `veritysetup format` output.
-fn parse_veritysetup(out: &str) -> Result<(String, String)> {
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_hexdigit()))
-    };
-    match (field("Root hash:"), field("Salt:")) {
-        (Some(h), Some(s)) => Ok((h, s)),
-        _ => bail!("veritysetup printed no \"Root hash:\" and \"Salt:\":\n{out}"),
-    }
-}
-
-/// The original's way on COS: import the veritysetup image, run it privileged with /dev.
-fn veritysetup_in_docker(state_dir: &Path, image: &Path, args: &[String]) -> Result<String> {
-    let copy = state_dir.join("veritysetup.img");
-    fs::copy(image, &copy)
-        .with_context(|| format!("copying {} to {}", image.display(), copy.display()))?;
-    let tag = format!("veritysetup:veritysetup_{}", go_arch());
-    cmd::run(Command::new("docker").arg("import").arg(&copy).arg(&tag))
-        .with_context(|| format!("importing the veritysetup image {}", image.display()))?;
-    let id = cmd::run_stdout(Command::new("docker").args(["images", &tag, "-q"]))
-        .context("reading the veritysetup image id")?;
-    let id = id.lines().next().unwrap_or("").trim().to_string();
-    if id.is_empty() {
-        bail!(
-            "docker has no image {tag} after importing {}",
-            image.display()
-        );
-    }
-    let out = cmd::run_stdout(
-        Command::new("docker")
-            .args([
-                "run",
-                "--rm",
-                "--name",
-                "veritysetup",
-                "--privileged",
-                "-v",
-                "/dev:/dev",
-                &id,
-                "veritysetup",
-            ])
-            .args(args),
-    )
-    .context("building the dm-verity hash tree of the OEM partition in docker");
-    let removed = cmd::run(Command::new("docker").args(["rmi", &id]))
-        .with_context(|| format!("removing the veritysetup image {id}"));
-    fs::remove_file(&copy).with_context(|| format!("removing {}", copy.display()))?;
-    let out = out?;
-    removed?;
-    Ok(out)
-}
-
-fn go_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
+/// The original's `veritysetup format <dev> <dev> --data-block-size=4096
+/// --hash-block-size=4096 --data-blocks=<blocks> --hash-offset=<blocks * 4096>
+/// --no-superblock --format=0`: data first, the hash tree right after it, a random salt.
+fn verity_params(blocks: u64) -> verity::Params {
+    verity::Params {
+        data_block_size: 4096,
+        hash_block_size: 4096,
+        data_blocks: blocks,
+        hash_offset: blocks * 4096,
+        salt: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_veritysetup_output() {
-        let out = "VERITY header information for /dev/vda8\nUUID:            \t\nHash type:       \t0\nData blocks:     \t12800\nSalt:            \t3c2f0cf2\nRoot hash:      \te754c6df\n";
-        assert_eq!(
-            parse_veritysetup(out).unwrap(),
-            ("e754c6df".to_string(), "3c2f0cf2".to_string())
-        );
-        assert!(parse_veritysetup("Salt: 12\n").is_err());
-        assert!(parse_veritysetup("Salt: 12\nRoot hash: not-hex\n").is_err());
-    }
-
-    #[test]
-    fn format_arguments() {
-        assert_eq!(
-            verity_args(Path::new("/dev/vda8"), 12800).join(" "),
-            "format /dev/vda8 /dev/vda8 --data-block-size=4096 --hash-block-size=4096 --data-blocks=12800 --hash-offset=52428800 --no-superblock --format=0"
-        );
-    }
+    use crate::disk::verity::tests::have_veritysetup;
+    use cos_customizer_common::cmd;
+    use std::fs;
+    use std::process::Command;
 
     #[test]
     fn sealable_file_systems() {
@@ -205,33 +112,40 @@ mod tests {
         assert!(too_big.to_string().contains("-oem-size"), "{too_big}");
     }
 
-    /// veritysetup on a file, as on the OEM partition, and the hash verifies.
+    /// Our tree over a file, as on the OEM partition, is the one the original's veritysetup
+    /// command writes with the same salt, and that command's options verify it.
     #[test]
-    fn real_veritysetup_round_trip() {
-        assert!(
-            tool::on_path("veritysetup"),
-            "veritysetup is missing: run scripts/install-deps.sh"
-        );
+    fn matches_the_originals_veritysetup_command() {
+        if !have_veritysetup() {
+            return;
+        }
         let d = tempfile::tempdir().unwrap();
-        let img = d.path().join("oem.img");
-        fs::write(&img, vec![7u8; 2 * 256 * 4096]).unwrap();
-        let out =
-            cmd::run_stdout(Command::new("veritysetup").args(verity_args(&img, 256))).unwrap();
-        let (hash, salt) = parse_veritysetup(&out).unwrap();
-        cmd::run(
-            Command::new("veritysetup")
-                .args([
-                    "verify",
-                    "--data-block-size=4096",
-                    "--hash-block-size=4096",
-                    "--data-blocks=256",
-                ])
-                .arg(format!("--hash-offset={}", 256 * 4096))
-                .args(["--no-superblock", "--format=0", &format!("--salt={salt}")])
-                .arg(&img)
-                .arg(&img)
-                .arg(&hash),
-        )
-        .unwrap();
+        let (ours, theirs) = (d.path().join("ours.img"), d.path().join("theirs.img"));
+        let mut bytes: Vec<u8> = (0..2 * 256 * 4096u32).map(|i| (i % 251) as u8).collect();
+        bytes[256 * 4096..].fill(0);
+        fs::write(&ours, &bytes).unwrap();
+        fs::write(&theirs, &bytes).unwrap();
+        let (hash, salt) = verity::format(&ours, &verity_params(256)).unwrap();
+        let original = |action: &str, img: &Path| {
+            let mut c = Command::new("veritysetup");
+            c.arg(action).arg(img).arg(img).args([
+                "--data-block-size=4096",
+                "--hash-block-size=4096",
+                "--data-blocks=256",
+                "--hash-offset=1048576",
+                "--no-superblock",
+                "--format=0",
+                &format!("--salt={salt}"),
+            ]);
+            c
+        };
+        let out = cmd::run_stdout(&mut original("format", &theirs)).unwrap();
+        assert!(
+            out.lines()
+                .any(|l| l.strip_prefix("Root hash:").map(str::trim) == Some(&hash)),
+            "{out}"
+        );
+        assert!(fs::read(&ours).unwrap() == fs::read(&theirs).unwrap());
+        cmd::run(original("verify", &ours).arg(&hash)).unwrap();
     }
 }
