@@ -1,6 +1,7 @@
 //! `gce-emulator`: runs the Compute Engine emulator standalone (scripted mode) until killed.
 //!
-//! `gce-emulator [--listen 127.0.0.1:0] [--seed seed.json] [--wait-deadline-ms N]`
+//! `gce-emulator [--listen 127.0.0.1:0] [--seed seed.json] [--wait-deadline-ms N]
+//! [--serial-window BYTES] [--storage http://127.0.0.1:Q]`
 //! prints `listening on http://127.0.0.1:P/compute/v1/` once it serves.
 
 use std::time::Duration;
@@ -38,8 +39,10 @@ async fn main() -> anyhow::Result<()> {
                     .parse()
                     .context("--serial-window takes a byte count")?
             }
+            // fake-gcs-server's endpoint, which rawDisk sources are read from.
+            "--storage" => opts.storage = Some(value()?),
             "-h" | "--help" => {
-                println!("gce-emulator [--listen 127.0.0.1:0] [--seed seed.json] [--wait-deadline-ms N] [--serial-window BYTES]");
+                println!("gce-emulator [--listen 127.0.0.1:0] [--seed seed.json] [--wait-deadline-ms N] [--serial-window BYTES] [--storage http://127.0.0.1:Q]");
                 return Ok(());
             }
             other => bail!("unknown argument {other} (see --help)"),

@@ -1,10 +1,12 @@
-//! The standalone `gce-emulator` binary: `--listen`, `--seed`, the "listening on" line, and a
-//! refused argument.
+//! The standalone `gce-emulator` binary: `--listen`, `--seed`, `--storage`, the "listening on"
+//! line, and a refused argument.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+
+use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
 
 #[tokio::test]
 async fn serves_the_seed_it_is_given_on_the_printed_base() {
@@ -17,28 +19,8 @@ async fn serves_the_seed_it_is_given_on_the_printed_base() {
             "images": [{"project": "only", "name": "base", "family": "fam", "creationTimestamp": "2025-01-01T00:00:00Z"}]}"#,
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gce-emulator"))
-        .args(["--listen", "127.0.0.1:0", "--seed"])
-        .arg(&seed)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
-    assert!(
-        base.starts_with("http://127.0.0.1:") && base.ends_with("/compute/v1/"),
-        "{base}"
-    );
-    let addr: std::net::SocketAddr = base["http://".len()..base.len() - "/compute/v1/".len()]
-        .parse()
-        .unwrap();
+    let (mut child, addr) = spawn(&["--listen", "127.0.0.1:0", "--seed", seed.to_str().unwrap()]);
+    assert!(addr.ip().is_loopback(), "{addr}");
     let c = common::Client::at(addr);
     assert_eq!(
         c.get("projects/only/global/images/family/fam").await["name"],
@@ -52,6 +34,49 @@ async fn serves_the_seed_it_is_given_on_the_printed_base() {
     child.kill().unwrap();
     child.wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Starts the binary with `args`; returns it and the address of the base it prints.
+fn spawn(args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gce-emulator"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().strip_prefix("listening on ").unwrap();
+    let addr = base["http://".len()..base.len() - "/compute/v1/".len()]
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+#[tokio::test]
+async fn reads_raw_disk_sources_from_the_storage_it_is_given() {
+    if !fake_gcs::require() {
+        return;
+    }
+    let gcs = FakeGcs::start("raw-disks").await.unwrap();
+    let endpoint = gcs.endpoint();
+    let (mut child, addr) = spawn(&["--listen", "127.0.0.1:0", "--storage", &endpoint]);
+    let c = common::Client::at(addr);
+    let op = c
+        .post(
+            "projects/cos-cloud/global/images",
+            serde_json::json!({"name": "gone", "rawDisk": {
+                "source": "https://storage.googleapis.com/raw-disks/missing.tar.gz"}}),
+        )
+        .await;
+    let op = c.done(&op).await;
+    assert_eq!(
+        op["error"]["errors"][0]["code"], "RESOURCE_NOT_FOUND",
+        "{op}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]

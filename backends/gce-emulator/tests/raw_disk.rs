@@ -6,9 +6,6 @@ mod common;
 use common::{start, Client, P};
 use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
 use cos_customizer_gce_emulator::Options;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 const BUCKET: &str = "raw-bucket";
@@ -28,33 +25,6 @@ async fn setup() -> Option<(FakeGcs, cos_customizer_gce_emulator::Handle, Client
     })
     .await;
     Some((gcs, emu, client))
-}
-
-/// Stores `bytes` as `BUCKET/name` through the JSON API's media upload.
-async fn put(gcs: &FakeGcs, name: &str, bytes: Vec<u8>) {
-    let addr = gcs.endpoint().trim_start_matches("http://").to_string();
-    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let name: String = name
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let req = hyper::Request::post(format!(
-        "/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={name}"
-    ))
-    .header("host", &addr)
-    .body(Full::new(Bytes::from(bytes)))
-    .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 }
 
 /// A `tar --format=oldgnu -Sczf` archive of a sparse `disk.raw` of `size` bytes, as the GCE
@@ -95,12 +65,11 @@ async fn an_image_is_made_from_a_disk_raw_archive_and_sized_by_it() {
         return;
     };
     // 1.5 GiB, sparse: the archive is tiny, the image is 2 GB.
-    put(
-        &gcs,
+    gcs.put(
+        BUCKET,
         "w/build 1/cidata.tar.gz",
-        sparse_disk_archive(3 << 29),
-    )
-    .await;
+        &sparse_disk_archive(3 << 29),
+    );
     let source = format!("https://storage.googleapis.com/{BUCKET}/w/build%201/cidata.tar.gz");
     let op = insert(&c, "cidata", &source).await;
     assert!(op.get("error").is_none(), "{op}");
@@ -110,7 +79,7 @@ async fn an_image_is_made_from_a_disk_raw_archive_and_sized_by_it() {
     assert_eq!(image["rawDisk"]["source"], source.as_str());
 
     // Daisy's host for the same object.
-    put(&gcs, "w/small.tar.gz", sparse_disk_archive(1 << 20)).await;
+    gcs.put(BUCKET, "w/small.tar.gz", &sparse_disk_archive(1 << 20));
     let op = insert(
         &c,
         "small",
@@ -170,7 +139,7 @@ async fn content_that_is_not_a_disk_raw_archive_fails_the_operation() {
     let Some((gcs, emu, c)) = setup().await else {
         return;
     };
-    put(&gcs, "w/plain.txt", b"not an archive".to_vec()).await;
+    gcs.put(BUCKET, "w/plain.txt", b"not an archive");
     // A gzipped tar whose first member is not disk.raw.
     let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
         Vec::new(),
@@ -181,12 +150,11 @@ async fn content_that_is_not_a_disk_raw_archive_fails_the_operation() {
     header.set_cksum();
     tar.append_data(&mut header, "image.qcow2", &b"QFI\xfb"[..])
         .unwrap();
-    put(
-        &gcs,
+    gcs.put(
+        BUCKET,
         "w/wrong.tar.gz",
-        tar.into_inner().unwrap().finish().unwrap(),
-    )
-    .await;
+        &tar.into_inner().unwrap().finish().unwrap(),
+    );
 
     for (name, object) in [("plain", "w/plain.txt"), ("wrong", "w/wrong.tar.gz")] {
         let op = insert(
