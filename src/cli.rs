@@ -154,6 +154,15 @@ pub enum AccelKind {
     Tcg,
 }
 
+/// How a QEMU build VM's disks are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiskInterfaceKind {
+    /// virtio-scsi, as GCE attaches persistent disks (/dev/sda, /dev/sdb, ...).
+    Scsi,
+    /// virtio-blk (/dev/vda, ...).
+    Virtio,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct FinishOpts {
     /// Project of the output image.
@@ -249,6 +258,13 @@ pub struct FinishOpts {
     /// QEMU acceleration: auto (KVM only where hardware virtualization works), kvm or tcg.
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelKind,
+    /// QEMU builds: how the build VM's disks are attached (default scsi, as on GCE).
+    #[arg(long, value_enum, value_name = "BUS")]
+    pub disk_interface: Option<DiskInterfaceKind>,
+    /// QEMU builds: no network for the build's scripts beyond the metadata server (by
+    /// default they reach the internet through NAT, as a GCE VM with an external IP).
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub hermetic: bool,
     /// Static provisioner binary to put on the CIDATA disk (default: $COS_CUSTOMIZER_PROVISIONER,
     /// else provisioner next to this program).
     #[arg(long, value_name = "PATH")]

@@ -160,3 +160,257 @@ async fn a_failed_gce_build_leaves_nothing() {
     env.assert_clean();
     assert!(env.emu.resources().images.is_empty());
 }
+
+/// An SBOM input with every kind of field, all valid SPDX 2.2.
+const SBOM_INPUT: &str = r#"{
+  "outputImageName": "my-os",
+  "outputImageVersion": "1.0",
+  "creators": ["Organization: Example", "Tool: build.sh"],
+  "supplier": "Organization: Example",
+  "SPDXPackages": [
+    {
+      "name": "curl",
+      "SPDXID": "SPDXRef-curl",
+      "versionInfo": "7.50.3",
+      "supplier": "Organization: curl",
+      "originator": "Person: Daniel",
+      "downloadLocation": "https://curl.se/download/curl-7.50.3.tar.gz",
+      "filesAnalyzed": false,
+      "checksums": [
+        {"algorithm": "SHA256", "checksumValue": "fd16282b009e91777307951286c49ba684ca35b6e35368eca2235516fe98d2a2"}
+      ],
+      "homepage": "https://curl.se",
+      "licenseConcluded": "curl",
+      "licenseDeclared": "curl AND LicenseRef-extra",
+      "copyrightText": "Copyright (c) Daniel",
+      "summary": "A URL tool",
+      "externalRefs": [
+        {"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": "pkg:generic/curl@7.50.3"},
+        {"referenceCategory": "SECURITY", "referenceType": "cpe23Type", "referenceLocator": "cpe:2.3:a:haxx:curl:7.50.3:*:*:*:*:*:*:*"}
+      ],
+      "annotations": [
+        {"annotator": "Person: Jane", "annotationDate": "2023-04-27T16:08:32Z", "annotationType": "REVIEW", "comment": "checked"}
+      ]
+    },
+    {"name": "bare", "SPDXID": "SPDXRef-bare", "filesAnalyzed": false}
+  ],
+  "SBOMPackages": [
+    {"name": "toolbox", "spdxDocument": "https://example.com/toolbox.spdx.json", "algorithm": "SHA1", "checksumValue": "11d7774ac38f40e009dcee453a760750aea11111"}
+  ],
+  "hasExtractedLicensingInfos": [
+    {"licenseId": "LicenseRef-extra", "extractedText": "Some terms", "name": "Extra", "seeAlsos": ["https://example.com/extra"]}
+  ]
+}"#;
+
+/// What the source image's published SBOM holds in these tests, and its SHA-256.
+const BASE_SBOM: &str = r#"{"spdxVersion": "SPDX-2.2", "name": "cos-stable-109-17800-66-27"}"#;
+const BASE_SBOM_SHA256: &str = "fd16282b009e91777307951286c49ba684ca35b6e35368eca2235516fe98d2a2";
+
+impl Env {
+    fn add_to_context(&self, name: &str, text: &str) {
+        std::fs::write(self.home.path().join("ctx").join(name), text).unwrap();
+    }
+
+    fn script_success(&self) {
+        self.emu.script(
+            "preload-vm-",
+            Script::new()
+                .serial_after(
+                    1,
+                    "BuildStatus: ran\nBuildSucceeded: Build completed with no errors.\n",
+                )
+                .stop_on_daisy_end(1),
+        );
+    }
+}
+
+/// Checks `doc` with the SPDX project's own validator (PyPI `spdx-tools`, installed into
+/// `.venv-gcs` by scripts/install-deps.sh); skips loudly without it, unless REQUIRE_FAKE_GCS=1.
+fn assert_valid_spdx(doc: &[u8]) {
+    let bin = match std::env::var_os("PYSPDXTOOLS") {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-gcs/bin/pyspdxtools"),
+    };
+    if !bin.is_file() {
+        let why = format!(
+            "{} not installed, run scripts/install-deps.sh (or point PYSPDXTOOLS at it)",
+            bin.display()
+        );
+        if std::env::var("REQUIRE_FAKE_GCS").as_deref() == Ok("1") {
+            panic!("{why}; REQUIRE_FAKE_GCS=1 forbids skipping");
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED SPDX validation: {why} ***\n"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sbom.spdx.json");
+    std::fs::write(&file, doc).unwrap();
+    let out = std::process::Command::new(&bin)
+        .arg("-i")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyspdxtools refused the SBOM:\n{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(doc)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gce_build_writes_a_valid_sbom_that_refers_to_the_cos_images_own() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    env.add_to_context("sbom.json", SBOM_INPUT);
+    env.gcs.put(
+        "cos-tools",
+        "17800.66.27/lakitu/sbom.spdx.json",
+        BASE_SBOM.as_bytes(),
+    );
+    env.steps().await;
+    env.script_success();
+    let out = env
+        .finish(&[
+            "-sbom-input-path=sbom.json",
+            "-sbom-output-path=gs://builds/sboms/",
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let object = "sboms/my-os-1.0_sbom.spdx.json";
+    assert!(
+        stderr.contains(&format!("SBOM written to gs://builds/{object}")),
+        "{stderr}"
+    );
+    // The build's own folder is gone; the SBOM stays.
+    assert_eq!(env.gcs.objects(BUCKET), [object]);
+    let data = env.gcs.object(BUCKET, object).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    assert_eq!(doc["name"], "my-os-1.0_sbom.spdx.json");
+    assert_eq!(
+        doc["creationInfo"]["creators"],
+        serde_json::json!([
+            "Tool: gcr.io/cos-cloud/cos-customizer",
+            "Organization: Example",
+            "Tool: build.sh"
+        ])
+    );
+    assert_eq!(
+        doc["externalDocumentRefs"][0],
+        serde_json::json!({
+            "externalDocumentId": "DocumentRef-cos-stable-109-17800-66-27",
+            "spdxDocument": "https://storage.googleapis.com/cos-tools/17800.66.27/lakitu/sbom.spdx.json",
+            "checksum": {"algorithm": "SHA256", "checksumValue": BASE_SBOM_SHA256}
+        })
+    );
+    assert_eq!(doc["packages"][0]["name"], "my-os");
+    assert_eq!(doc["packages"][0]["versionInfo"], "1.0");
+    let related: Vec<&str> = doc["relationships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["relatedSpdxElement"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        related,
+        [
+            "SPDXRef-my-os",
+            "DocumentRef-cos-stable-109-17800-66-27:SPDXRef-DOCUMENT",
+            "SPDXRef-curl",
+            "SPDXRef-bare",
+            "DocumentRef-toolbox:SPDXRef-DOCUMENT"
+        ]
+    );
+    assert_valid_spdx(&data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_cos_images_sbom_the_build_goes_on_and_writes_to_a_local_folder() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    env.add_to_context("sbom.json", r#"{"creators": ["Person: Jane"]}"#);
+    std::fs::create_dir(env.home.path().join("out")).unwrap();
+    env.steps().await;
+    let plan = env
+        .finish(&[
+            "-sbom-input-path=sbom.json",
+            "-sbom-output-path=out",
+            "-dry-run",
+        ])
+        .await;
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("/out/my-cos_sbom.spdx.json from sbom.json in the build context"),
+        "{stdout}"
+    );
+    env.script_success();
+    let out = env
+        .finish(&["-sbom-input-path=sbom.json", "-sbom-output-path=out"])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not read the source image's SBOM")
+            && stderr.contains("gs://cos-tools/17800.66.27/lakitu/sbom.spdx.json"),
+        "{stderr}"
+    );
+    // Named after the image built, as the input names none.
+    let data = std::fs::read(env.home.path().join("out/my-cos_sbom.spdx.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    assert!(doc.get("externalDocumentRefs").is_none(), "{doc}");
+    assert_eq!(doc["packages"][0]["name"], "my-cos");
+    assert_eq!(doc["packages"][0]["supplier"], "NOASSERTION");
+    assert_valid_spdx(&data);
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_sbom_input_is_named_before_the_build_and_keeps_the_state() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    env.add_to_context("sbom.json", "{\n  \"creators\": [\"Organization G\"]\n}");
+    env.steps().await;
+    for (extra, want) in [
+        (
+            "-sbom-input-path=sbom.jsn",
+            "\"sbom.jsn\" is not in the build context",
+        ),
+        (
+            "-sbom-input-path=sbom.json",
+            "invalid creator \"Organization G\"",
+        ),
+    ] {
+        let out = env
+            .finish(&[extra, "-sbom-output-path=gs://builds/s"])
+            .await;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(
+            stderr.contains("closest members: sbom.json") || stderr.contains("line 2 column"),
+            "{stderr}"
+        );
+    }
+    // Nothing was built, and the build can still be finished once the input is fixed.
+    assert!(env.emu.resources().images.is_empty());
+    assert!(!env
+        .emu
+        .requests()
+        .iter()
+        .any(|r| r.method == "POST" && r.path.ends_with("/instances")));
+    assert!(env
+        .home
+        .path()
+        .join(".cos-customizer-workdir/user_build_context.tar")
+        .exists());
+}

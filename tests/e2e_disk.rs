@@ -159,7 +159,7 @@ fn disable_auto_update_reclaims_root_a() {
     let verdict = boot_and_check(
         &img,
         r#"[ "$(cat /var/lib/hello)" = hello ] || fail "/var/lib/hello is $(cat /var/lib/hello 2>&1)"
-dmsetup deps -o devname vroot | grep -q '(vda5)' || fail "root is not verified ROOT-B: $(dmsetup deps -o devname vroot 2>&1)"
+dmsetup deps -o devname vroot | grep -Eq '\((sd|vd)a5\)' || fail "root is not verified ROOT-B: $(dmsetup deps -o devname vroot 2>&1)"
 [ "$(systemctl show -p LoadState --value update-engine.service)" = masked ] || fail "update-engine.service is not masked"
 "#,
     );

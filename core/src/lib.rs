@@ -10,6 +10,7 @@ pub mod finish;
 pub mod preflight;
 pub mod preload;
 pub mod provisioner_bin;
+pub mod sbom;
 pub mod scratch;
 pub mod state;
 pub mod workdir;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use cos_customizer_core::backend::{Backend, BackendInfo};
-use cos_customizer_qemu::{Accel, QemuBackend, QemuOptions};
+use cos_customizer_qemu::{Accel, DiskBus, QemuBackend, QemuOptions};
 
-use crate::cli::{AccelKind, BackendKind};
+use crate::cli::{AccelKind, BackendKind, DiskInterfaceKind, FinishOpts};
 
 /// What `kind` can do, without opening it (for `-dry-run`).
 pub fn info(kind: BackendKind) -> BackendInfo {
@@ -18,8 +18,8 @@ pub fn info(kind: BackendKind) -> BackendInfo {
 }
 
 /// Opens the QEMU backend for a build.
-pub fn open_qemu(accel: AccelKind) -> Result<Arc<dyn Backend>> {
-    let backend = QemuBackend::new(qemu_options(accel)?)?;
+pub fn open_qemu(o: &FinishOpts) -> Result<Arc<dyn Backend>> {
+    let backend = QemuBackend::new(qemu_options(o)?)?;
     eprintln!(
         "QEMU backend: accelerator {}, work folder {}",
         backend.accel(),
@@ -30,9 +30,9 @@ pub fn open_qemu(accel: AccelKind) -> Result<Arc<dyn Backend>> {
 
 /// What keeps this machine from running `kind`'s VMs, for `-dry-run` (a real run finds
 /// the same when it opens the backend).
-pub fn host_problems(kind: BackendKind, accel: AccelKind) -> Vec<String> {
+pub fn host_problems(kind: BackendKind, o: &FinishOpts) -> Vec<String> {
     let checked = match kind {
-        BackendKind::Qemu => qemu_options(accel).and_then(|o| cos_customizer_qemu::check_host(&o)),
+        BackendKind::Qemu => qemu_options(o).and_then(|o| cos_customizer_qemu::check_host(&o)),
         BackendKind::Gce => Ok(()),
     };
     checked
@@ -42,10 +42,10 @@ pub fn host_problems(kind: BackendKind, accel: AccelKind) -> Vec<String> {
         .collect()
 }
 
-fn qemu_options(accel: AccelKind) -> Result<QemuOptions> {
+fn qemu_options(o: &FinishOpts) -> Result<QemuOptions> {
     let exe = std::env::current_exe().context("finding this program for the metadata relay")?;
     Ok(QemuOptions {
-        accel: match accel {
+        accel: match o.accel {
             AccelKind::Auto => Accel::Auto,
             AccelKind::Kvm => Accel::Kvm,
             AccelKind::Tcg => Accel::Tcg,
@@ -55,6 +55,11 @@ fn qemu_options(accel: AccelKind) -> Result<QemuOptions> {
             exe.to_string_lossy().into_owned(),
             "__metadata-proxy".into(),
         ],
+        disk_bus: match o.disk_interface {
+            Some(DiskInterfaceKind::Virtio) => DiskBus::Virtio,
+            Some(DiskInterfaceKind::Scsi) | None => DiskBus::Scsi,
+        },
+        hermetic: o.hermetic,
         ..Default::default()
     })
 }

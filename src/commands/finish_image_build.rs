@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::{duration, env};
 use cos_customizer_core::backend::ImageFormat;
-use cos_customizer_core::finish::{self, FinishOptions, ImageName, ImageOptions, VmOptions};
+use cos_customizer_core::finish::{
+    self, FinishOptions, ImageName, ImageOptions, Outcome, VmOptions,
+};
 use cos_customizer_core::preload::LogLine;
 use cos_customizer_core::state::{BuildState, StateDir};
 
 use crate::cli::{BackendKind, FinishOpts};
 use crate::commands::backend;
 use crate::commands::gce_build::GceBuild;
+use crate::commands::sbom::Sbom;
 
 /// Flag checks that need no state, as the original's `validate`.
 fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
@@ -32,6 +35,12 @@ fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
         if o.output_file.is_some() {
             bail!("-output-file is for QEMU builds; a GCE build makes the image -image-project/-image-name");
         }
+        if o.hermetic {
+            bail!("-hermetic is for QEMU builds; a GCE build VM without internet access is -no-external-ip");
+        }
+        if o.disk_interface.is_some() {
+            bail!("-disk-interface is for QEMU builds; GCE attaches disks its own way");
+        }
     } else if o.output_file.is_none() {
         bail!("-output-file is required for a QEMU build: the output image file to write");
     }
@@ -46,9 +55,6 @@ fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
     }
     if o.sbom_input_path.is_empty() != o.sbom_output_path.is_empty() {
         bail!("-sbom-input-path and -sbom-output-path must be given together");
-    }
-    if !o.sbom_input_path.is_empty() {
-        bail!("this cos-customizer makes no SBOM yet: drop -sbom-input-path and -sbom-output-path");
     }
     if o.disk_size_gb < 0 {
         bail!("-disk-size-gb must not be negative");
@@ -148,10 +154,15 @@ pub fn run(
     // Bad flags keep the recorded steps: fix the flag and run finish again.
     validate(&o, kind)?;
     let opts = options(&o)?;
+    // Before the build, so that a mistake in the SBOM input costs no build.
+    let sbom = Sbom::prepare(state, &o, &opts, storage_endpoint)?;
     if o.dry_run {
-        let host = backend::host_problems(kind, o.accel);
+        let host = backend::host_problems(kind, &o);
         let (text, refusals) = finish::plan(state, &opts, backend::info(kind), host)?;
         print!("{text}");
+        if let Some(sbom) = &sbom {
+            println!("{}", sbom.plan());
+        }
         if !refusals.is_empty() {
             bail!(
                 "a real run would be refused: {} (the build state is kept)",
@@ -173,12 +184,17 @@ pub fn run(
     if kind == BackendKind::Gce {
         return rt.block_on(async {
             let gce = GceBuild::open(state, &o, &opts, compute_endpoint, storage_endpoint)?;
-            gce.run(state, opts, &mut log).await
+            gce.run(state, opts, sbom.as_ref(), &mut log).await
         });
     }
-    let backend = backend::open_qemu(o.accel)?;
-    rt.block_on(finish::finish(state, &opts, backend, &mut log))
-        .map(drop)
+    let backend = backend::open_qemu(&o)?;
+    rt.block_on(async {
+        let outcome = finish::finish(state, &opts, backend, &mut log).await?;
+        if let (Outcome::Built, Some(sbom)) = (outcome, &sbom) {
+            sbom.write(&mut log).await?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -233,6 +249,15 @@ mod tests {
             "--sbom-input-path=a"
         ])
         .is_err());
+        // The input is looked for in the build context once the state is read.
+        gce(&[
+            "--image-name=x",
+            "--zone=z",
+            "--project=p",
+            "--sbom-input-path=a",
+            "--sbom-output-path=gs://b/f",
+        ])
+        .unwrap();
         let e = validate(&opts(&[]), BackendKind::Qemu)
             .unwrap_err()
             .to_string();

@@ -1,7 +1,7 @@
 //! The GCE side of `finish-image-build`, around the preload flow as the original orders it:
-//! the `-enable-cleanup` sweep, the upload of `install-gpu`'s dependencies, the build, the
-//! deprecation of the family's older images, and the removal of the build's Cloud Storage
-//! folder whatever the outcome.
+//! the `-enable-cleanup` sweep, the upload of `install-gpu`'s dependencies, the build, its
+//! SBOM, the deprecation of the family's older images, and the removal of the build's Cloud
+//! Storage folder whatever the outcome.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use cos_customizer_gce::storage::Gcs;
 use cos_customizer_gce::{connect, deprecate, names, sweep};
 
 use crate::cli::FinishOpts;
+use crate::commands::sbom::Sbom;
 
 /// How often the build VM is polled: a marker is seen within this, at about 36 API reads a
 /// minute while the VM is quiet (see the contract test `polling_is_prompt_and_sparing`).
@@ -94,11 +95,12 @@ impl GceBuild {
         })
     }
 
-    /// Runs the whole GCE build.
+    /// Runs the whole GCE build; `sbom` is written once the image is built.
     pub async fn run(
         &self,
         state: &StateDir,
         mut opts: FinishOptions,
+        sbom: Option<&Sbom>,
         log: &mut dyn FnMut(LogLine),
     ) -> Result<()> {
         let g = self.backend.options().clone();
@@ -130,6 +132,9 @@ impl GceBuild {
         let result = async {
             opts.gpu_deps_url = self.upload_deps(state, &prefix).await?;
             let outcome = finish::finish(state, &opts, self.backend.clone(), log).await?;
+            if let (Outcome::Built, Some(sbom)) = (outcome, sbom) {
+                sbom.write(log).await?;
+            }
             if outcome == Outcome::Built && self.o.deprecate_old_images {
                 self.deprecate(&opts, log).await?;
             }

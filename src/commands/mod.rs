@@ -5,5 +5,6 @@ pub mod finish_image_build;
 pub mod gce_build;
 pub mod install_gpu;
 pub mod run_script;
+pub mod sbom;
 pub mod simple_steps;
 pub mod start_image_build;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use cos_customizer_common::config::SourceImage;
 use cos_customizer_core::backend::{Backend, DiskSource, DiskSpec, VmSpec, VmStatus};
-use cos_customizer_core::cidata::{build_cidata, CidataFile};
 use cos_customizer_qemu::{QemuBackend, QemuOptions};
 
 pub fn repo() -> PathBuf {
@@ -147,8 +146,9 @@ impl Build {
     }
 }
 
-/// Boots `image` with a test cloud-config running `checks` (bash), and returns what
-/// serial port 2 (ttyS1) received: a `TestPass:` or `TestFail:` line.
+/// Boots `image` with a test cloud-config running `checks` (bash), given only as the
+/// `user-data` of the metadata server, and returns what serial port 2 (ttyS1) received: a
+/// `TestPass:` or `TestFail:` line.
 pub fn boot_and_check(image: &Path, checks: &str) -> String {
     let work = tempfile::tempdir().unwrap();
     let test_sh = format!(
@@ -158,23 +158,15 @@ pub fn boot_and_check(image: &Path, checks: &str) -> String {
         "write_files": [{"path": "/tmp/test.sh", "content": test_sh, "permissions": "0755"}],
         "runcmd": [["bash", "/tmp/test.sh"]],
     });
-    let seed = work.path().join("seed.img");
-    build_cidata(
-        &seed,
-        &[
-            CidataFile::bytes("user-data", format!("#cloud-config\n{user_data}")),
-            CidataFile::bytes(
-                "meta-data",
-                "instance-id: test-boot\nlocal-hostname: test-vm\n",
-            ),
-        ],
-    )
-    .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let qemu = Arc::new(
             QemuBackend::new(QemuOptions {
                 parent_dir: work.path().to_path_buf(),
+                metadata_proxy: vec![
+                    env!("CARGO_BIN_EXE_cos-customizer").into(),
+                    "__metadata-proxy".into(),
+                ],
                 ..Default::default()
             })
             .unwrap(),
@@ -191,20 +183,16 @@ pub fn boot_and_check(image: &Path, checks: &str) -> String {
             })
             .await
             .unwrap();
-        let seed = qemu
-            .create_disk(&DiskSpec {
-                name: "test-seed".into(),
-                source: DiskSource::RawFile(seed),
-                size_gb: None,
-                disk_type: String::new(),
-            })
-            .await
-            .unwrap();
         let vm = qemu
             .create_vm(&VmSpec {
                 name: "test-vm".into(),
-                disks: vec![boot.clone(), seed.clone()],
-                metadata: BTreeMap::new(),
+                disks: vec![boot.clone()],
+                // Only through the metadata server, as on GCE: the checks run only if the
+                // image's cloud-init finds the GCE datasource there.
+                metadata: BTreeMap::from([(
+                    "user-data".to_string(),
+                    format!("#cloud-config\n{user_data}"),
+                )]),
                 labels: BTreeMap::new(),
                 // One vCPU, as a build VM: one VM slot is one core.
                 machine_type: "n1-standard-1".into(),
@@ -236,7 +224,6 @@ pub fn boot_and_check(image: &Path, checks: &str) -> String {
         }
         qemu.delete_vm(&vm).await.unwrap();
         qemu.delete_disk(&boot).await.unwrap();
-        qemu.delete_disk(&seed).await.unwrap();
         text
     })
 }

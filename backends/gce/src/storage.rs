@@ -1,5 +1,6 @@
 //! Cloud Storage for the GCE backend: uploads (the CIDATA archive `images.insert` imports, the
-//! `-deps-dir` files), listing and deleting under a prefix (cleanup), and the `rawDisk` URL form.
+//! `-deps-dir` files), downloads of small objects (a COS image's SBOM), listing and deleting under
+//! a prefix (cleanup), and the `rawDisk` URL form.
 //!
 //! Built on `gcloud-storage` (the community crate that was `google-cloud-storage` 0.x), which
 //! takes any endpoint and rides on the crate's own `reqwest`. Tokens come from [`Auth`] through
@@ -18,6 +19,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::objects::delete::DeleteObjectRequest;
+use gcloud_storage::http::objects::download::Range;
+use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
 use gcloud_storage::http::objects::Object;
@@ -165,6 +168,27 @@ impl Gcs {
         self.upload(bucket, object, &Source::Bytes(&bytes), size)
             .await
             .with_context(|| format!("uploading {size} bytes to gs://{bucket}/{object}"))
+    }
+
+    /// The content of `gs://bucket/object`, held in memory whole (for small objects such as
+    /// an SBOM). Errors name the object but no fix: the caller knows where the name came from.
+    pub async fn download(&self, bucket: &str, object: &str) -> Result<Vec<u8>> {
+        let request = GetObjectRequest {
+            bucket: bucket.to_string(),
+            object: object.to_string(),
+            ..Default::default()
+        };
+        self.retrying(|| async {
+            Ok(self
+                .client
+                .download_object(&request, &Range::default())
+                .await?)
+        })
+        .await
+        .map_err(|f| {
+            f.error
+                .context(format!("downloading gs://{bucket}/{object}"))
+        })
     }
 
     /// Names of objects under prefix, every page.

@@ -222,3 +222,23 @@ async fn folders_are_listed_once_each_across_pages_without_their_objects() {
     );
     assert!(text.contains("gs://no-such-bucket/t/"), "{text}");
 }
+
+#[tokio::test]
+async fn downloads_return_the_object_and_name_a_missing_one() {
+    let Some((fake, gcs)) = setup().await else {
+        return;
+    };
+    let data = pattern(70_000);
+    fake.put(BUCKET, "d/a b+c.json", &data);
+    fake.put(BUCKET, "d/empty", b"");
+    assert!(gcs.download(BUCKET, "d/a b+c.json").await.unwrap() == data);
+    assert_eq!(
+        gcs.download(BUCKET, "d/empty").await.unwrap(),
+        Vec::<u8>::new()
+    );
+    for (bucket, object) in [(BUCKET, "d/missing"), ("no-such-bucket", "d/x")] {
+        let text = format!("{:#}", gcs.download(bucket, object).await.unwrap_err());
+        assert!(text.contains(&format!("gs://{bucket}/{object}")), "{text}");
+        assert!(text.contains("404"), "{text}");
+    }
+}

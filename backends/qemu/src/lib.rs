@@ -39,6 +39,7 @@ use cos_customizer_core::workdir;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 pub use accel::Accel;
+pub use args::DiskBus;
 pub use host::check_host;
 pub use proxy::{proxy, proxy_stdio};
 
@@ -81,6 +82,10 @@ pub struct QemuOptions {
     /// Program and arguments QEMU runs per guest connection to the metadata address;
     /// `127.0.0.1:PORT` is appended. Empty: the guest gets no metadata server.
     pub metadata_proxy: Vec<String>,
+    /// How disks are attached: virtio-scsi as on GCE by default.
+    pub disk_bus: DiskBus,
+    /// No network beyond the metadata server: a build whose scripts cannot download.
+    pub hermetic: bool,
 }
 
 impl Default for QemuOptions {
@@ -94,6 +99,8 @@ impl Default for QemuOptions {
             ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
             qemu_system: "qemu-system-x86_64".into(),
             metadata_proxy: Vec::new(),
+            disk_bus: DiskBus::default(),
+            hermetic: false,
         }
     }
 }
@@ -347,7 +354,10 @@ impl Backend for QemuBackend {
         };
         let disks = drives
             .iter()
-            .map(|d| d.overlay.to_string_lossy().into_owned())
+            .map(|d| args::DiskArg {
+                file: d.overlay.to_string_lossy().into_owned(),
+                name: d.name.clone(),
+            })
             .collect();
         let (mut cpus, mut memory_mib) = machine::resources(&spec.machine_type, self.host_cpus);
         cpus = self.opts.cpus.unwrap_or(cpus);
@@ -386,6 +396,8 @@ impl Backend for QemuBackend {
             ovmf_code: code.to_string_lossy().into_owned(),
             ovmf_vars: vars,
             disks,
+            disk_bus: self.opts.disk_bus,
+            outbound_network: !self.opts.hermetic,
             serial: serial.clone(),
             qmp_socket: qmp.clone(),
             metadata_proxy,

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -133,6 +134,71 @@ async fn serve(mut conn: TcpStream, instance: &Instance) -> Result<()> {
     respond(&mut conn, status, &body).await
 }
 
+/// The zone local builds report, as GCE writes it (`projects/<number>/zones/<zone>`).
+pub const ZONE: &str = "projects/0/zones/local";
+
+/// The whole metadata tree as GCE's `?recursive=true` shows it: the instance's live
+/// attributes and the keys a booting COS reads (cloud-init's GCE datasource: `instance/id`,
+/// `instance/zone`, `instance/hostname`, `instance/attributes/`, `project/attributes/`).
+fn tree(instance: &Instance) -> Value {
+    let attributes = lock(&instance.attributes).clone();
+    json!({
+        "instance": {
+            "attributes": attributes,
+            "hostname": format!("{}.c.{PROJECT_ID}.internal", instance.name),
+            "id": instance.id,
+            "name": instance.name,
+            "zone": ZONE,
+        },
+        "project": {
+            "attributes": {},
+            "numericProjectId": 0,
+            "projectId": PROJECT_ID,
+        },
+    })
+}
+
+/// GCE's paths are kebab-case where its JSON is camelCase (`project-id`, `projectId`).
+fn json_key(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    let mut upper = false;
+    for c in segment.chars() {
+        if c == '-' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A directory as GCE lists it without `recursive`: one key a line, `/` after directories.
+fn listing(dir: &serde_json::Map<String, Value>, kebab: bool) -> String {
+    dir.iter()
+        .map(|(k, v)| {
+            let name = if kebab { kebab_case(k) } else { k.clone() };
+            let slash = if v.is_object() { "/" } else { "" };
+            format!("{name}{slash}\n")
+        })
+        .collect()
+}
+
+fn kebab_case(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('-');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Status and body for one request head (request line plus headers).
 fn answer(head: &str, instance: &Instance) -> (u16, String) {
     let mut lines = head.split("\r\n");
@@ -153,31 +219,43 @@ fn answer(head: &str, instance: &Instance) -> (u16, String) {
         return (405, "Method not allowed.\n".into());
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let recursive = query.split('&').any(|q| q == "recursive=true");
-    let attributes = lock(&instance.attributes);
-    let found = match path {
-        "/computeMetadata/v1/instance/attributes/" if recursive => {
-            Some(serde_json::to_string(&*attributes).unwrap_or_default())
-        }
-        "/computeMetadata/v1/instance/attributes/" => Some(
-            attributes
-                .keys()
-                .map(|k| format!("{k}\n"))
-                .collect::<String>(),
-        ),
-        "/computeMetadata/v1/instance/name" => Some(instance.name.clone()),
-        "/computeMetadata/v1/instance/hostname" => {
-            Some(format!("{}.c.{PROJECT_ID}.internal", instance.name))
-        }
-        "/computeMetadata/v1/instance/id" => Some(instance.id.to_string()),
-        "/computeMetadata/v1/project/project-id" => Some(PROJECT_ID.to_string()),
-        _ => path
-            .strip_prefix("/computeMetadata/v1/instance/attributes/")
-            .and_then(|key| attributes.get(key).cloned()),
+    let param = |name: &str| {
+        query.split('&').find_map(|q| {
+            q.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_ascii_lowercase())
+        })
     };
-    match found {
-        Some(body) => (200, body),
-        None => (404, "Not Found\n".into()),
+    // cloud-init asks `?recursive=True`; GCE takes any case.
+    let recursive = param("recursive").as_deref() == Some("true");
+    let json = recursive || param("alt").as_deref() == Some("json");
+    let Some(rest) = path.strip_prefix("/computeMetadata/v1/") else {
+        return (404, "Not Found\n".into());
+    };
+    let is_dir = rest.is_empty() || rest.ends_with('/');
+    let mut node = tree(instance);
+    // Inside `attributes` keys are the user's, taken as they are.
+    let mut in_attributes = false;
+    for segment in rest.split('/').filter(|s| !s.is_empty()) {
+        let key = if in_attributes {
+            segment.to_string()
+        } else {
+            json_key(segment)
+        };
+        in_attributes = segment == "attributes" && !in_attributes;
+        match node.get_mut(&key).map(Value::take) {
+            Some(child) => node = child,
+            None => return (404, "Not Found\n".into()),
+        }
+    }
+    match (&node, json) {
+        (_, true) => (200, node.to_string()),
+        (Value::Object(dir), false) if is_dir => (200, listing(dir, !in_attributes)),
+        // GCE redirects a directory without its slash; answering 404 is what a client
+        // that did not follow the redirect would see.
+        (Value::Object(_), false) => (404, "Not Found\n".into()),
+        (Value::String(text), false) => (200, text.clone()),
+        (other, false) => (200, other.to_string()),
     }
 }
 
@@ -300,6 +378,64 @@ mod tests {
         )
         .await;
         assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+    }
+
+    #[tokio::test]
+    async fn answers_what_cloud_inits_gce_datasource_reads() {
+        let attrs = BTreeMap::from([
+            ("user-data".to_string(), "#cloud-config\n".to_string()),
+            ("block-project-ssh-keys".to_string(), "TRUE".to_string()),
+        ]);
+        let s = MetadataServer::start("preload-vm", attrs).await.unwrap();
+        let v1 = "/computeMetadata/v1";
+        let get_ok = |path: String| {
+            let addr = s.addr();
+            async move {
+                let r = get(addr, &path, true).await;
+                assert!(r.starts_with("HTTP/1.1 200 "), "{path}: {r}");
+                body(&r).to_string()
+            }
+        };
+        assert_eq!(
+            get_ok(format!("{v1}/instance/zone")).await,
+            "projects/0/zones/local"
+        );
+        let data: Value = serde_json::from_str(
+            &get_ok(format!("{v1}/instance/attributes/?recursive=True")).await,
+        )
+        .unwrap();
+        assert_eq!(data["user-data"], "#cloud-config\n");
+        assert_eq!(data["block-project-ssh-keys"], "TRUE");
+        assert_eq!(
+            get_ok(format!("{v1}/project/attributes/?recursive=True")).await,
+            "{}"
+        );
+        assert_eq!(
+            get_ok(format!("{v1}/instance/name?alt=json")).await,
+            "\"preload-vm\""
+        );
+        assert_eq!(
+            get_ok(format!("{v1}/instance/")).await,
+            "attributes/\nhostname\nid\nname\nzone\n"
+        );
+        assert_eq!(
+            get_ok(format!("{v1}/project/")).await,
+            "attributes/\nnumeric-project-id\nproject-id\n"
+        );
+        let all: Value =
+            serde_json::from_str(&get_ok(format!("{v1}/?recursive=true")).await).unwrap();
+        assert_eq!(all["project"]["projectId"], "local");
+        assert!(all["instance"]["id"].is_u64(), "{all}");
+        for missing in [
+            "/computeMetadata/v1/instance/attributes/nope",
+            "/computeMetadata/v1/instance/nope",
+            "/computeMetadata/v1/instance",
+            "/computeMetadata/v2/instance/name",
+            "/",
+        ] {
+            let r = get(s.addr(), missing, true).await;
+            assert!(r.starts_with("HTTP/1.1 404 "), "{missing}: {r}");
+        }
     }
 
     #[tokio::test]
