@@ -89,6 +89,17 @@ pub enum ImageName {
     Suffix(String),
 }
 
+impl ImageName {
+    /// The name for a build of the image `source_name`; empty when [`ImageName::Unnamed`].
+    pub fn resolve(&self, source_name: &str) -> String {
+        match self {
+            ImageName::Unnamed => String::new(),
+            ImageName::Name(n) => n.clone(),
+            ImageName::Suffix(suffix) => format!("{source_name}{suffix}"),
+        }
+    }
+}
+
 /// The output image's flags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageOptions {
@@ -297,11 +308,7 @@ fn output_image(o: &ImageOptions, s: &BuildState) -> OutputImage {
     };
     labels.extend(o.labels.clone());
     OutputImage {
-        name: match &o.name {
-            ImageName::Unnamed => String::new(),
-            ImageName::Name(n) => n.clone(),
-            ImageName::Suffix(suffix) => format!("{}{suffix}", s.source.name),
-        },
+        name: o.name.resolve(&s.source.name),
         project: o.project.clone(),
         family: o.family.clone(),
         labels,

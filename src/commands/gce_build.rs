@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::finish::{self, FinishOptions, ImageName, Outcome};
+use cos_customizer_core::finish::{self, FinishOptions, Outcome};
 use cos_customizer_core::preload::LogLine;
 use cos_customizer_core::state::StateDir;
 use cos_customizer_gce::backend::{GceBackend, GceOptions};
@@ -56,11 +56,7 @@ impl GceBuild {
         if s.build.gcs_bucket.is_empty() {
             bail!("the build state has no Cloud Storage bucket: give -gcs-bucket and -gcs-workdir to start-image-build");
         }
-        let image_name = match &opts.image.name {
-            ImageName::Name(n) => n.clone(),
-            ImageName::Suffix(suffix) => format!("{}{suffix}", s.source.name),
-            ImageName::Unnamed => String::new(),
-        };
+        let image_name = opts.image.name.resolve(&s.source.name);
         names::check_name(&image_name).context("checking the output image's name")?;
         let image_project = opts.image.project.clone();
         names::check_labels(&opts.image.labels).context("checking -labels")?;

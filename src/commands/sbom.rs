@@ -83,13 +83,12 @@ impl Destination {
 /// local build without either, the output file's name without its image extension.
 fn output_image_name(image: &ImageOptions, source_name: &str) -> String {
     match &image.name {
-        ImageName::Name(n) => n.clone(),
-        ImageName::Suffix(suffix) => format!("{source_name}{suffix}"),
         ImageName::Unnamed => image
             .local_file
             .as_ref()
             .map(|(path, _)| file_image_name(path))
             .unwrap_or_default(),
+        named => named.resolve(source_name),
     }
 }
 
