@@ -314,6 +314,28 @@ async fn raw_file_disk_and_offline_resize() {
 }
 
 #[tokio::test]
+async fn a_source_replaced_during_the_build_makes_no_image() {
+    let f = fixture("qemu-system-x86_64");
+    let src = f.raw_source("cos.img");
+    let d = f
+        .backend
+        .create_disk(&f.image_spec("boot-disk", &src, None))
+        .await
+        .unwrap();
+    // As a rebuild of the source would: a new file renamed over the old one.
+    let newer = f.raw_source("newer.img");
+    std::fs::rename(&newer, &src).unwrap();
+    let out = f.out("out.img", ImageFormat::Raw);
+    let e = format!("{:#}", f.backend.create_image(&d, &out).await.unwrap_err());
+    assert!(
+        e.contains("was replaced by another file") && e.contains("cos.img"),
+        "{e}"
+    );
+    assert!(!out.local_file.as_ref().unwrap().0.exists());
+    f.backend.delete_disk(&d).await.unwrap();
+}
+
+#[tokio::test]
 async fn exports_all_formats() {
     let f = fixture("qemu-system-x86_64");
     let src = f.raw_source("cos.img");

@@ -21,6 +21,7 @@ mod metadata_server;
 mod paused;
 mod proxy;
 mod qmp;
+mod source_stamp;
 mod vm;
 
 use std::collections::HashMap;
@@ -45,6 +46,7 @@ pub use proxy::{proxy, proxy_stdio};
 
 use metadata_server::MetadataServer;
 use paused::Drive;
+use source_stamp::SourceStamp;
 use vm::{VmProcess, Watch};
 
 /// The most serial output one call returns.
@@ -111,6 +113,8 @@ struct Disk {
     overlay: PathBuf,
     /// Where a `tar.gz` source was unpacked; the overlay's backing file lives there.
     unpacked: Option<PathBuf>,
+    /// The caller's file the overlay reads from, as it was; `None` when it was unpacked.
+    backing: Option<SourceStamp>,
 }
 
 struct Vm {
@@ -288,11 +292,12 @@ impl Backend for QemuBackend {
         let given = tokio::fs::canonicalize(&given)
             .await
             .with_context(|| format!("resolving source image {}", given.display()))?;
-        let (source, unpacked) = if cos_customizer_core::preflight::is_gzip(&given)? {
+        let (source, unpacked, backing) = if cos_customizer_core::preflight::is_gzip(&given)? {
             let dir = self.work_dir.join(format!("{}-source", spec.name));
-            (disk::extract_disk_raw(&given, &dir).await?, Some(dir))
+            (disk::extract_disk_raw(&given, &dir).await?, Some(dir), None)
         } else {
-            (given, None)
+            let stamp = SourceStamp::of(&given)?;
+            (given, None, Some(stamp))
         };
         let result = async {
             let info = disk::image_info(&source).await?;
@@ -313,6 +318,7 @@ impl Backend for QemuBackend {
                 name: spec.name.clone(),
                 overlay,
                 unpacked,
+                backing,
             },
         );
         Ok(id)
@@ -546,8 +552,15 @@ impl Backend for QemuBackend {
     async fn create_image(&self, disk: &DiskId, out: &OutputImage) -> Result<()> {
         let (file, format) = local_file(out)?;
         let path = self.disk_path(disk)?;
-        if let Some((vm, _, _)) = self.state().running_vm_with(disk) {
-            bail!("disk {disk} is still in use by running VM {vm}");
+        let backing = {
+            let state = self.state();
+            if let Some((vm, _, _)) = state.running_vm_with(disk) {
+                bail!("disk {disk} is still in use by running VM {vm}");
+            }
+            state.disks.get(disk).and_then(|d| d.backing.clone())
+        };
+        if let Some(stamp) = backing {
+            stamp.check()?;
         }
         export::export(&path, file, format, &self.work_dir)
             .await
