@@ -72,9 +72,12 @@ BASE_INCLUDE=systemd,systemd-sysv,udev,kmod
 # button (what a local build's acknowledgement presses).
 # No cryptsetup-bin: COS has no veritysetup on PATH, and the provisioner must not need it.
 # docker.io (with containerd and runc) and sudo: COS ships docker and containerd, and the
-# original's test scripts preload containers with `sudo docker pull`.
+# original's test scripts preload containers with `sudo docker pull`. apparmor: the kernel
+# enforces it, as COS's, and docker loads its docker-default profile with apparmor_parser.
+# libnss-myhostname: the VM resolves its own name (COS: systemd-resolved does), which sudo
+# looks up.
 EXTRA_PKGS=(cloud-init python3-cffi-backend e2fsprogs cgpt dmsetup fdisk
-    util-linux iproute2 curl dbus docker.io sudo)
+    util-linux iproute2 curl dbus docker.io sudo apparmor libnss-myhostname)
 ROOTFS_KEY=$(printf '%s\n' "$SUITE" "$MIRROR" "$SECURITY_MIRROR" "$BASE_INCLUDE" "${EXTRA_PKGS[@]}" \
     | sha256sum | cut -c1-16)
 ROOTFS_TAR="$OUTDIR/cache/rootfs-$ROOTFS_KEY.tar.zst"
