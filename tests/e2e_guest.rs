@@ -42,7 +42,7 @@ fn serve_on_loopback(body: &'static str) -> u16 {
 fn fetching_build() -> Build {
     let port = serve_on_loopback("payload from the host\n");
     let script = format!(
-        "#!/bin/bash\nset -e\ncurl -fsS --max-time 20 -o /var/lib/fetched http://{HOST_FROM_GUEST}:{port}/payload\necho fetched\n"
+        "#!/bin/bash\nset -e\necho \"disks: $(ls /sys/block | grep -E '^(sd|vd)' | tr '\\n' ' ')\"\ncurl -fsS --max-time 20 -o /var/lib/fetched http://{HOST_FROM_GUEST}:{port}/payload\necho fetched\n"
     );
     let b = Build::new(&[("fetch.sh", &script)]);
     b.start(".w");
@@ -61,6 +61,8 @@ fn a_script_downloads_from_the_network() {
         "-timeout=10m",
     ]);
     assert!(out.contains("BuildStatus: fetched"), "{out}");
+    // virtio-scsi by default, as GCE: boot, CIDATA.
+    assert!(out.contains("BuildStatus: disks: sda sdb "), "{out}");
     let img = b.output("out.img");
     assert_eq!(
         read_file(&img, "STATE", "/var_overlay/lib/fetched").as_deref(),
@@ -83,6 +85,7 @@ findmnt -no SOURCE /mnt/stateful_partition | grep -q '^/dev/sda1$' || fail "STAT
     assert!(verdict.contains("TestPass:"), "{verdict}");
 }
 
+/// Also the one build on virtio-blk (`-disk-interface=virtio`).
 #[test]
 fn a_hermetic_build_has_no_network() {
     let _vm = vm_slots(1);
@@ -93,6 +96,7 @@ fn a_hermetic_build_has_no_network() {
         "-output-file=out.img",
         "-timeout=10m",
         "-hermetic=true",
+        "-disk-interface=virtio",
     ]);
     let text = format!(
         "{}{}",
@@ -105,6 +109,8 @@ fn a_hermetic_build_has_no_network() {
         "the script's own error: {text}"
     );
     assert!(text.contains("BuildFailed:"), "{text}");
+    // virtio-blk when asked: the provisioner found its disks there too.
+    assert!(text.contains("BuildStatus: disks: vda vdb "), "{text}");
     assert!(!b.output("out.img").exists());
     b.assert_nothing_left();
 }
