@@ -21,7 +21,7 @@ use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
-use gcloud_storage::http::objects::list::ListObjectsRequest;
+use gcloud_storage::http::objects::list::{ListObjectsRequest, ListObjectsResponse};
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, UploadStatus};
@@ -195,25 +195,12 @@ impl Gcs {
     pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
         let target = format!("gs://{bucket}/{prefix}*");
         let mut names = Vec::new();
-        let mut page_token = None;
-        loop {
-            let request = ListObjectsRequest {
-                bucket: bucket.to_string(),
-                prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
-                max_results: Some(PAGE_SIZE),
-                page_token: page_token.take(),
-                ..Default::default()
-            };
-            let page = self
-                .retrying(|| async { Ok(self.client.list_objects(&request).await?) })
-                .await
-                .map_err(|f| f.explain(Op::List, bucket, &target))?;
+        self.pages(bucket, prefix, None, |page| {
             names.extend(page.items.into_iter().flatten().map(|o| o.name));
-            match page.next_page_token {
-                Some(token) if !token.is_empty() => page_token = Some(token),
-                _ => return Ok(names),
-            }
-        }
+        })
+        .await
+        .map_err(|f| f.explain(Op::List, bucket, &target))?;
+        Ok(names)
     }
 
     /// The folders directly under `prefix`, every page, sorted and once each: each object
@@ -225,27 +212,43 @@ impl Gcs {
     pub async fn list_folders(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
         // A set: fake-gcs-server repeats every folder on every page.
         let mut folders = std::collections::BTreeSet::new();
+        self.pages(bucket, prefix, Some("/"), |page| {
+            folders.extend(page.prefixes.into_iter().flatten());
+        })
+        .await
+        .map_err(|f| {
+            f.error
+                .context(format!("listing the folders of gs://{bucket}/{prefix}"))
+        })?;
+        Ok(folders.into_iter().collect())
+    }
+
+    /// Hands every page of the listing of `prefix` (folded at `delimiter`) to `each`.
+    async fn pages(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        mut each: impl FnMut(ListObjectsResponse),
+    ) -> Result<(), Failure> {
         let mut page_token = None;
         loop {
             let request = ListObjectsRequest {
                 bucket: bucket.to_string(),
                 prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
-                delimiter: Some("/".to_string()),
+                delimiter: delimiter.map(str::to_string),
                 max_results: Some(PAGE_SIZE),
                 page_token: page_token.take(),
                 ..Default::default()
             };
-            let page = self
+            let mut page = self
                 .retrying(|| async { Ok(self.client.list_objects(&request).await?) })
-                .await
-                .map_err(|f| {
-                    f.error
-                        .context(format!("listing the folders of gs://{bucket}/{prefix}"))
-                })?;
-            folders.extend(page.prefixes.into_iter().flatten());
-            match page.next_page_token {
+                .await?;
+            let next = page.next_page_token.take();
+            each(page);
+            match next {
                 Some(token) if !token.is_empty() => page_token = Some(token),
-                _ => return Ok(folders.into_iter().collect()),
+                _ => return Ok(()),
             }
         }
     }
