@@ -41,6 +41,14 @@ pub const ACK_METADATA_VALUE: &str = "ack";
 /// How long the guest waits for [`ACK_METADATA_KEY`] before shutting down anyway, in seconds.
 pub const ACK_WAIT_SECS: u64 = 300;
 
+/// What the exit ramdisk prints on serial port 3 (after [`STATUS_PREFIX`]) as it starts
+/// moving partitions at shutdown, and as it ends (either way).
+pub const RELOCATION_START: &str = "Relocating partitions at shutdown";
+/// See [`RELOCATION_START`].
+pub const RELOCATION_END: &str = "Relocation complete";
+/// See [`RELOCATION_START`].
+pub const RELOCATION_FAILED: &str = "Relocation failed";
+
 /// The provisioner's exit codes.
 pub mod exit {
     /// Every step ran; the image is clean.

@@ -25,7 +25,7 @@ pub struct Cli {
     #[arg(long = "veritysetup-image", global = true)]
     pub _veritysetup_image: Option<PathBuf>,
     /// The original's separate repartitioning tool; accepted for its startup script, but
-    /// the `handle-disk-layout` subcommand of this binary does that work.
+    /// this binary does that work itself (at shutdown, from the exit ramdisk).
     #[arg(long = "handle-disk-layout-bin", global = true)]
     pub _handle_disk_layout_bin: Option<PathBuf>,
     /// What to do.
@@ -44,20 +44,6 @@ pub enum Command {
     },
     /// Continue provisioning after a reboot.
     Resume,
-    /// Move STATE and OEM (run at shutdown by last-run.service, with both unmounted).
-    HandleDiskLayout {
-        /// The boot disk, e.g. /dev/sda.
-        disk: PathBuf,
-        /// STATE's partition number.
-        state_part: u32,
-        /// OEM's partition number.
-        oem_part: u32,
-        /// New OEM size (sectors, or with B, K, M, G); empty to keep it.
-        oem_size: String,
-        /// Whether ROOT-A's space is reclaimed (true/false).
-        #[arg(action = clap::ArgAction::Set)]
-        reclaim_sda3: bool,
-    },
     /// Wait until a GCE metadata attribute exists (the end-of-build handshake).
     WaitMetadata {
         /// Instance attribute to wait for, e.g. DaisyEnd.
@@ -132,37 +118,6 @@ mod tests {
             cli.command,
             Command::WaitMetadata { timeout: 5, .. }
         ));
-    }
-
-    #[test]
-    fn handle_disk_layout_arguments() {
-        let cli = parse(&["p", "handle-disk-layout", "/dev/vda", "1", "8", "", "true"]).unwrap();
-        match cli.command {
-            Command::HandleDiskLayout {
-                disk,
-                state_part,
-                oem_part,
-                oem_size,
-                reclaim_sda3,
-            } => {
-                assert_eq!(disk, PathBuf::from("/dev/vda"));
-                assert_eq!(
-                    (state_part, oem_part, oem_size.as_str(), reclaim_sda3),
-                    (1, 8, "", true)
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(parse(&[
-            "p",
-            "handle-disk-layout",
-            "/dev/vda",
-            "1",
-            "8",
-            "99M",
-            "yes"
-        ])
-        .is_err());
     }
 
     #[test]

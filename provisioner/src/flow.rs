@@ -1,7 +1,8 @@
 //! The provisioning flow shared by `run` and `resume`. Every stage is re-entrant: after a
 //! reboot the whole flow runs again from the saved state.
 //!
-//! Only repartitioning can need a reboot; then the flow stops there with [`Outcome::Reboot`].
+//! Only repartitioning can need a reboot (and the recovery of a relocation a power cut
+//! interrupted); then the flow stops there with [`Outcome::Reboot`].
 
 use std::fs;
 use std::path::Path;
@@ -12,7 +13,7 @@ use cos_customizer_common::config::ProvisionerConfig;
 use crate::build_contexts::unpack_all;
 use crate::cleanup::{cleanup, stop_services};
 use crate::context::Context;
-use crate::disk::repartition::repartition;
+use crate::disk::repartition::{recover_relocation, repartition};
 use crate::outcome::Outcome;
 use crate::setup::setup;
 use crate::state::State;
@@ -24,6 +25,12 @@ pub fn run(ctx: &Context, config_path: &Path) -> Result<Outcome> {
         .with_context(|| format!("reading config {}", config_path.display()))?;
     let config: ProvisionerConfig = serde_json::from_slice(&data)
         .with_context(|| format!("parsing config {}", config_path.display()))?;
+    // A relocation cut short leaves STATE unmountable, and so the state file unreachable.
+    if recover_relocation(&ctx.host, &config.boot_disk)
+        .context("recovering an interrupted relocation")?
+    {
+        return Ok(Outcome::Reboot);
+    }
     let state = State::create(&ctx.state_dir, config)?;
     unpack_all(&ctx.state_dir, &state.config.build_contexts)?;
     provision(ctx, state)
@@ -31,7 +38,13 @@ pub fn run(ctx: &Context, config_path: &Path) -> Result<Outcome> {
 
 /// `resume`: continues from the saved state.
 pub fn resume(ctx: &Context) -> Result<Outcome> {
-    provision(ctx, State::load(&ctx.state_dir)?)
+    let state = State::load(&ctx.state_dir)?;
+    if recover_relocation(&ctx.host, &state.config.boot_disk)
+        .context("recovering an interrupted relocation")?
+    {
+        return Ok(Outcome::Reboot);
+    }
+    provision(ctx, state)
 }
 
 /// Repartitions, sets up, runs the steps and cleans up; stops after repartitioning when
@@ -231,10 +244,15 @@ mod tests {
         let path = f.dir.path().join("config2.json");
         fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
         let e = format!("{:#}", run(&f.ctx, &path).unwrap_err());
+        // The first thing a repartitioning build looks at is the boot disk's relocation
+        // journal; here there is no boot disk.
         assert!(
-            e.starts_with("repartitioning the boot disk: listing "),
+            e.starts_with("recovering an interrupted relocation: listing "),
             "{e}"
         );
-        assert_eq!(State::load(&f.ctx.state_dir).unwrap().current_step, 0);
+        assert!(
+            State::load(&f.ctx.state_dir).is_err(),
+            "no state before the disk is known"
+        );
     }
 }

@@ -35,6 +35,10 @@ use crate::metadata::Metadata;
 use crate::outcome::{Outcome, REBOOT_MESSAGE};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.first().map(String::as_str) == Some(disk::exitrd::PROGRAM) {
+        disk::exitrd::shutdown(&args);
+    }
     let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
@@ -55,21 +59,6 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => flow::run(&ctx, &config),
         Command::Resume => flow::resume(&ctx),
-        Command::HandleDiskLayout {
-            disk,
-            state_part,
-            oem_part,
-            oem_size,
-            reclaim_sda3,
-        } => disk::layout::run(
-            &ctx.host,
-            &disk,
-            state_part,
-            oem_part,
-            &oem_size,
-            reclaim_sda3,
-        )
-        .map(|()| Outcome::Done),
         Command::WaitMetadata { key, timeout } => Metadata::from_env()
             .wait_for_attribute(&key, Duration::from_secs(timeout), Duration::from_secs(1))
             .map(|()| Outcome::Done),

@@ -21,6 +21,10 @@ pub struct State {
     /// Whether the boot disk has grown, so a later boot does not wait for it again.
     #[serde(rename = "DiskResizeComplete")]
     pub disk_resize_complete: bool,
+    /// How many shutdowns were asked to relocate partitions (not in the original, which
+    /// reboots until the layout is right); bounds the retries.
+    #[serde(rename = "RelocationAttempts", default)]
+    pub relocation_attempts: u32,
 }
 
 /// `<dir>/state.json`.
@@ -102,7 +106,9 @@ mod tests {
         let text = fs::read_to_string(state_file(&dir)).unwrap();
         assert!(
             text.starts_with(r#"{"Config":{"BuildContexts":null,"#)
-                && text.ends_with(r#""CurrentStep":1,"DiskResizeComplete":true}"#),
+                && text.ends_with(
+                    r#""CurrentStep":1,"DiskResizeComplete":true,"RelocationAttempts":0}"#
+                ),
             "{text}"
         );
         assert_eq!(State::load(&dir).unwrap(), state);

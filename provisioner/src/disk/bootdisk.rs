@@ -101,14 +101,6 @@ impl BootDisk {
         }
     }
 
-    /// The disk at a device path such as `/dev/vda` (the `handle-disk-layout` argument).
-    pub fn from_dev(host: &Host, dev: &Path) -> Result<BootDisk> {
-        let name = dev
-            .file_name()
-            .with_context(|| format!("{} is not a disk device", dev.display()))?;
-        BootDisk::named(host, &name.to_string_lossy())
-    }
-
     fn named(host: &Host, name: &str) -> Result<BootDisk> {
         let sys = host.path("/sys/class/block").join(name);
         if !sys.join("size").exists() {
@@ -287,8 +279,6 @@ pub mod tests {
         assert_eq!(disk.partition_devnum(8).unwrap(), "254:8");
         assert_eq!(disk.size_bytes().unwrap(), 10 << 30);
         assert_eq!(disk.root_partition(&h).unwrap(), 3);
-        let again = BootDisk::from_dev(&h, Path::new("/dev/vda")).unwrap();
-        assert_eq!(again.partition(1).unwrap(), d.path().join("dev/vda1"));
     }
 
     #[test]
@@ -309,6 +299,5 @@ pub mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no partition labelled STATE"), "{e}");
-        assert!(BootDisk::from_dev(&fake_host(d.path()), Path::new("/dev/sdz")).is_err());
     }
 }

@@ -1,17 +1,13 @@
-//! `provisioner handle-disk-layout`: the original's `HandleDiskLayout`, run at shutdown by
-//! last-run.service once STATE and OEM are unmounted. It moves STATE back over the space
-//! freed from ROOT-A and, when the OEM partition grows, moves OEM behind ROOT-A and extends it.
+//! The new layout (the original's `HandleDiskLayout` decisions): STATE moves back over the
+//! space freed from ROOT-A and, when the OEM partition grows, OEM moves behind ROOT-A and
+//! extends up to STATE.
 
-use std::path::Path;
-use std::process::Command;
+use anyhow::{bail, Result};
 
-use anyhow::{bail, Context, Result};
-use cos_customizer_common::{cmd, sizing};
-
-use super::bootdisk::{BootDisk, ROOT_A};
-use super::ext4;
-use super::sfdisk::{self, Table};
-use crate::host::Host;
+use super::bootdisk::ROOT_A;
+use super::gpt_edit::Range;
+use super::relocate::Change;
+use super::sfdisk::{Partition, Table};
 
 /// ROOT-A's size once reclaimed: 8 sectors keeps 4 KiB alignment.
 pub const MIN_PARTITION_SECTORS: u64 = 8;
@@ -119,71 +115,67 @@ pub fn plan(
     ])
 }
 
-/// Fails if a partition about to move is mounted: moving it would corrupt it.
-fn ensure_unmounted(host: &Host, disk: &BootDisk, part: u32) -> Result<()> {
-    let devnum = disk.partition_devnum(part)?;
-    let mounts = host.mount_points_of(&devnum)?;
-    if !mounts.is_empty() {
-        bail!(
-            "partition {part} of {} is still mounted on {mounts:?}; not moving it",
-            disk.dev.display()
-        );
-    }
-    Ok(())
-}
-
-/// Plans the moves for the boot disk `disk_dev` and carries them out; `oem_size` is empty
-/// when OEM keeps its size.
-pub fn run(
-    host: &Host,
-    disk_dev: &Path,
+/// Every change the relocation makes, in the order it makes them: ROOT-A's shrink (when
+/// reclaiming), then the moves, with OEM's growth folded into its move. All of them happen
+/// in one go at shutdown, so nothing waits for the kernel to see an intermediate table.
+pub fn changes(
+    t: &Table,
     state: u32,
     oem_part: u32,
-    oem_size: &str,
+    oem_bytes: u64,
     reclaim: bool,
-) -> Result<()> {
-    let disk = BootDisk::from_dev(host, disk_dev)?;
-    let table = sfdisk::read(&disk.dev)?;
-    println!("Old partition table:\n{}", table.text());
-    let oem_bytes = match oem_size {
-        "" => 0,
-        s => sizing::parse_size(s).with_context(|| format!("reading the OEM size {s:?}"))?,
+) -> Result<Vec<Change>> {
+    let range = |p: Partition| Range {
+        first: p.start,
+        last: p.end(),
     };
-    let actions = plan(&table, state, oem_part, oem_bytes, reclaim)?;
-    if actions.is_empty() {
-        println!("The disk layout needs no change");
-        return Ok(());
-    }
-    for a in &actions {
-        if let Action::Move { part, .. } = a {
-            ensure_unmounted(host, &disk, *part)?;
-        }
+    let sized = |start: u64, size: u64| Range {
+        first: start,
+        last: start + size - 1,
+    };
+    let mut t = t.clone();
+    let mut out: Vec<Change> = Vec::new();
+    let mut actions = plan(&t, state, oem_part, oem_bytes, reclaim)?;
+    if let [Action::SetSize { part, size }] = actions[..] {
+        let before = t.get(part)?;
+        out.push(Change {
+            part,
+            from: range(before),
+            to: sized(before.start, size),
+            moves_data: false,
+        });
+        t = t.with_size(part, size)?;
+        actions = plan(&t, state, oem_part, oem_bytes, reclaim)?;
     }
     for a in actions {
         match a {
-            Action::SetSize { part, size } => {
-                let t = sfdisk::read(&disk.dev)?.with_size(part, size)?;
-                sfdisk::write(&disk.dev, &t)?;
-                println!("Partition {part} is now {size} sectors; the rest happens after the next reboot");
+            Action::Move { part, start } => {
+                let p = t.get(part)?;
+                out.push(Change {
+                    part,
+                    from: range(p),
+                    to: sized(start, p.size),
+                    moves_data: true,
+                });
             }
-            Action::Move { part, start } => sfdisk::move_partition(&disk.dev, part, start)?,
-            Action::Extend { part, size } => {
-                let t = sfdisk::read(&disk.dev)?.with_size(part, size)?;
-                sfdisk::write(&disk.dev, &t)?;
-                let dev = disk.partition(part)?;
-                ext4::e2fsck(&dev)?;
-                cmd::run(Command::new("resize2fs").arg(&dev))
-                    .with_context(|| format!("growing the file system on {}", dev.display()))?;
-                // The kernel may still see the old geometry here; the next boot's
-                // resize of the OEM file system is the one that counts.
-                println!(
-                    "Partition {part} is now {size} sectors; checked and resized its file system"
-                );
+            Action::Extend { part, size } => match out.iter_mut().find(|c| c.part == part) {
+                Some(c) => c.to = sized(c.to.first, size),
+                None => {
+                    let p = t.get(part)?;
+                    out.push(Change {
+                        part,
+                        from: range(p),
+                        to: sized(p.start, size),
+                        moves_data: false,
+                    });
+                }
+            },
+            Action::SetSize { part, .. } => {
+                bail!("partition {part} would need a second shrink; the table is inconsistent")
             }
         }
     }
-    println!("New partition table:\n{}", sfdisk::read(&disk.dev)?.text());
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -356,5 +348,48 @@ mod tests {
             e.contains("the disk is too small") && e.contains("-disk-size-gb"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn one_set_of_changes_for_reclaim_and_oem_growth() {
+        let r = |first: u64, size: u64| Range {
+            first,
+            last: first + size - 1,
+        };
+        let start_point = ROOT_A_START + 4096;
+        let new_state = start_point + 99 * 2048;
+        let c = changes(&table(&[]), 1, 8, 99 * MIB, true).unwrap();
+        assert_eq!(
+            c,
+            vec![
+                Change {
+                    part: 3,
+                    from: r(ROOT_A_START, 2097152),
+                    to: r(ROOT_A_START, 8),
+                    moves_data: false
+                },
+                Change {
+                    part: 1,
+                    from: r(STATE_START, STATE_SIZE),
+                    to: r(new_state, STATE_SIZE),
+                    moves_data: true
+                },
+                Change {
+                    part: 8,
+                    from: r(86016, 32768),
+                    to: r(start_point, new_state - start_point),
+                    moves_data: true
+                },
+            ]
+        );
+        let done = table(&[
+            (3, ROOT_A_START, 8),
+            (8, start_point, 99 * 2048),
+            (1, new_state, STATE_SIZE),
+        ]);
+        assert!(changes(&done, 1, 8, 99 * MIB, true).unwrap().is_empty());
+        let reclaim_only = changes(&table(&[]), 1, 8, 0, true).unwrap();
+        assert_eq!(reclaim_only.len(), 2);
+        assert_eq!(reclaim_only[1].to, r(start_point, STATE_SIZE));
     }
 }

@@ -1,6 +1,8 @@
 //! Boot disk repartitioning (the original's `repartitionBootDisk`), run at the start of every
-//! boot's provisioning. Each stage decides from the disk as it is now, and asks for a reboot
-//! when the kernel must see a new table or the root must change.
+//! boot's provisioning. Each stage decides from the disk as it is now. Where the original
+//! reboots three times (into ROOT-B, after shrinking ROOT-A, after moving STATE and OEM),
+//! this reboots once: the root switch is prepared now and everything else happens at the
+//! shutdown in between.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
@@ -15,8 +17,8 @@ use cos_customizer_common::protocol::RESIZE_WAIT_LINE;
 use cos_customizer_common::{cmd, sizing};
 
 use super::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
-use super::layout::{self, MIN_PARTITION_SECTORS};
-use super::{ext4, sfdisk, shutdown_unit};
+use super::relocate::{self, Change, Node, Recovery};
+use super::{exitrd, ext4, layout, sfdisk};
 use crate::host::Host;
 use crate::outcome::Outcome;
 use crate::state::State;
@@ -24,8 +26,12 @@ use crate::state::State;
 /// How long the host has to grow the boot disk; [`RESIZE_WAIT_LINE`] says the same.
 const RESIZE_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Repartitions the boot disk as the config asks, as far as this boot allows: a stage that
-/// needs a reboot to take effect ends it with [`Outcome::Reboot`].
+/// How many shutdowns may try the relocation before the build gives up on it.
+const MAX_RELOCATION_ATTEMPTS: u32 = 2;
+
+/// Repartitions the boot disk as the config asks. Everything that can happen with the
+/// partitions in use happens now; the moves happen at this boot's shutdown (the exit
+/// ramdisk), so the build needs one reboot, after which this finds the layout final.
 pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<Outcome> {
     let boot = state.config.boot_disk.clone();
     if !boot.reclaim_sda3 && boot.oem_size.is_none() && !boot.wait_for_disk_resize {
@@ -36,12 +42,7 @@ pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<O
     println!("Boot disk: {}", disk.dev.display());
     fix_backup_gpt(&disk)?;
     if boot.reclaim_sda3 {
-        if switch_root(host, &disk)? == Outcome::Reboot {
-            return Ok(Outcome::Reboot);
-        }
-        if shrink_root_a(&disk)? == Outcome::Reboot {
-            return Ok(Outcome::Reboot);
-        }
+        switch_root(host, &disk)?;
     }
     if boot.wait_for_disk_resize && !state.disk_resize_complete {
         wait_for_disk_resize(&disk, RESIZE_TIMEOUT, Duration::from_secs(1))?;
@@ -49,13 +50,79 @@ pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<O
         state.save(state_dir)?;
         fix_backup_gpt(&disk)?;
     }
-    if sizing::moves_partitions(&boot) {
-        if relocate_partitions(host, &disk, &boot)? == Outcome::Reboot {
-            return Ok(Outcome::Reboot);
-        }
-        resize_oem_fs(host, &disk, &boot)?;
+    if !sizing::moves_partitions(&boot) {
+        return Ok(Outcome::Done);
     }
-    Ok(Outcome::Done)
+    let changes = planned_changes(&disk, &boot)?;
+    if changes.is_empty() {
+        println!("The partitions are in place");
+        resize_oem_fs(host, &disk, &boot)?;
+        return Ok(Outcome::Done);
+    }
+    if state.relocation_attempts >= MAX_RELOCATION_ATTEMPTS {
+        bail!(
+            "the partitions were to move at each of the last {} shutdowns but have not; the exit ramdisk's messages (BuildStatus lines before this boot) say why",
+            state.relocation_attempts
+        );
+    }
+    state.relocation_attempts += 1;
+    state.save(state_dir)?;
+    for c in &changes {
+        println!(
+            "Partition {}: sectors {}-{} will become {}-{}{}",
+            c.part,
+            c.from.first,
+            c.from.last,
+            c.to.first,
+            c.to.last,
+            if c.moves_data {
+                " (its data moves)"
+            } else {
+                ""
+            }
+        );
+    }
+    exitrd::install(host, &disk, &changes)?;
+    println!("The partitions move at this shutdown, once nothing has them mounted");
+    Ok(Outcome::Reboot)
+}
+
+/// The changes still to make to reach the layout `boot` asks for.
+fn planned_changes(disk: &BootDisk, boot: &BootDiskConfig) -> Result<Vec<Change>> {
+    // Done exactly when the layout would change nothing: an -oem-size no larger than OEM
+    // leaves OEM where it is.
+    let oem_bytes = match &boot.oem_size {
+        Some(s) => sizing::parse_size(s).with_context(|| format!("reading the OEM size {s:?}"))?,
+        None => 0,
+    };
+    layout::changes(
+        &sfdisk::read(&disk.dev)?,
+        STATE,
+        OEM,
+        oem_bytes,
+        boot.reclaim_sda3,
+    )
+}
+
+/// Finishes or undoes a relocation that a power cut interrupted, before anything needs the
+/// state file. Returns whether it finished one (then the VM must reboot to mount the moved
+/// partitions); an undone one runs again at this boot's shutdown.
+pub fn recover_relocation(host: &Host, boot: &BootDiskConfig) -> Result<bool> {
+    if !sizing::moves_partitions(boot) {
+        return Ok(false);
+    }
+    let disk = BootDisk::find(host)?;
+    let nodes = [STATE, OEM, ROOT_A]
+        .into_iter()
+        .map(|part| {
+            Ok(Node {
+                part,
+                path: disk.partition(part)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let outcome = relocate::recover(&disk.dev, &nodes, &mut |m| println!("{m}"))?;
+    Ok(matches!(outcome, Recovery::Completed(_)))
 }
 
 /// A disk larger than its GPT says (a grown disk, or an image written to a bigger disk) has
@@ -68,14 +135,14 @@ fn fix_backup_gpt(disk: &BootDisk) -> Result<()> {
     Ok(())
 }
 
-/// ROOT-A is about to be reclaimed, so the system must run from ROOT-B: copy A to B and give
-/// KERN-B the top priority, then reboot into it.
-fn switch_root(host: &Host, disk: &BootDisk) -> Result<Outcome> {
+/// ROOT-A is about to be reclaimed, so the next boot must run from ROOT-B: copy A to B and
+/// give KERN-B the top priority.
+fn switch_root(host: &Host, disk: &BootDisk) -> Result<()> {
     let root = disk.root_partition(host)?;
     match root {
         ROOT_B => {
             println!("The root file system is on ROOT-B (partition {ROOT_B}); not switching");
-            return Ok(Outcome::Done);
+            return Ok(());
         }
         ROOT_A => {}
         other => bail!("the root file system is on partition {other}, neither ROOT-A ({ROOT_A}) nor ROOT-B ({ROOT_B})"),
@@ -112,8 +179,8 @@ fn switch_root(host: &Host, disk: &BootDisk) -> Result<Outcome> {
     if pb <= pa {
         bail!("cgpt prioritize left KERN-B at priority {pb} and KERN-A at {pa}; the next boot would not use ROOT-B");
     }
-    println!("KERN-B has boot priority {pb} (KERN-A {pa}); rebooting into ROOT-B");
-    Ok(Outcome::Reboot)
+    println!("KERN-B has boot priority {pb} (KERN-A {pa}); the next boot runs from ROOT-B");
+    Ok(())
 }
 
 fn priority(disk: &BootDisk, part: u32) -> Result<u32> {
@@ -153,19 +220,6 @@ fn copy_device(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Shrinks ROOT-A to almost nothing; the kernel sees the new table after a reboot.
-fn shrink_root_a(disk: &BootDisk) -> Result<Outcome> {
-    let table = sfdisk::read(&disk.dev)?;
-    let size = table.get(ROOT_A)?.size;
-    if size <= MIN_PARTITION_SECTORS {
-        println!("ROOT-A is already {size} sectors; not shrinking it");
-        return Ok(Outcome::Done);
-    }
-    println!("Shrinking ROOT-A from {size} to {MIN_PARTITION_SECTORS} sectors");
-    sfdisk::write(&disk.dev, &table.with_size(ROOT_A, MIN_PARTITION_SECTORS)?)?;
-    Ok(Outcome::Reboot)
-}
-
 /// Waits for the host to grow the disk; the message is the host's cue to do it.
 fn wait_for_disk_resize(disk: &BootDisk, timeout: Duration, interval: Duration) -> Result<()> {
     let file = disk.size_file();
@@ -190,25 +244,6 @@ fn wait_for_disk_resize(disk: &BootDisk, timeout: Duration, interval: Duration) 
         disk.dev.display(),
         start_size.trim()
     )
-}
-
-/// Arranges for the partitions to move at the next shutdown, unless they already have.
-fn relocate_partitions(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<Outcome> {
-    let t = sfdisk::read(&disk.dev)?;
-    // Done exactly when handle-disk-layout would change nothing: an -oem-size no larger
-    // than OEM leaves OEM where it is, and asking for a move it will never make would
-    // reboot forever (as the original does).
-    let oem_bytes = match &boot.oem_size {
-        Some(s) => sizing::parse_size(s).with_context(|| format!("reading the OEM size {s:?}"))?,
-        None => 0,
-    };
-    if layout::plan(&t, STATE, OEM, oem_bytes, boot.reclaim_sda3)?.is_empty() {
-        println!("The partitions are already relocated");
-        return Ok(Outcome::Done);
-    }
-    println!("The partitions must move; they will move at the next shutdown");
-    shutdown_unit::install(host, &disk.name, boot)?;
-    Ok(Outcome::Reboot)
 }
 
 /// After OEM moved behind ROOT-A, grows its file system (to OEMFSSize4K blocks when sealing,

@@ -81,6 +81,7 @@ impl Table {
     }
 
     /// The dump, as sfdisk takes it back.
+    #[cfg(test)]
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -195,40 +196,6 @@ pub fn read(disk: &Path) -> Result<Table> {
         .with_context(|| format!("dumping the partition table of {}", disk.display()))?;
     Table::parse(&text)
         .with_context(|| format!("parsing the partition table of {}", disk.display()))
-}
-
-/// Writes a whole table back. `--no-reread`: the disk is in use (the kernel is told about
-/// changed partitions that are not in use, so a shrunk ROOT-A is seen at once).
-pub fn write(disk: &Path, table: &Table) -> Result<()> {
-    cmd::run_with_input(
-        Command::new("sfdisk").arg("--no-reread").arg(disk),
-        table.text(),
-    )
-    .with_context(|| format!("writing the partition table of {}", disk.display()))?;
-    Ok(())
-}
-
-/// Moves a partition and its data to `start` (sfdisk copies in the safe direction when the
-/// old and new places overlap).
-pub fn move_partition(disk: &Path, number: u32, start: u64) -> Result<()> {
-    println!(
-        "Moving partition {number} of {} to sector {start}",
-        disk.display()
-    );
-    cmd::run_with_input(
-        Command::new("sfdisk")
-            .args(["--no-reread", "--move-data=/dev/null"])
-            .arg(disk)
-            .args(["-N", &number.to_string()]),
-        &format!("{start}\n"),
-    )
-    .with_context(|| {
-        format!(
-            "moving partition {number} of {} to sector {start}",
-            disk.display()
-        )
-    })?;
-    Ok(())
 }
 
 /// Moves the backup GPT to the end of the disk, so the space after the old end is usable.
@@ -390,20 +357,6 @@ sector-size: 512
                 size: 4096
             }
         );
-        write(&img, &t.with_size(1, 8).unwrap()).unwrap();
-        assert_eq!(read(&img).unwrap().get(1).unwrap().size, 8);
-        move_partition(&img, 3, 12288).unwrap();
-        let t = read(&img).unwrap();
-        assert_eq!(
-            t.get(3).unwrap(),
-            Partition {
-                number: 3,
-                start: 12288,
-                size: 4096
-            }
-        );
-        let data = std::fs::read(&img).unwrap();
-        assert_eq!(&data[12288 * 512..12288 * 512 + 12], b"payload of C");
         // The disk grows: the backup GPT moves to the new end.
         std::fs::OpenOptions::new()
             .write(true)
@@ -414,10 +367,7 @@ sector-size: 512
         assert!(backup_gpt_misplaced(&read(&img).unwrap(), 128 << 20).unwrap());
         relocate_backup_gpt(&img).unwrap();
         assert!(!backup_gpt_misplaced(&read(&img).unwrap(), 128 << 20).unwrap());
-        let e = format!("{:#}", move_partition(&img, 9, 100).unwrap_err());
-        assert!(
-            e.contains("sfdisk --no-reread --move-data=/dev/null"),
-            "{e}"
-        );
+        let e = format!("{:#}", read(&d.path().join("missing")).unwrap_err());
+        assert!(e.contains("sfdisk --dump"), "{e}");
     }
 }
