@@ -12,8 +12,8 @@ use crate::backend::{DiskId, DiskSource, DiskSpec, VmId, VmSpec, VmStatus};
 use crate::{cidata, scratch};
 use cos_customizer_common::duration;
 use cos_customizer_common::protocol::{
-    BUILD_CONTEXT_TAR, FAILURE_MARKER, RESIZE_TRIGGER, STATUS_PORT, STATUS_PREFIX, SUCCESS_MARKER,
-    USER_CONTEXT,
+    BUILD_CONTEXT_TAR, FAILURE_MARKER, RELOCATION_END, RELOCATION_FAILED, RELOCATION_START,
+    RESIZE_TRIGGER, STATUS_PORT, STATUS_PREFIX, SUCCESS_MARKER, USER_CONTEXT,
 };
 use cos_customizer_common::sizing::{initial_disk_gb, resize_to_gb};
 
@@ -41,6 +41,26 @@ const STATUS_EVERY_POLLS: u32 = 5;
 const MAX_FAILED_READS: u32 = 3;
 
 /// The last `n` lines of `text`, without terminal escape sequences and carriage returns.
+/// What to add to an error when serial port 3 shows a relocation at shutdown that never
+/// ended: the VM lost power or crashed while it moved the partitions.
+fn interrupted_relocation(status: &str) -> Option<String> {
+    let start = status.rfind(RELOCATION_START)?;
+    let after = &status[start..];
+    if after.contains(RELOCATION_END) || after.contains(RELOCATION_FAILED) {
+        return None;
+    }
+    let last = after
+        .lines()
+        .rev()
+        .map(strip_escapes)
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    Some(format!(
+        "The VM stopped reporting while it moved the boot disk's partitions at shutdown, and never said the move ended (last: {:?}): a power cut or crash interrupted the relocation. This build's boot disk is deleted and nothing is written to the output: run the build again.",
+        last.trim_start_matches(STATUS_PREFIX)
+    ))
+}
+
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<String> = text
         .lines()
@@ -188,6 +208,9 @@ impl Preloader {
         let console = self.read_serial(vm, CONSOLE_PORT).await;
         let status = self.read_serial(vm, STATUS_PORT).await;
         let mut msg = format!("{err:#}");
+        if let Some(hint) = interrupted_relocation(&status) {
+            msg += &format!("\n{hint}");
+        }
         for (what, text) in [("the serial console", &console), ("serial port 3", &status)] {
             let tail = last_lines(text, LOG_TAIL_LINES);
             if !tail.is_empty() {
@@ -427,6 +450,30 @@ impl Preloader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_a_relocation_that_never_ended() {
+        let cut = "BuildStatus: Reboot is required to continue provisioning\n\
+            BuildStatus: Relocating partitions at shutdown (then reboot)\n\
+            BuildStatus: Copying the blocks that land on old blocks: 3.0 MiB in 2 pieces\n";
+        let hint = interrupted_relocation(cut).unwrap();
+        assert!(
+            hint.contains("interrupted the relocation")
+                && hint.contains(
+                    "\"Copying the blocks that land on old blocks: 3.0 MiB in 2 pieces\""
+                ),
+            "{hint}"
+        );
+        let ended = format!("{cut}BuildStatus: Relocation complete\n");
+        assert_eq!(interrupted_relocation(&ended), None);
+        let failed = format!("{cut}BuildStatus: Relocation failed: no room\n");
+        assert_eq!(interrupted_relocation(&failed), None);
+        assert_eq!(interrupted_relocation("BuildStatus: step 1\n"), None);
+        // A later relocation that was cut counts, not an earlier one that ended.
+        let again =
+            format!("{ended}BuildStatus: Relocating partitions at shutdown (then reboot)\n");
+        assert!(interrupted_relocation(&again).is_some());
+    }
     use std::sync::{Arc, Mutex};
 
     use super::super::sample_request;
