@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 target=x86_64-unknown-linux-gnu
-bin="target/$target/release/provisioner"
+bin="${CARGO_TARGET_DIR:-target}/$target/release/provisioner"
 
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release -p provisioner --target "$target" >&2
