@@ -239,6 +239,47 @@ pub fn read_file(image: &Path, label: &str, path: &str) -> Option<String> {
         .find(|p| p.name == label)
         .unwrap_or_else(|| panic!("no partition {label} in {}", image.display()));
     let start = part.bytes_start(lb).unwrap();
+    let fs = ext4_at(image, start);
+    fs.read_to_string(path).ok()
+}
+
+/// A partition's first sector and size in sectors.
+#[derive(Debug, Clone, Copy)]
+pub struct Part {
+    /// First sector.
+    pub start: u64,
+    /// Size in sectors.
+    pub size: u64,
+}
+
+/// Partitions of a raw image by number, with their unique GUIDs (lower case), from
+/// `sfdisk -J`.
+pub fn partitions(img: &Path) -> BTreeMap<u32, (Part, String)> {
+    let out = cos_customizer_common::cmd::run_stdout(Command::new("sfdisk").arg("-J").arg(img))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let node_prefix = img.to_string_lossy().into_owned();
+    json["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let node = p["node"].as_str().unwrap();
+            let n = node.strip_prefix(&node_prefix).unwrap().parse().unwrap();
+            let part = Part {
+                start: p["start"].as_u64().unwrap(),
+                size: p["size"].as_u64().unwrap(),
+            };
+            (
+                n,
+                (part, p["uuid"].as_str().unwrap_or("").to_ascii_lowercase()),
+            )
+        })
+        .collect()
+}
+
+/// The ext4 file system that starts at byte `start` of a raw image, read in place.
+pub fn ext4_at(image: &Path, start: u64) -> ext4_view::Ext4 {
     struct At(std::fs::File, u64);
     impl ext4_view::Ext4Read for At {
         fn read(
@@ -250,7 +291,12 @@ pub fn read_file(image: &Path, label: &str, path: &str) -> Option<String> {
             Ok(self.0.read_exact_at(dst, self.1 + start_byte)?)
         }
     }
-    let fs =
-        ext4_view::Ext4::load(Box::new(At(std::fs::File::open(image).unwrap(), start))).unwrap();
-    fs.read_to_string(path).ok()
+    ext4_view::Ext4::load(Box::new(At(std::fs::File::open(image).unwrap(), start))).unwrap_or_else(
+        |e| {
+            panic!(
+                "no ext4 file system at byte {start} of {}: {e}",
+                image.display()
+            )
+        },
+    )
 }
