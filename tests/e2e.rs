@@ -9,6 +9,8 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+// Shared by the VM suites; each uses part of it.
+#[allow(dead_code)]
 mod common;
 use common::{boot_and_check, provisioner, read_file, vm_slots, Build};
 

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+// Shared by the VM suites; each uses part of it.
+#[allow(dead_code)]
 mod common;
 use common::{boot_and_check, read_file, vm_slots, Build};
 

@@ -12,8 +12,10 @@
 use std::path::Path;
 use std::process::Command;
 
+// Shared by the VM suites; each uses part of it.
+#[allow(dead_code)]
 mod common;
-use common::{boot_and_check, partitions, read_file, vm_slots, Build};
+use common::{boot_and_check, partitions, read_file, vm_slots, Build, Part};
 use cos_customizer_common::cmd;
 
 /// Runs a tool through the project's runner; a failure names the command and its stderr.

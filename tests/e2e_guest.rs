@@ -9,6 +9,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 
+// Shared by the VM suites; each uses part of it.
+#[allow(dead_code)]
 mod common;
 use common::{boot_and_check, read_file, vm_slots, Build};
 

@@ -39,8 +39,7 @@ use cos_customizer_common::sizing;
 use cos_customizer_core::{archive, cidata, cloud_config};
 use sha2::{Digest, Sha256};
 
-// Shared with the suites that drive the CLI; this one uses only the fixture, the
-// provisioner and the VM slots.
+// Shared by the VM suites; each uses part of it.
 #[allow(dead_code)]
 mod common;
 use common::{ext4_at, fixture, partitions, provisioner, repo, vm_slots, Part};

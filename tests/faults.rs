@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// Shared by the VM suites; each uses part of it.
+#[allow(dead_code)]
 mod common;
 use common::{fixture, vm_slots, Build};
 
