@@ -5,7 +5,8 @@
 //! shutdown in between.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
@@ -15,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use cos_customizer_common::config::BootDiskConfig;
 use cos_customizer_common::protocol::RESIZE_WAIT_LINE;
 use cos_customizer_common::{cmd, sizing};
+use rustix::fs::FallocateFlags;
 
 use super::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
 use super::relocate::{self, Change, Node, Recovery};
@@ -198,25 +200,61 @@ fn priority(disk: &BootDisk, part: u32) -> Result<u32> {
     })
 }
 
-/// A byte-for-byte copy of one partition onto another, flushed to the disk.
+/// How much [`copy_device`] reads at a time, and the stretch it checks for zeroes.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// A byte-for-byte copy of one partition onto another, flushed to the disk. All-zero
+/// stretches become write-zeroes requests (`fallocate` `ZERO_RANGE`), which QEMU and GCE
+/// disks serve without moving the data (the kernel writes zero pages for a device that
+/// cannot): a COS root file system leaves much of its partition empty.
 fn copy_device(src: &Path, dst: &Path) -> Result<()> {
     let input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let output = OpenOptions::new()
         .write(true)
         .open(dst)
         .with_context(|| format!("opening {}", dst.display()))?;
-    let mut reader = BufReader::with_capacity(4 << 20, input);
-    let mut writer = BufWriter::with_capacity(4 << 20, output);
-    let bytes = std::io::copy(&mut reader, &mut writer)
-        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
-    writer
-        .flush()
-        .with_context(|| format!("writing {}", dst.display()))?;
-    writer
-        .get_ref()
+    let size = (&input)
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("finding the size of {}", src.display()))?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let (mut off, mut zeroed) = (0u64, 0u64);
+    let mut zero_range = true;
+    while off < size {
+        let n = (size - off).min(COPY_CHUNK as u64);
+        let chunk = &mut buf[..n as usize];
+        input
+            .read_exact_at(chunk, off)
+            .with_context(|| format!("reading {n} bytes at {off} of {}", src.display()))?;
+        if zero_range && chunk.iter().all(|&b| b == 0) {
+            match rustix::fs::fallocate(
+                &output,
+                FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+                off,
+                n,
+            ) {
+                Ok(()) => {
+                    zeroed += n;
+                    off += n;
+                    continue;
+                }
+                // Not on this device (or file system): write the zeroes.
+                Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INVAL) => zero_range = false,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("zeroing {n} bytes at {off} of {}", dst.display())
+                    })
+                }
+            }
+        }
+        output
+            .write_all_at(chunk, off)
+            .with_context(|| format!("writing {n} bytes at {off} of {}", dst.display()))?;
+        off += n;
+    }
+    output
         .sync_all()
         .with_context(|| format!("syncing {}", dst.display()))?;
-    println!("Copied {bytes} bytes");
+    println!("Copied {size} bytes ({zeroed} of them zeroes, written as such)");
     Ok(())
 }
 
@@ -286,6 +324,22 @@ fn resize_oem_fs(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_device_copies_data_and_zeroes_over_old_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("a"), dir.path().join("b"));
+        // Data, a zero stretch, data again, and a short tail with zeroes.
+        let mut data = vec![0u8; 5 * COPY_CHUNK + 1000];
+        for (i, b) in data[..COPY_CHUNK + 7].iter_mut().enumerate() {
+            *b = (i % 251) as u8 + 1;
+        }
+        data[4 * COPY_CHUNK + 3] = 9;
+        fs::write(&src, &data).unwrap();
+        fs::write(&dst, vec![0xffu8; data.len()]).unwrap();
+        copy_device(&src, &dst).unwrap();
+        assert!(fs::read(&dst).unwrap() == data, "the copy differs");
+    }
     use crate::disk::bootdisk::tests::fake_sysfs;
     use crate::host::tests::fake_host;
 
