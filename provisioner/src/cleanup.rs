@@ -48,9 +48,7 @@ const EMPTY: &[(&str, &[&str])] = &[
 
 /// Stops the services that would write state into the image while it is cleaned.
 pub fn stop_services(host: &Host) -> Result<()> {
-    SERVICES
-        .iter()
-        .try_for_each(|unit| host.stop_if_active(unit).map(|_| ()))
+    host.stop_active(SERVICES).map(|_| ())
 }
 
 /// Removes the provisioner's own traces and what a first boot must not find.

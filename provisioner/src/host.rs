@@ -42,15 +42,30 @@ impl Host {
     /// Stops a unit if `systemctl is-active` says it runs (stopping an absent unit fails).
     /// Returns whether it was running.
     pub fn stop_if_active(&self, unit: &str) -> Result<bool> {
-        let active = Command::new(&self.systemctl)
-            .args(["is-active", "--quiet", unit])
-            .status()
-            .with_context(|| format!("checking whether {unit} is active"))?
-            .success();
-        if active {
-            println!("Stopping {unit}");
-            cmd::run(Command::new(&self.systemctl).args(["stop", unit]))
-                .with_context(|| format!("stopping {unit}"))?;
+        Ok(!self.stop_active(&[unit])?.is_empty())
+    }
+
+    /// Stops those of `units` that `systemctl is-active` says run, in one `systemctl stop`
+    /// (systemd orders the jobs by the units' dependencies); each `systemctl` call costs
+    /// about half a second under emulation. Returns the units it stopped.
+    pub fn stop_active<'a>(&self, units: &[&'a str]) -> Result<Vec<&'a str>> {
+        // One line per unit, in order; the exit status only says whether all are active.
+        let out = Command::new(&self.systemctl)
+            .arg("is-active")
+            .args(units)
+            .output()
+            .with_context(|| format!("checking whether {} are active", units.join(", ")))?;
+        let states = String::from_utf8_lossy(&out.stdout);
+        let active: Vec<&str> = units
+            .iter()
+            .zip(states.lines())
+            .filter(|(_, state)| state.trim() == "active")
+            .map(|(unit, _)| *unit)
+            .collect();
+        if !active.is_empty() {
+            println!("Stopping {}", active.join(", "));
+            cmd::run(Command::new(&self.systemctl).arg("stop").args(&active))
+                .with_context(|| format!("stopping {}", active.join(", ")))?;
         }
         Ok(active)
     }
@@ -169,6 +184,48 @@ fn unescape_octal(s: &str) -> String {
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    /// A host rooted at `root` whose `systemctl` says the `active` units run and logs its
+    /// calls to `root/systemctl.log`; mount and umount do nothing.
+    pub fn recording_host(root: &Path, active: &[&str]) -> Host {
+        use std::os::unix::fs::PermissionsExt;
+        let script = root.join("systemctl");
+        let log = root.join("systemctl.log");
+        let cases: String = active
+            .iter()
+            .map(|u| format!("{u}) echo active;; "))
+            .collect();
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{}'\n\
+                 if [ \"$1\" = is-active ]; then shift; for u; do\n\
+                 case $u in {cases}*) echo inactive;; esac; done; exit 3; fi\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Host {
+            systemctl: script,
+            ..fake_host(root)
+        }
+    }
+
+    #[test]
+    fn stops_the_active_units_in_one_call() {
+        let d = tempfile::tempdir().unwrap();
+        let host = recording_host(d.path(), &["b.socket", "d.service"]);
+        let stopped = host
+            .stop_active(&["a.service", "b.socket", "c.socket", "d.service"])
+            .unwrap();
+        assert_eq!(stopped, ["b.socket", "d.service"]);
+        assert!(!host.stop_if_active("a.service").unwrap());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("systemctl.log")).unwrap(),
+            "is-active a.service b.socket c.socket d.service\nstop b.socket d.service\nis-active a.service\n"
+        );
+    }
 
     /// A host rooted at `root` whose systemctl, mount and umount do nothing.
     pub fn fake_host(root: &Path) -> Host {

@@ -125,24 +125,17 @@ pub fn install(host: &Host, disk: &BootDisk, changes: &[Change]) -> Result<()> {
     stop_journald(host)
 }
 
-/// journald keeps files open on STATE (/var/log/journal); stopped for good, it lets STATE
-/// unmount at shutdown.
+/// journald keeps files open on STATE (/var/log/journal); stopped with its sockets (so
+/// nothing activates it again; an explicit stop is not a failure that `Restart=` acts
+/// on), it lets STATE unmount at shutdown.
 fn stop_journald(host: &Host) -> Result<()> {
-    let dir = host.path("/etc/systemd/system/systemd-journald.service.d");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let conf = dir.join("override.conf");
-    fsutil::write_atomic(&conf, b"[Service]\nRestart=no\n")
-        .with_context(|| format!("writing {}", conf.display()))?;
-    host.systemctl(&["daemon-reload"])?;
-    for unit in [
+    host.stop_active(&[
         "systemd-journald.socket",
         "systemd-journald-dev-log.socket",
         "systemd-journald-audit.socket",
         "syslog.socket",
         "systemd-journald.service",
-    ] {
-        host.stop_if_active(unit)?;
-    }
+    ])?;
     Ok(())
 }
 
@@ -227,13 +220,16 @@ fn relocate_from(root: &Path, log: relocate::Log) -> Result<()> {
 mod tests {
     use super::*;
     use crate::disk::bootdisk::tests::fake_sysfs;
-    use crate::host::tests::fake_host;
+    use crate::host::tests::recording_host;
 
     #[test]
-    fn install_writes_the_program_the_plan_and_the_journald_override() {
+    fn install_writes_the_program_and_the_plan_and_stops_journald() {
         let d = tempfile::tempdir().unwrap();
         fake_sysfs(d.path(), "sda", &[(1, "STATE"), (3, "ROOT-A")], 3);
-        let host = fake_host(d.path());
+        let host = recording_host(
+            d.path(),
+            &["systemd-journald.socket", "systemd-journald.service"],
+        );
         fs::create_dir_all(d.path().join("etc/systemd/system")).unwrap();
         let disk = BootDisk::find(&host).unwrap();
         let changes = [Change {
@@ -264,13 +260,10 @@ mod tests {
         assert_eq!(plan.changes(), changes);
         assert_eq!(plan.nodes[0].part, 1);
         assert!(plan.nodes[0].path.ends_with("dev/sda1"), "{:?}", plan.nodes);
-        assert_eq!(
-            fs::read_to_string(
-                d.path()
-                    .join("etc/systemd/system/systemd-journald.service.d/override.conf")
-            )
-            .unwrap(),
-            "[Service]\nRestart=no\n"
+        let calls = fs::read_to_string(d.path().join("systemctl.log")).unwrap();
+        assert!(
+            calls.ends_with("\nstop systemd-journald.socket systemd-journald.service\n"),
+            "{calls}"
         );
     }
 }
