@@ -86,6 +86,17 @@ repartitioning() {
     rm -f "$work/$name.img"
     printf '%-43s %s s, %s boots, ratio to the one-script build %s\n' "$step${*:+ $*} build:" "$total" \
         "$(boots "$out")" "$(awk -v a="$total" -v b="$build" 'BEGIN {printf "%.2f", a / b}')"
+    # Where the time goes, from the build's start (the first status line of each boot,
+    # the root copy, the reboot request, the relocation, the end of the build).
+    awk -v t0="$t0" '
+        function at(what) { printf "    %-44s at %6.1f s\n", what, $1 - t0 }
+        /BuildStatus: Boot disk:/ && !b1 { b1 = 1; at("boot 1: the provisioner starts") }
+        /Copying ROOT-A/ && !c { c = $1 }
+        /BuildStatus: Copied [0-9]* bytes/ && c { printf "    %-44s %6.1f s\n", "boot 1: ROOT-A copied to ROOT-B in", $1 - c; c = 0 }
+        /Reboot is required/ && !r { r = 1; at("boot 1: asks for the reboot") }
+        /Relocation complete/ { x = 1; at("the exit ramdisk has moved the partitions") }
+        x && /BuildStatus:/ && !/Relocation/ && !b2 { b2 = 1; at("boot 2: the provisioner starts") }
+        /BuildSucceeded:/ { at("boot 2: BuildSucceeded") }' "$out"
     # Seen by the host as the preloader forwards serial port 3, so to within a poll.
     awk '/Relocating partitions at shutdown/ {s = $1}
          /Relocation (complete|failed)/ && s {
