@@ -21,6 +21,7 @@ mod state;
 mod steps;
 mod tool;
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,9 +36,9 @@ use crate::metadata::Metadata;
 use crate::outcome::{Outcome, REBOOT_MESSAGE};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.first().map(String::as_str) == Some(disk::exitrd::PROGRAM) {
-        disk::exitrd::shutdown(&args);
+    // args() would panic on an argument that is not UTF-8: compare argv[0] alone first.
+    if std::env::args_os().next().as_deref() == Some(OsStr::new(disk::exitrd::PROGRAM)) {
+        disk::exitrd::shutdown(&std::env::args().collect::<Vec<_>>());
     }
     let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
