@@ -19,7 +19,6 @@ use cos_customizer_common::protocol::{
 use serde::{Deserialize, Serialize};
 
 use super::bootdisk::BootDisk;
-use super::gpt_edit::Range;
 use super::relocate::{self, Change, Node};
 use crate::host::Host;
 
@@ -36,39 +35,12 @@ const STATUS_TTY: &str = if cfg!(target_arch = "aarch64") {
     STATUS_TTY_X86_64
 };
 
-/// One partition change, as the plan file stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct PlannedChange {
-    part: u32,
-    from: [u64; 2],
-    to: [u64; 2],
-    moves_data: bool,
-}
-
 /// What the exit ramdisk does: the disk, its partitions' nodes and the changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Plan {
     disk: PathBuf,
     nodes: Vec<Node>,
-    changes: Vec<PlannedChange>,
-}
-
-impl Plan {
-    fn changes(&self) -> Vec<Change> {
-        let range = |r: [u64; 2]| Range {
-            first: r[0],
-            last: r[1],
-        };
-        self.changes
-            .iter()
-            .map(|c| Change {
-                part: c.part,
-                from: range(c.from),
-                to: range(c.to),
-                moves_data: c.moves_data,
-            })
-            .collect()
-    }
+    changes: Vec<Change>,
 }
 
 /// The plan for `changes` on `disk`.
@@ -85,15 +57,7 @@ fn plan(disk: &BootDisk, changes: &[Change]) -> Result<Plan> {
     Ok(Plan {
         disk: disk.dev.clone(),
         nodes,
-        changes: changes
-            .iter()
-            .map(|c| PlannedChange {
-                part: c.part,
-                from: [c.from.first, c.from.last],
-                to: [c.to.first, c.to.last],
-                moves_data: c.moves_data,
-            })
-            .collect(),
+        changes: changes.to_vec(),
     })
 }
 
@@ -212,7 +176,7 @@ fn relocate_from(root: &Path, log: relocate::Log) -> Result<()> {
     let data = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let plan: Plan =
         serde_json::from_slice(&data).with_context(|| format!("parsing {}", file.display()))?;
-    relocate::relocate(&plan.disk, &plan.nodes, &plan.changes(), log)?;
+    relocate::relocate(&plan.disk, &plan.nodes, &plan.changes, log)?;
     Ok(())
 }
 
@@ -220,6 +184,7 @@ fn relocate_from(root: &Path, log: relocate::Log) -> Result<()> {
 mod tests {
     use super::*;
     use crate::disk::bootdisk::tests::fake_sysfs;
+    use crate::disk::gpt_edit::Range;
     use crate::host::tests::recording_host;
 
     #[test]
@@ -257,7 +222,7 @@ mod tests {
             &fs::read(d.path().join("run/initramfs/relocation.json")).unwrap(),
         )
         .unwrap();
-        assert_eq!(plan.changes(), changes);
+        assert_eq!(plan.changes, changes);
         assert_eq!(plan.nodes[0].part, 1);
         assert!(plan.nodes[0].path.ends_with("dev/sda1"), "{:?}", plan.nodes);
         let calls = fs::read_to_string(d.path().join("systemctl.log")).unwrap();

@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use anyhow::{bail, ensure, Context, Result};
 
 /// One partition entry's place, in sectors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Range {
     /// The first sector of the partition.
     pub first: u64,

@@ -55,7 +55,7 @@ pub struct Progress {
 }
 
 /// One partition's new place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     /// Partition number.
     pub part: u32,
