@@ -182,8 +182,7 @@ fn in_use(node: &Node) -> Result<bool> {
 fn used_ranges(disk: &Disk, from: Range, log: Log) -> Result<Vec<(u64, u64)>> {
     let start = from.first * SECTOR;
     let size = (from.last - from.first + 1) * SECTOR;
-    let magic = disk.read(start + SUPERBLOCK + MAGIC_AT, 2)?;
-    let ranges = if magic == [0x53, 0xef] {
+    let ranges = if has_superblock(disk, from.first)? {
         let used = ext4_used::read_used(&mut &disk.file, start).with_context(|| {
             format!("reading the used blocks of the ext4 file system at byte {start}")
         })?;
@@ -342,7 +341,7 @@ fn superblocks_to_clear(disk: &Disk, j: &Journal) -> Result<Vec<u64>> {
             .any(|&(s, l)| s < sb + SUPERBLOCK && sb < s + l);
         if !live {
             clear.push(sb);
-        } else if disk.read(sb + MAGIC_AT, 2)? == [0x53, 0xef] {
+        } else if superblock_at(disk, sb)? {
             bail!(
                 "partition {}'s new start (sector {}) holds an ext4 superblock of data still to be moved; this layout cannot be relocated safely",
                 c.part,
@@ -365,7 +364,12 @@ fn moves(j: &Journal) -> Vec<(Change, MoveData)> {
 
 /// Whether the ext4 superblock magic is at the start of a partition at `sector`.
 fn has_superblock(disk: &Disk, sector: u64) -> Result<bool> {
-    Ok(disk.read(sector * SECTOR + SUPERBLOCK + MAGIC_AT, 2)? == [0x53, 0xef])
+    superblock_at(disk, sector * SECTOR + SUPERBLOCK)
+}
+
+/// Whether the bytes at `byte` look like an ext4 superblock (its magic).
+fn superblock_at(disk: &Disk, byte: u64) -> Result<bool> {
+    Ok(disk.read(byte + MAGIC_AT, 2)? == [0x53, 0xef])
 }
 
 /// Copies `pieces` from the journal's progress on, with a checkpoint after each.
