@@ -10,22 +10,27 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::cmd;
 
-const SUPERBLOCK: u64 = 1024;
-const MAGIC: u16 = 0xEF53;
-const FEATURE_INCOMPAT_64BIT: u32 = 0x80;
+use super::le::{u16_at, u32_at};
+
+/// Where the superblock starts in its file system, and its size.
+pub const SUPERBLOCK: u64 = 1024;
+/// The superblock's magic, and where in the superblock it is.
+pub const MAGIC: u16 = 0xEF53;
+/// See [`MAGIC`].
+pub const MAGIC_AT: usize = 0x38;
+/// `s_feature_incompat`: 64-bit block numbers.
+pub const INCOMPAT_64BIT: u32 = 0x80;
 
 /// `(block count, block size)` from a raw 1024-byte ext2/3/4 superblock.
 pub fn parse_superblock(sb: &[u8]) -> Result<(u64, u64)> {
-    let u16_at = |o: usize| u16::from_le_bytes([sb[o], sb[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().expect("4 bytes"));
-    if sb.len() < 1024 || u16_at(0x38) != MAGIC {
+    if sb.len() < 1024 || u16_at(sb, MAGIC_AT) != MAGIC {
         bail!("no ext2/3/4 superblock");
     }
-    let mut blocks = u64::from(u32_at(0x4));
-    if u32_at(0x60) & FEATURE_INCOMPAT_64BIT != 0 {
-        blocks |= u64::from(u32_at(0x150)) << 32;
+    let mut blocks = u64::from(u32_at(sb, 0x4));
+    if u32_at(sb, 0x60) & INCOMPAT_64BIT != 0 {
+        blocks |= u64::from(u32_at(sb, 0x150)) << 32;
     }
-    let log = u32_at(0x18);
+    let log = u32_at(sb, 0x18);
     if log > 6 {
         bail!("implausible block size 2^{} bytes", 10 + log);
     }
@@ -70,7 +75,7 @@ mod tests {
         sb[0x18..0x1c].copy_from_slice(&log.to_le_bytes());
         sb[0x38..0x3a].copy_from_slice(&MAGIC.to_le_bytes());
         if bit64 {
-            sb[0x60..0x64].copy_from_slice(&FEATURE_INCOMPAT_64BIT.to_le_bytes());
+            sb[0x60..0x64].copy_from_slice(&INCOMPAT_64BIT.to_le_bytes());
         }
         sb[0x150..0x154].copy_from_slice(&blocks_hi.to_le_bytes());
         sb

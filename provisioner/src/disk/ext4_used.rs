@@ -10,6 +10,9 @@ use std::io::{Read, Seek, SeekFrom};
 
 use anyhow::{ensure, Context, Result};
 
+use super::ext4::{INCOMPAT_64BIT, MAGIC, MAGIC_AT, SUPERBLOCK};
+use super::le::{u16_at, u32_at};
+
 /// A run of file-system blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -30,14 +33,10 @@ pub struct UsedBlocks {
     pub extents: Vec<Extent>,
 }
 
-const SUPERBLOCK_OFFSET: u64 = 1024;
-const MAGIC: u16 = 0xEF53;
-
 const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 const INCOMPAT_RECOVER: u32 = 0x4;
 const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
 const INCOMPAT_META_BG: u32 = 0x10;
-const INCOMPAT_64BIT: u32 = 0x80;
 /// The incompatible features this reader understands: meta_bg and 64bit, which it handles,
 /// and those that change nothing about where metadata lies or what the bitmaps mean
 /// (filetype, extents, mmp, flex_bg, ea_inode, dirdata, csum_seed, largedir, inline_data,
@@ -116,14 +115,6 @@ impl UsedBlocks {
     }
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
 /// What the superblock says about where things are.
 struct Geometry {
     block_size: u64,
@@ -147,7 +138,7 @@ struct Geometry {
 
 impl Geometry {
     fn parse(sb: &[u8]) -> Result<Self> {
-        let magic = u16_at(sb, 0x38);
+        let magic = u16_at(sb, MAGIC_AT);
         ensure!(
             magic == MAGIC,
             "bad magic 0x{magic:04x} in the superblock (ext2/3/4 has 0xef53): no ext2/3/4 \
@@ -374,7 +365,7 @@ impl Desc {
 
 fn used<R: Read + Seek>(dev: &mut R, offset: u64) -> Result<UsedBlocks> {
     let mut sb = [0u8; 1024];
-    read_at(dev, offset, SUPERBLOCK_OFFSET, &mut sb).context("reading the superblock")?;
+    read_at(dev, offset, SUPERBLOCK, &mut sb).context("reading the superblock")?;
     let g = Geometry::parse(&sb)?;
     // A file system that runs past the device is truncated or its superblock is wrong;
     // this also keeps every byte position below within 64 bits.
@@ -703,7 +694,7 @@ mod tests {
     #[test]
     fn high_halves_of_64bit_fields() {
         let mut sb = vec![0u8; 1024];
-        let put32 = |b: &mut [u8], o: usize, v: u32| b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+        let put32 = crate::disk::le::put_u32;
         put32(&mut sb, 0x4, 5);
         put32(&mut sb, 0x150, 1);
         put32(&mut sb, 0x18, 2);
@@ -711,7 +702,7 @@ mod tests {
         put32(&mut sb, 0x28, 8192);
         put32(&mut sb, 0x4c, 1);
         put32(&mut sb, 0x60, INCOMPAT_64BIT);
-        sb[0x38..0x3a].copy_from_slice(&MAGIC.to_le_bytes());
+        sb[MAGIC_AT..MAGIC_AT + 2].copy_from_slice(&MAGIC.to_le_bytes());
         sb[0x58..0x5a].copy_from_slice(&256u16.to_le_bytes());
         sb[0xfe..0x100].copy_from_slice(&64u16.to_le_bytes());
         let g = Geometry::parse(&sb).unwrap();

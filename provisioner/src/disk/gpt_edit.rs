@@ -9,6 +9,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
+use super::le::{put_u32, put_u64, u32_at, u64_at};
 use anyhow::{bail, ensure, Context, Result};
 
 /// One partition entry's place, in sectors.
@@ -50,22 +51,6 @@ const E_NAME_LEN: usize = 72;
 /// Where the primary entry array goes when it is rebuilt from the backup, as every
 /// partitioning tool puts it.
 const PRIMARY_ENTRIES_LBA: u64 = 2;
-
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn put_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-
-fn put_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
 
 /// The header CRC: over the whole header with its own CRC field read as zero.
 fn header_crc(header: &[u8]) -> u32 {
@@ -114,7 +99,7 @@ fn read_copy<D: Read + Seek>(dev: &mut D, sector_size: u64, lba: u64) -> Result<
     if &sector[..8] != SIGNATURE {
         bail!("no \"EFI PART\" signature (not a GPT header)");
     }
-    let size = get_u32(&sector, H_SIZE) as usize;
+    let size = u32_at(&sector, H_SIZE) as usize;
     if !(MIN_HEADER_SIZE..=sector.len()).contains(&size) {
         bail!(
             "header size {size} is outside {MIN_HEADER_SIZE}..={}",
@@ -122,31 +107,31 @@ fn read_copy<D: Read + Seek>(dev: &mut D, sector_size: u64, lba: u64) -> Result<
         );
     }
     let header = sector[..size].to_vec();
-    let (stored, computed) = (get_u32(&header, H_CRC), header_crc(&header));
+    let (stored, computed) = (u32_at(&header, H_CRC), header_crc(&header));
     if stored != computed {
         bail!("header CRC mismatch (stored {stored:#010x}, computed {computed:#010x})");
     }
-    let my_lba = get_u64(&header, H_MY_LBA);
+    let my_lba = u64_at(&header, H_MY_LBA);
     if my_lba != lba {
         bail!("the header says it is at LBA {my_lba}");
     }
-    let entry_size = get_u32(&header, H_ENTRY_SIZE) as usize;
+    let entry_size = u32_at(&header, H_ENTRY_SIZE) as usize;
     if entry_size < MIN_ENTRY_SIZE || !entry_size.is_power_of_two() {
         bail!("entry size {entry_size} is not 128 × 2^n");
     }
-    let bytes = u64::from(get_u32(&header, H_NUM_ENTRIES)) * entry_size as u64;
+    let bytes = u64::from(u32_at(&header, H_NUM_ENTRIES)) * entry_size as u64;
     if bytes == 0 || bytes > MAX_ARRAY_BYTES {
         bail!("an entry array of {bytes} bytes is outside 1..={MAX_ARRAY_BYTES}");
     }
     let (first_usable, last_usable) = (
-        get_u64(&header, H_FIRST_USABLE),
-        get_u64(&header, H_LAST_USABLE),
+        u64_at(&header, H_FIRST_USABLE),
+        u64_at(&header, H_LAST_USABLE),
     );
     if first_usable > last_usable {
         bail!("first usable LBA {first_usable} is after last usable LBA {last_usable}");
     }
     let outside_usable = |first: u64, last: u64| last < first_usable || first > last_usable;
-    let entries_lba = get_u64(&header, H_ENTRIES_LBA);
+    let entries_lba = u64_at(&header, H_ENTRIES_LBA);
     let entries_last = entries_lba + array_sectors(bytes, sector_size) - 1;
     if !outside_usable(entries_lba, entries_last) || (entries_lba..=entries_last).contains(&lba) {
         bail!(
@@ -154,7 +139,7 @@ fn read_copy<D: Read + Seek>(dev: &mut D, sector_size: u64, lba: u64) -> Result<
              usable LBAs {first_usable}..={last_usable}"
         );
     }
-    let alt_lba = get_u64(&header, H_ALT_LBA);
+    let alt_lba = u64_at(&header, H_ALT_LBA);
     if alt_lba == lba || !outside_usable(alt_lba, alt_lba) {
         bail!(
             "the other header's LBA {alt_lba} is this header's or inside the usable LBAs \
@@ -163,7 +148,7 @@ fn read_copy<D: Read + Seek>(dev: &mut D, sector_size: u64, lba: u64) -> Result<
     }
     let entries = read_at(dev, entries_lba * sector_size, bytes as usize)
         .with_context(|| format!("reading the entry array at LBA {entries_lba}"))?;
-    let (stored, computed) = (get_u32(&header, H_ENTRIES_CRC), crc32fast::hash(&entries));
+    let (stored, computed) = (u32_at(&header, H_ENTRIES_CRC), crc32fast::hash(&entries));
     if stored != computed {
         bail!(
             "entry array CRC mismatch (stored {stored:#010x}, computed {computed:#010x}, \
@@ -219,7 +204,7 @@ impl Gpt {
         let named = read_at(dev, sector_size, sector_size as usize)
             .ok()
             .filter(|s| &s[..8] == SIGNATURE)
-            .map(|s| get_u64(&s, H_ALT_LBA))
+            .map(|s| u64_at(&s, H_ALT_LBA))
             .filter(|&alt| alt > 1 && Some(alt) <= last_lba);
         let mut candidates: Vec<u64> = named.into_iter().collect();
         candidates.extend(last_lba.filter(|&l| l > 1 && Some(l) != named));
@@ -247,7 +232,7 @@ impl Gpt {
         last_lba: Option<u64>,
         p: TableCopy,
     ) -> Result<Gpt> {
-        let backup_lba = get_u64(&p.header, H_ALT_LBA);
+        let backup_lba = u64_at(&p.header, H_ALT_LBA);
         // Writing past the end would grow an image file instead of failing like a disk.
         ensure!(
             Some(backup_lba) <= last_lba,
@@ -257,7 +242,7 @@ impl Gpt {
         );
         let (backup_entries_lba, copies_agree) = match read_copy(dev, sector_size, backup_lba) {
             Ok(b) => {
-                let entries_lba = get_u64(&b.header, H_ENTRIES_LBA);
+                let entries_lba = u64_at(&b.header, H_ENTRIES_LBA);
                 let expected = relocated(&p.header, backup_lba, 1, entries_lba);
                 (entries_lba, b.header == expected && b.entries == p.entries)
             }
@@ -266,7 +251,7 @@ impl Gpt {
                 let sectors = array_sectors(p.entries.len() as u64, sector_size);
                 let entries_lba = backup_lba
                     .checked_sub(sectors)
-                    .filter(|&l| l > get_u64(&p.header, H_LAST_USABLE))
+                    .filter(|&l| l > u64_at(&p.header, H_LAST_USABLE))
                     .with_context(|| {
                         format!(
                             "the backup header at LBA {backup_lba} is damaged and its entry array \
@@ -287,7 +272,7 @@ impl Gpt {
 
     fn from_backup(sector_size: u64, backup_lba: u64, b: TableCopy) -> Result<Gpt> {
         let sectors = array_sectors(b.entries.len() as u64, sector_size);
-        let first_usable = get_u64(&b.header, H_FIRST_USABLE);
+        let first_usable = u64_at(&b.header, H_FIRST_USABLE);
         ensure!(
             PRIMARY_ENTRIES_LBA + sectors <= first_usable,
             "the primary GPT is damaged and its entry array ({sectors} sectors from LBA \
@@ -296,7 +281,7 @@ impl Gpt {
         Ok(Gpt {
             sector_size,
             header: relocated(&b.header, 1, backup_lba, PRIMARY_ENTRIES_LBA),
-            backup_entries_lba: get_u64(&b.header, H_ENTRIES_LBA),
+            backup_entries_lba: u64_at(&b.header, H_ENTRIES_LBA),
             entries: b.entries,
             copies_agree: false,
         })
@@ -311,20 +296,20 @@ impl Gpt {
 
     /// The first sector partitions may use.
     pub fn first_usable(&self) -> u64 {
-        get_u64(&self.header, H_FIRST_USABLE)
+        u64_at(&self.header, H_FIRST_USABLE)
     }
 
     /// The last sector partitions may use.
     pub fn last_usable(&self) -> u64 {
-        get_u64(&self.header, H_LAST_USABLE)
+        u64_at(&self.header, H_LAST_USABLE)
     }
 
     fn entry_size(&self) -> usize {
-        get_u32(&self.header, H_ENTRY_SIZE) as usize
+        u32_at(&self.header, H_ENTRY_SIZE) as usize
     }
 
     fn num_entries(&self) -> u32 {
-        get_u32(&self.header, H_NUM_ENTRIES)
+        u32_at(&self.header, H_NUM_ENTRIES)
     }
 
     /// Entry `part` (1-based), used or not.
@@ -360,8 +345,8 @@ impl Gpt {
     pub fn range(&self, part: u32) -> Result<Range> {
         let e = self.used_entry(part)?;
         Ok(Range {
-            first: get_u64(e, E_FIRST),
-            last: get_u64(e, E_LAST),
+            first: u64_at(e, E_FIRST),
+            last: u64_at(e, E_LAST),
         })
     }
 
@@ -447,9 +432,9 @@ impl Gpt {
         let mut primary = self.header.clone();
         put_u32(&mut primary, H_ENTRIES_CRC, crc32fast::hash(&self.entries));
         seal(&mut primary);
-        let backup_lba = get_u64(&primary, H_ALT_LBA);
+        let backup_lba = u64_at(&primary, H_ALT_LBA);
         let backup = relocated(&primary, backup_lba, 1, self.backup_entries_lba);
-        let primary_entries = get_u64(&primary, H_ENTRIES_LBA);
+        let primary_entries = u64_at(&primary, H_ENTRIES_LBA);
         write_at(
             dev,
             primary_entries * ss,
@@ -720,8 +705,8 @@ d1 : start=45056, size=81920, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="S
             "nothing may be written past the old end"
         );
         let backup = read_copy(&mut open(&img), 512, BACKUP_LBA).unwrap();
-        assert_eq!(get_u64(&backup.header, H_ALT_LBA), 1);
-        assert_eq!(get_u64(&backup.header, H_ENTRIES_LBA), BACKUP_ENTRIES_LBA);
+        assert_eq!(u64_at(&backup.header, H_ALT_LBA), 1);
+        assert_eq!(u64_at(&backup.header, H_ENTRIES_LBA), BACKUP_ENTRIES_LBA);
         let again = read(&img).unwrap();
         assert!(again.copies_agree());
         assert_eq!(again.range(8).unwrap(), oem);

@@ -8,6 +8,7 @@ pub mod ext4;
 pub mod ext4_used;
 pub mod gpt_edit;
 pub mod layout;
+pub mod le;
 pub mod relocate;
 pub mod repartition;
 pub mod sfdisk;

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use rustix::fs::{Mode, OFlags};
 
+use super::ext4::{MAGIC, MAGIC_AT, SUPERBLOCK};
 use super::ext4_used;
 use super::gpt_edit::{Gpt, Range};
 use chunks::{plan, Chunk};
@@ -39,9 +40,6 @@ use journal::{Area, Journal, MoveData, Phase, Progress, HEAD_BYTES};
 
 /// The boot disk's sector size (GCE persistent disks and QEMU disks use 512 bytes).
 pub const SECTOR: u64 = 512;
-/// Where an ext4 superblock starts in its partition, and its magic inside it.
-const SUPERBLOCK: u64 = 1024;
-const MAGIC_AT: u64 = 56;
 
 /// A partition number and the device node the kernel gives it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -369,7 +367,7 @@ fn has_superblock(disk: &Disk, sector: u64) -> Result<bool> {
 
 /// Whether the bytes at `byte` look like an ext4 superblock (its magic).
 fn superblock_at(disk: &Disk, byte: u64) -> Result<bool> {
-    Ok(disk.read(byte + MAGIC_AT, 2)? == [0x53, 0xef])
+    Ok(disk.read(byte + MAGIC_AT as u64, 2)? == MAGIC.to_le_bytes())
 }
 
 /// Copies `pieces` from the journal's progress on, with a checkpoint after each.

@@ -143,9 +143,9 @@ impl Fixture {
         let r = self.range(part);
         let f = fs::File::open(&self.work).unwrap();
         let mut magic = [0u8; 2];
-        f.read_exact_at(&mut magic, r.first * 512 + SUPERBLOCK + MAGIC_AT)
+        f.read_exact_at(&mut magic, r.first * 512 + SUPERBLOCK + MAGIC_AT as u64)
             .unwrap();
-        if magic != [0x53, 0xef] {
+        if magic != MAGIC.to_le_bytes() {
             return None;
         }
         let fs_img = self.extract(r, &format!("p{part}.img"));
