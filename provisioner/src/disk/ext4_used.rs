@@ -79,40 +79,39 @@ impl UsedBlocks {
     pub fn used_blocks(&self) -> u64 {
         self.extents.iter().map(|e| e.len).sum()
     }
+}
 
-    /// Merges the extents separated by the smallest gaps until at most `max` remain
-    /// (copying a few free blocks is harmless; the journal that records extents has fixed
-    /// room). `max` 0 is taken as 1.
-    pub fn coalesce(&mut self, max: usize) {
-        let max = max.max(1);
-        let n = self.extents.len();
-        if n <= max {
-            return;
-        }
-        let mut gaps: Vec<(u64, usize)> = self
-            .extents
-            .windows(2)
-            .enumerate()
-            .map(|(i, w)| (w[1].start - (w[0].start + w[0].len), i))
-            .collect();
-        gaps.sort_unstable();
-        let mut join = vec![false; n - 1];
-        for &(_, i) in &gaps[..n - max] {
-            join[i] = true;
-        }
-        let mut out = Vec::with_capacity(max);
-        let mut cur = self.extents[0];
-        for (e, joined) in self.extents[1..].iter().zip(join) {
-            if joined {
-                cur.len = e.start + e.len - cur.start;
-            } else {
-                out.push(cur);
-                cur = *e;
-            }
-        }
-        out.push(cur);
-        self.extents = out;
+/// Merges the extents separated by the smallest gaps until at most `max` remain
+/// (copying a few free blocks is harmless; the journal that records extents has fixed
+/// room). `max` 0 is taken as 1.
+pub fn coalesce(extents: &mut Vec<Extent>, max: usize) {
+    let max = max.max(1);
+    let n = extents.len();
+    if n <= max {
+        return;
     }
+    let mut gaps: Vec<(u64, usize)> = extents
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (w[1].start - (w[0].start + w[0].len), i))
+        .collect();
+    gaps.sort_unstable();
+    let mut join = vec![false; n - 1];
+    for &(_, i) in &gaps[..n - max] {
+        join[i] = true;
+    }
+    let mut out = Vec::with_capacity(max);
+    let mut cur = extents[0];
+    for (e, joined) in extents[1..].iter().zip(join) {
+        if joined {
+            cur.len = e.start + e.len - cur.start;
+        } else {
+            out.push(cur);
+            cur = *e;
+        }
+    }
+    out.push(cur);
+    *extents = out;
 }
 
 /// What the superblock says about where things are.
@@ -643,11 +642,11 @@ mod tests {
         // Gaps of 5, 1, 10 and 2 blocks.
         let mut u = used_of(&[(0, 2), (7, 1), (9, 3), (22, 1), (25, 4)]);
         let before = u.clone();
-        u.coalesce(5);
+        coalesce(&mut u.extents, 5);
         assert_eq!(u, before);
-        u.coalesce(3);
+        coalesce(&mut u.extents, 3);
         assert_eq!(u.extents, extents(&[(0, 2), (7, 5), (22, 7)]));
-        u.coalesce(0);
+        coalesce(&mut u.extents, 0);
         assert_eq!(u.extents, extents(&[(0, 29)]));
         assert_eq!(before.used_blocks(), 11);
 
@@ -665,7 +664,7 @@ mod tests {
             let orig = used_of(&v);
             for max in 1..=v.len() + 1 {
                 let mut c = orig.clone();
-                c.coalesce(max);
+                coalesce(&mut c.extents, max);
                 assert_eq!(c.extents.len(), max.min(v.len()));
                 assert!(covers(&c.extents, &orig.extents));
                 // Every extent starts and ends where an original one does.

@@ -219,17 +219,13 @@ fn fit(data: &mut [MoveData], capacity: u64) {
     }
     for d in data.iter_mut() {
         let share = (capacity * d.extents.len() as u64 / total).max(1) as usize;
-        let mut blocks = ext4_used::UsedBlocks {
-            block_size: 1,
-            blocks_count: u64::MAX,
-            extents: d
-                .extents
-                .iter()
-                .map(|&(start, len)| ext4_used::Extent { start, len })
-                .collect(),
-        };
-        blocks.coalesce(share);
-        d.extents = blocks.extents.iter().map(|e| (e.start, e.len)).collect();
+        let mut extents: Vec<ext4_used::Extent> = d
+            .extents
+            .iter()
+            .map(|&(start, len)| ext4_used::Extent { start, len })
+            .collect();
+        ext4_used::coalesce(&mut extents, share);
+        d.extents = extents.iter().map(|e| (e.start, e.len)).collect();
     }
 }
 
