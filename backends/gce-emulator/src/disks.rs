@@ -2,8 +2,11 @@
 //! GCE's rules: a known disk type, no size below the image's, no shrinking, and no delete
 //! while an instance uses the disk.
 
+use cos_customizer_common::config::SourceImage;
+use cos_customizer_core::backend::{DiskSource, DiskSpec};
 use serde_json::{Map, Value};
 
+use crate::boot::Job;
 use crate::images;
 use crate::listing;
 use crate::model::{int64, link, State};
@@ -98,6 +101,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
     let mut json = Map::new();
     let mut min_size = 1;
     let mut inherited = Value::Null;
+    let mut file = None;
     if let Some(source) = body["sourceImage"].as_str() {
         let (image_path, image) = images::resolve(state, source)?;
         if image["status"] != "READY" {
@@ -107,10 +111,23 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
                 format!("The resource '{image_path}' is not ready"),
             ));
         }
+        if state.boot.is_some() {
+            let f = state.store.images[&image_path].file.clone().ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "The emulator's boot mode makes disks only from images with a file, and '{image_path}' has none: give it a \"file\" in the seed"
+                ))
+            })?;
+            file = Some((f, image_path.clone()));
+        }
         min_size = int64(image.get("diskSizeGb")).unwrap_or(10);
         json.insert("sourceImage".into(), link(&image_path).into());
         json.insert("sourceImageId".into(), image["id"].clone());
         inherited = image;
+    }
+    if state.boot.is_some() && file.is_none() {
+        return Err(ApiError::invalid(
+            "The emulator's boot mode makes disks only from images: give 'sourceImage'",
+        ));
     }
     let size = match body.get("sizeGb") {
         Some(v) => int64(Some(v))
@@ -162,7 +179,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
     }
     json.insert("selfLink".into(), link(&path).into());
     state.store.disks.insert(path.clone(), json);
-    Ok(ops::start(
+    let op = ops::start(
         state,
         project,
         Some(zone),
@@ -170,7 +187,23 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         &path,
         &id,
         Finish::Nothing,
-    ))
+    );
+    if let Some((file, image_path)) = file {
+        let image_name = image_path.rsplit('/').next().unwrap_or_default();
+        let spec = DiskSpec {
+            name: name.to_string(),
+            source: DiskSource::Image(SourceImage {
+                name: image_name.to_string(),
+                project: project.to_string(),
+                local_file: file.to_string_lossy().into_owned(),
+                ..Default::default()
+            }),
+            size_gb: Some(u64::try_from(size).unwrap_or(1)),
+            disk_type: disk_type.name,
+        };
+        state.queue(&op, Job::CreateDisk { path, spec });
+    }
+    Ok(op)
 }
 
 /// The disk at `path` as GCE returns it, with `users` filled in.
@@ -232,6 +265,10 @@ pub(crate) fn resize(
     }
     disk.insert("sizeGb".into(), size.to_string().into());
     let id = disk["id"].as_str().unwrap_or_default().to_string();
+    let grown = (size > current).then(|| Job::ResizeDisk {
+        path: path.clone(),
+        size_gb: u64::try_from(size).unwrap_or(0),
+    });
     for user in users(state, &path) {
         let p = user
             .strip_prefix(crate::model::API_ROOT)
@@ -240,11 +277,11 @@ pub(crate) fn resize(
         if let Some(i) = state.store.instances.get_mut(&p) {
             if i.status == "RUNNING" {
                 let out = i.script.on_resize.clone();
-                i.serial.push(&out);
+                i.serial[crate::serial::PORT_3].push(&out);
             }
         }
     }
-    Ok(ops::start(
+    let op = ops::start(
         state,
         project,
         Some(zone),
@@ -252,7 +289,11 @@ pub(crate) fn resize(
         &path,
         &id,
         Finish::Nothing,
-    ))
+    );
+    if let Some(job) = grown.filter(|_| state.boot.is_some()) {
+        state.queue(&op, job);
+    }
+    Ok(op)
 }
 
 /// `DELETE projects/{p}/zones/{z}/disks/{d}`: 400 `resourceInUseByAnotherResource` while any
@@ -266,7 +307,7 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
     }
     let disk = state.store.disks.remove(&path).expect("checked above");
     let id = disk["id"].as_str().unwrap_or_default().to_string();
-    Ok(ops::start(
+    let op = ops::start(
         state,
         project,
         Some(zone),
@@ -274,5 +315,10 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
         &path,
         &id,
         Finish::Nothing,
-    ))
+    );
+    if state.boot.is_some() {
+        let disk = state.boot_disks.remove(&path);
+        state.queue(&op, Job::DeleteDisk { disk });
+    }
+    Ok(op)
 }

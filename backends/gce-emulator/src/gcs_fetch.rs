@@ -108,17 +108,17 @@ pub(crate) struct ImportError {
 
 /// Reads the `rawDisk` source `bucket`/`path` (the object's name as the source URL writes it,
 /// percent-encoded per segment) from the storage server at `storage` and returns the size of
-/// its `disk.raw` in bytes.
+/// its `disk.raw` in bytes, and the object.
 ///
 /// GCE's messages: a missing object is "The resource '…/storage/v1/b/B/o/O' of type 'Google
 /// Cloud Storage object' was not found.", a missing bucket "The Cloud Storage bucket 'B' is not
 /// found.", and a tar that is not an image "The tar archive is not a valid image." (as users
 /// have reported them; the operation error codes here are the emulator's choice).
-pub(crate) async fn raw_disk_size(
+pub(crate) async fn raw_disk(
     storage: &str,
     bucket: &str,
     path: &str,
-) -> Result<u64, ImportError> {
+) -> Result<(u64, Bytes), ImportError> {
     let storage = storage.trim_end_matches('/');
     let object = encode_segment(&decode_path(path));
     let url = format!(
@@ -134,13 +134,16 @@ pub(crate) async fn raw_disk_size(
         .await
         .map_err(unreachable)?;
     match status {
-        200 => disk_raw_size(&body).ok_or_else(|| ImportError {
-            code: "INVALID_IMAGE_FILE",
-            message: "The tar archive is not a valid image. It must be a gzipped tar (GNU \
+        200 => match disk_raw_size(&body) {
+            Some(size) => Ok((size, body)),
+            None => Err(ImportError {
+                code: "INVALID_IMAGE_FILE",
+                message: "The tar archive is not a valid image. It must be a gzipped tar (GNU \
                       format) whose first member is disk.raw."
-                .into(),
-            http: 400,
-        }),
+                    .into(),
+                http: 400,
+            }),
+        },
         404 => {
             let bucket_url = format!("{storage}/storage/v1/b/{}", encode_segment(bucket));
             let (bucket_status, _) = request("GET", &bucket_url, Vec::new())

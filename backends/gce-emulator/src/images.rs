@@ -1,10 +1,13 @@
 //! Images: insert (from a disk, an image or a `rawDisk` in Cloud Storage), get, list with the
 //! filter subset, getFromFamily, deprecate and delete. All answer with global operations.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use cos_customizer_core::backend::{ImageFormat, OutputImage};
 use serde_json::{json, Map, Value};
 
+use crate::boot::Job;
 use crate::gcs_fetch::{self, ImportError};
 use crate::listing;
 use crate::model::{link, Image, State, API_ROOT};
@@ -103,9 +106,9 @@ fn newest_in_family(
         .ok_or_else(|| ApiError::not_found(&format!("{prefix}family/{family}")))
 }
 
-/// What reading a `rawDisk` source found: the size of its `disk.raw` in bytes, or why GCE
-/// would fail the import.
-pub(crate) type RawDisk = Result<u64, ImportError>;
+/// What reading a `rawDisk` source found: the size of its `disk.raw` in bytes and the object,
+/// or why GCE would fail the import.
+pub(crate) type RawDisk = Result<(u64, hyper::body::Bytes), ImportError>;
 
 /// The bucket and the (still percent-encoded) object of a `rawDisk.source` URL.
 fn raw_disk_object(source: &str) -> Option<(&str, &str)> {
@@ -127,7 +130,7 @@ pub(crate) async fn read_raw_disk(shared: &Mutex<State>, body: &Value) -> Option
         .storage
         .clone()?;
     let (bucket, object) = raw_disk_object(body["rawDisk"]["source"].as_str()?)?;
-    Some(gcs_fetch::raw_disk_size(&storage, bucket, object).await)
+    Some(gcs_fetch::raw_disk(&storage, bucket, object).await)
 }
 
 /// `POST projects/{p}/global/images`. `raw_disk` is what [`read_raw_disk`] found for a
@@ -160,6 +163,10 @@ pub(crate) fn insert(
     }
     let force = query.iter().any(|(k, v)| k == "forceCreate" && v == "true");
     let mut json = Map::new();
+    let boot = state.boot.clone();
+    // Boot mode: the image's file, and the work that writes it from a disk.
+    let mut file = None;
+    let mut from_disk = None;
     let (inherited, size) = if let Some(disk) = body["sourceDisk"].as_str() {
         let parts = validate::reference("sourceDisk", disk, validate::DISK)?;
         let disk_path = format!(
@@ -181,11 +188,13 @@ pub(crate) fn insert(
         }
         json.insert("sourceDisk".into(), link(&disk_path).into());
         json.insert("sourceDiskId".into(), disk["id"].clone());
+        from_disk = Some(disk_path);
         (Value::Object(disk), None)
     } else if let Some(image) = body["sourceImage"].as_str() {
         let (image_path, image) = resolve(state, image)?;
         json.insert("sourceImage".into(), link(&image_path).into());
         json.insert("sourceImageId".into(), image["id"].clone());
+        file = state.store.images[&image_path].file.clone();
         (image, None)
     } else {
         let source = body["rawDisk"]["source"].as_str().unwrap_or_default();
@@ -208,9 +217,20 @@ pub(crate) fn insert(
         );
         // GCE sizes the image by its disk.raw, in whole GB rounded up; unread, a stand-in.
         let size = match &raw_disk {
-            Some(Ok(bytes)) => bytes.div_ceil(1 << 30).max(1).to_string(),
+            Some(Ok((bytes, _))) => bytes.div_ceil(1 << 30).max(1).to_string(),
             _ => "10".to_string(),
         };
+        if let (Some(boot), Some(Ok((_, object)))) = (&boot, &raw_disk) {
+            let f = boot.image_file(name, "tar.gz");
+            std::fs::write(&f, object).map_err(|e| {
+                ApiError::new(
+                    500,
+                    "internalError",
+                    format!("boot mode: writing {}: {e}", f.display()),
+                )
+            })?;
+            file = Some(f);
+        }
         (Value::Null, Some(size))
     };
     let id = state.new_id();
@@ -254,11 +274,27 @@ pub(crate) fn insert(
     json.insert("sourceType".into(), "RAW".into());
     json.insert("status".into(), "PENDING".into());
     json.insert("selfLink".into(), link(&path).into());
+    let out = OutputImage {
+        name: name.to_string(),
+        project: project.to_string(),
+        family: json
+            .get("family")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        labels: BTreeMap::new(),
+        licenses: Vec::new(),
+        description: String::new(),
+        local_file: boot
+            .as_ref()
+            .map(|b| (b.image_file(name, "qcow2"), ImageFormat::Qcow2)),
+    };
     state.store.images.insert(
         path.clone(),
         Image {
             json,
             seeded: false,
+            file,
         },
     );
     let op = ops::start(
@@ -273,6 +309,9 @@ pub(crate) fn insert(
     if let Some(Err(e)) = raw_disk {
         state.store.images.remove(&path);
         ops::fail(state, &ops::path_of(&op), e.code, &e.message, e.http);
+    }
+    if let (Some(_), Some(disk)) = (&boot, from_disk) {
+        state.queue(&op, Job::CreateImage { path, disk, out });
     }
     Ok(op)
 }
@@ -370,6 +409,17 @@ pub(crate) fn deprecate(state: &mut State, project: &str, name: &str, body: &Val
 pub(crate) fn delete(state: &mut State, project: &str, name: &str) -> Reply {
     let path = image_path(state, project, name)?;
     let image = state.store.images.remove(&path).expect("checked above");
+    // Boot mode: the file goes with the last image made through the API that reads it.
+    if let (Some(boot), Some(file)) = (&state.boot, &image.file) {
+        let shared = state
+            .store
+            .images
+            .values()
+            .any(|i| i.file.as_ref() == Some(file));
+        if file.starts_with(&boot.images_dir) && !shared {
+            crate::boot::remove_file(file);
+        }
+    }
     let id = image.json["id"].as_str().unwrap_or_default().to_string();
     Ok(ops::start(
         state,

@@ -3,8 +3,13 @@
 //! PROVISIONING until the insert operation is DONE, RUNNING, STOPPING for so many GETs,
 //! TERMINATED.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cos_customizer_core::backend::VmSpec;
 use serde_json::{json, Map, Value};
 
+use crate::boot::Job;
 use crate::listing;
 use crate::metadata;
 use crate::model::{link, Instance, State};
@@ -219,6 +224,11 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
             m[2]
         )));
     }
+    if state.boot.is_some() && body.get("guestAccelerators").is_some() {
+        return Err(ApiError::invalid(
+            "The emulator's boot mode runs instances under QEMU, which cannot attach GPUs: drop 'guestAccelerators'",
+        ));
+    }
     let disks = attached_disks(state, project, zone, &body["disks"])?;
     let seq = state.store.instances.len() as u64 + state.next_u64() % 1000;
     let nics = network_interfaces(project, zone, body.get("networkInterfaces"), seq)?;
@@ -269,16 +279,20 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         Some(i) => state.scripts.remove(i).1,
         None => Script::default(),
     };
+    let job = state.boot.is_some().then(|| boot_job(&path, &json));
+    let window = state.settings.serial_window;
     let instance = Instance {
         json,
         status: "PROVISIONING",
         script,
-        serial: SerialBuffer::new(state.settings.serial_window),
+        serial: std::array::from_fn(|_| SerialBuffer::new(window)),
         serial_reads: 0,
         stop_polls_left: 0,
+        vm: None,
+        vm_read: [0; 4],
     };
     state.store.instances.insert(path.clone(), instance);
-    Ok(ops::start(
+    let op = ops::start(
         state,
         project,
         Some(zone),
@@ -286,7 +300,67 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         &path,
         &id,
         Finish::InstanceRunning(path.clone()),
-    ))
+    );
+    if let Some(job) = job {
+        state.queue(&op, job);
+    }
+    Ok(op)
+}
+
+/// Boot mode: the VM of a new instance (its JSON as stored).
+fn boot_job(path: &str, json: &Map<String, Value>) -> Job {
+    let metadata: BTreeMap<String, String> = json["metadata"]["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (text(&i["key"]), text(&i["value"]))
+        })
+        .collect();
+    let labels = json
+        .get("labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+        .collect();
+    let machine_type = json["machineType"]
+        .as_str()
+        .and_then(|m| m.rsplit('/').next())
+        .unwrap_or_default()
+        .to_string();
+    // GCE stops an instance at its maxRunDuration; without one it runs until deleted.
+    let max_lifetime = crate::model::int64(json["scheduling"]["maxRunDuration"].get("seconds"))
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(Duration::from_secs(24 * 3600), Duration::from_secs);
+    let disks = json["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["source"].as_str())
+        .map(|s| {
+            s.strip_prefix(crate::model::API_ROOT)
+                .unwrap_or(s)
+                .to_string()
+        })
+        .collect();
+    Job::CreateVm {
+        path: path.to_string(),
+        spec: VmSpec {
+            name: json["name"].as_str().unwrap_or_default().to_string(),
+            disks: Vec::new(),
+            metadata,
+            labels,
+            machine_type,
+            service_account: String::new(),
+            gpu_type: None,
+            network: None,
+            subnet: None,
+            max_lifetime,
+        },
+        disks,
+    }
 }
 
 /// `GET projects/{p}/zones/{z}/instances/{i}`: one poll of a STOPPING instance.
@@ -328,6 +402,7 @@ pub(crate) fn list(state: &State, project: &str, zone: &str, query: &[(String, S
 pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
     let path = path(state, project, zone, name)?;
     let instance = state.store.instances.remove(&path).expect("checked above");
+    let mut vm_disks = Vec::new();
     for d in instance.json["disks"].as_array().into_iter().flatten() {
         if d["autoDelete"] == true {
             let source = d["source"].as_str().unwrap_or_default();
@@ -335,10 +410,11 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
                 .strip_prefix(crate::model::API_ROOT)
                 .unwrap_or(source);
             state.store.disks.remove(disk);
+            vm_disks.extend(state.boot_disks.remove(disk));
         }
     }
     let id = instance.json["id"].as_str().unwrap_or_default().to_string();
-    Ok(ops::start(
+    let op = ops::start(
         state,
         project,
         Some(zone),
@@ -346,7 +422,15 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
         &path,
         &id,
         Finish::Nothing,
-    ))
+    );
+    if state.boot.is_some() {
+        let job = Job::DeleteVm {
+            vm: instance.vm,
+            disks: vm_disks,
+        };
+        state.queue(&op, job);
+    }
+    Ok(op)
 }
 
 /// `POST projects/{p}/zones/{z}/instances/{i}/stop`.
@@ -358,7 +442,7 @@ pub(crate) fn stop(state: &mut State, project: &str, zone: &str, name: &str) -> 
         instance.begin_stop(polls);
     }
     let id = instance.json["id"].as_str().unwrap_or_default().to_string();
-    Ok(ops::start(
+    let op = ops::start(
         state,
         project,
         Some(zone),
@@ -366,5 +450,9 @@ pub(crate) fn stop(state: &mut State, project: &str, zone: &str, name: &str) -> 
         &path,
         &id,
         Finish::Nothing,
-    ))
+    );
+    if state.boot.is_some() {
+        state.queue(&op, Job::StopVm { path });
+    }
+    Ok(op)
 }

@@ -1,8 +1,9 @@
 //! A local emulator of a strict subset of the Compute Engine v1 API, for tests: disks,
 //! instances, images, zone and global operations, serial port output and `setMetadata` with
-//! fingerprints, in GCE's JSON shapes. Its instances are scripted (no VM runs): the test says
-//! what serial port 3 shows and when the instance stops, and queues faults per route. Every
-//! request is logged; any route it does not serve answers 501 naming the route.
+//! fingerprints, in GCE's JSON shapes. Its instances are scripted (no VM runs: the test says
+//! what serial port 3 shows and when the instance stops, and queues faults per route), or, in
+//! boot mode ([`Options::boot`]), QEMU VMs of the images' files that really boot (see `boot.rs`).
+//! Every request is logged; any route it does not serve answers 501 naming the route.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -14,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod boot;
 mod discovery;
 mod disks;
 pub mod fake_gcs;
@@ -45,6 +47,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use boot::BootOptions;
 pub use discovery::{Discovery, Method, Side};
 pub use faults::Fault;
 pub use model::RequestRecord;
@@ -75,8 +78,10 @@ pub struct Options {
     pub stop_polls: u32,
     /// A Cloud Storage JSON-API endpoint (`http://127.0.0.1:Q`, fake-gcs-server) that
     /// `images.insert` reads `rawDisk` sources from, checking each is a gzipped tar with
-    /// `disk.raw` first; `None` accepts any source unread.
+    /// `disk.raw` first; `None` accepts any source unread. Boot mode needs it.
     pub storage: Option<String>,
+    /// Boot mode: instances are QEMU VMs; `None` scripts them.
+    pub boot: Option<BootOptions>,
 }
 
 impl Default for Options {
@@ -90,6 +95,7 @@ impl Default for Options {
             serial_window: 1 << 20,
             stop_polls: 1,
             storage: None,
+            boot: None,
         }
     }
 }
@@ -107,7 +113,16 @@ impl Emulator {
             stop_polls: opts.stop_polls,
             storage: opts.storage,
         };
-        let state = Arc::new(Mutex::new(State::new(opts.seed, settings, opts.rng_seed)?));
+        let boot = match opts.boot {
+            Some(b) => Some(Arc::new(boot::Boot::new(b)?)),
+            None => None,
+        };
+        let state = Arc::new(Mutex::new(State::new(
+            opts.seed,
+            settings,
+            opts.rng_seed,
+            boot,
+        )?));
         let listener = TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("binding {}", opts.listen))?;
@@ -295,6 +310,35 @@ impl Handle {
         true
     }
 
+    /// The image at `path` (`projects/p/global/images/n`) as `images.get` answers it.
+    pub fn image(&self, path: &str) -> Option<serde_json::Value> {
+        let state = self.state();
+        Some(serde_json::Value::Object(
+            state.store.images.get(path)?.json.clone(),
+        ))
+    }
+
+    /// Boot mode: the file of the image at `path` (`projects/p/global/images/n`), once the image
+    /// is READY.
+    pub fn image_file(&self, path: &str) -> Option<std::path::PathBuf> {
+        self.state().store.images.get(path)?.file.clone()
+    }
+
+    /// Boot mode: what is left in QEMU's work dir (disk overlays, VM logs and sockets); empty
+    /// once every disk and instance is deleted.
+    pub fn boot_files(&self) -> Vec<std::path::PathBuf> {
+        let Some(boot) = self.state().boot.clone() else {
+            return Vec::new();
+        };
+        let mut files: Vec<_> = std::fs::read_dir(boot.backend.work_dir())
+            .map(|dir| dir.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        // The work dir's own stamp, which lets a later run sweep it.
+        files.retain(|f| !f.ends_with(cos_customizer_core::workdir::OWNER_FILE));
+        files.sort();
+        files
+    }
+
     /// The disks, instances and non-seeded images that exist now.
     pub fn resources(&self) -> Resources {
         let state = self.state();
@@ -315,6 +359,9 @@ impl Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.task.abort();
+        // The VMs stop and QEMU's work dir goes once the last task using them ends (also
+        // after a panic in the emulator, which a test reports better than a poisoned lock).
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).boot = None;
     }
 }
 

@@ -194,7 +194,12 @@ pub(crate) fn page(
     let end = (offset + max).min(items.len());
     let mut out = Map::new();
     out.insert("kind".into(), kind.into());
-    out.insert("id".into(), self_link.clone().into());
+    // GCE's list id is the collection's path, not its URL.
+    let id = self_link
+        .strip_prefix(crate::model::API_ROOT)
+        .unwrap_or(&self_link)
+        .to_string();
+    out.insert("id".into(), id.into());
     if end > offset {
         out.insert("items".into(), json!(items[offset..end]));
     }

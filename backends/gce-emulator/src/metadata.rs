@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use serde_json::{json, Value};
 
+use crate::boot::Job;
 use crate::model::State;
 use crate::ops::{self, Finish};
 use crate::reply::{ApiError, Reply};
@@ -90,9 +91,19 @@ pub(crate) fn set(state: &mut State, project: &str, zone: &str, path: &str, body
     let daisy_end = items.iter().any(|i| i["key"] == DAISY_END);
     let fingerprint = state.fingerprint();
     let instance = state.store.instances.get_mut(path).expect("checked above");
-    let had_daisy_end = instance.json["metadata"]["items"]
+    let old_items = instance.json["metadata"]["items"].clone();
+    let had_daisy_end = old_items
         .as_array()
         .is_some_and(|items| items.iter().any(|i| i["key"] == DAISY_END));
+    // Boot mode: the VM's metadata server learns what changed (a removed key stays there).
+    let changed: Vec<(String, String)> = items
+        .iter()
+        .filter(|item| !old_items.as_array().is_some_and(|old| old.contains(item)))
+        .map(|i| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (text(&i["key"]), text(&i["value"]))
+        })
+        .collect();
     instance.json["metadata"] = shaped(fingerprint, items);
     if daisy_end && !had_daisy_end && instance.status == "RUNNING" {
         if let Some(polls) = instance.script.stop_on_daisy_end {
@@ -100,7 +111,7 @@ pub(crate) fn set(state: &mut State, project: &str, zone: &str, path: &str, body
         }
     }
     let id = instance.json["id"].as_str().unwrap_or_default().to_string();
-    Ok(ops::start(
+    let op = ops::start(
         state,
         project,
         Some(zone),
@@ -108,5 +119,13 @@ pub(crate) fn set(state: &mut State, project: &str, zone: &str, path: &str, body
         path,
         &id,
         Finish::Nothing,
-    ))
+    );
+    if state.boot.is_some() && !changed.is_empty() {
+        let job = Job::SetMetadata {
+            path: path.to_string(),
+            items: changed,
+        };
+        state.queue(&op, job);
+    }
+    Ok(op)
 }

@@ -2,10 +2,15 @@
 //! ids and fingerprints.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use cos_customizer_core::backend::{DiskId, VmId};
 
 use serde_json::{Map, Value};
 
+use crate::boot::{Boot, Job};
 use crate::faults::Fault;
 use crate::ops::Operation;
 use crate::reply::ApiError;
@@ -52,7 +57,7 @@ pub(crate) struct Settings {
     pub storage: Option<String>,
 }
 
-/// A scripted instance.
+/// An instance: scripted, or a QEMU VM in boot mode.
 #[derive(Clone, Debug)]
 pub(crate) struct Instance {
     /// The resource JSON except `status`.
@@ -61,12 +66,16 @@ pub(crate) struct Instance {
     pub status: &'static str,
     /// What the test scripted for it.
     pub script: Script,
-    /// Serial port 3.
-    pub serial: SerialBuffer,
+    /// Serial ports 1 to 4.
+    pub serial: [SerialBuffer; 4],
     /// Reads of serial port 3 so far.
     pub serial_reads: u32,
     /// GETs left that show STOPPING.
     pub stop_polls_left: u32,
+    /// Boot mode: the VM, once it has been created.
+    pub vm: Option<VmId>,
+    /// Boot mode: how far each port of the VM has been copied into [`Instance::serial`].
+    pub vm_read: [u64; 4],
 }
 
 impl Instance {
@@ -84,6 +93,8 @@ pub(crate) struct Image {
     pub json: Map<String, Value>,
     /// Loaded from the seed rather than inserted through the API.
     pub seeded: bool,
+    /// Boot mode: the disk image file that disks made from this image start from.
+    pub file: Option<PathBuf>,
 }
 
 /// The resources, keyed by path (`projects/p/zones/z/disks/d`); cloned to roll back a request
@@ -116,12 +127,23 @@ pub(crate) struct State {
     pub scripts: Vec<(String, Script)>,
     /// Every request, in order.
     pub log: Vec<RequestRecord>,
+    /// Boot mode: where instances run.
+    pub boot: Option<Arc<Boot>>,
+    /// Boot mode: the QEMU disk of each disk path.
+    pub boot_disks: HashMap<String, DiskId>,
+    /// Boot mode: work the last request started, keyed by the operation it keeps RUNNING.
+    pub pending: Vec<(String, Job)>,
     rng: u64,
 }
 
 impl State {
     /// A state holding the seed's images.
-    pub fn new(seed: Seed, settings: Settings, rng_seed: u64) -> anyhow::Result<State> {
+    pub fn new(
+        seed: Seed,
+        settings: Settings,
+        rng_seed: u64,
+        boot: Option<Arc<Boot>>,
+    ) -> anyhow::Result<State> {
         let mut state = State {
             seed,
             settings,
@@ -131,6 +153,9 @@ impl State {
             faults: HashMap::new(),
             scripts: Vec::new(),
             log: Vec::new(),
+            boot,
+            boot_disks: HashMap::new(),
+            pending: Vec::new(),
             rng: rng_seed | 1,
         };
         crate::seed::load_images(&mut state)?;
@@ -153,6 +178,14 @@ impl State {
     /// A new opaque fingerprint: base64 of 8 random bytes.
     pub fn fingerprint(&mut self) -> String {
         base64(&self.next_u64().to_be_bytes())
+    }
+
+    /// Queues boot-mode work and keeps the operation of `op` (a mutating call's answer)
+    /// RUNNING until the work is done.
+    pub fn queue(&mut self, op: &Value, job: Job) {
+        let path = crate::ops::path_of(op);
+        crate::ops::block(self, &path);
+        self.pending.push((path, job));
     }
 
     /// 404 unless the project is seeded.

@@ -2,6 +2,7 @@
 //! operations held RUNNING, and `/wait` with a deadline.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -33,6 +34,8 @@ pub(crate) struct Operation {
     json: Map<String, Value>,
     status: Status,
     running_left: u32,
+    /// Boot-mode work (a VM starting, a disk being made) keeps it RUNNING until it ends.
+    busy: bool,
     finish: Finish,
     error: Option<(String, String, u16)>,
 }
@@ -110,6 +113,7 @@ pub(crate) fn start(
         json,
         status: Status::Pending,
         running_left: state.settings.op_running_polls,
+        busy: false,
         finish,
         error: None,
     };
@@ -131,6 +135,7 @@ pub(crate) fn fail(state: &mut State, path: &str, code: &str, message: &str, htt
     if let Some(op) = state.ops.get_mut(path) {
         op.error = Some((code.to_string(), message.to_string(), http));
         op.finish = Finish::Nothing;
+        op.busy = false;
     }
 }
 
@@ -138,6 +143,25 @@ pub(crate) fn fail(state: &mut State, path: &str, code: &str, message: &str, htt
 pub(crate) fn hold(state: &mut State, path: &str, polls: u32) {
     if let Some(op) = state.ops.get_mut(path) {
         op.running_left += polls;
+    }
+}
+
+/// Keeps the operation RUNNING until [`work_done`] is called for it.
+pub(crate) fn block(state: &mut State, path: &str) {
+    if let Some(op) = state.ops.get_mut(path) {
+        op.busy = true;
+    }
+}
+
+/// Ends what [`block`] waited for: the operation can go DONE, with `error` if the work failed
+/// (`(code, message, HTTP status)`).
+pub(crate) fn work_done(state: &mut State, path: &str, error: Option<(String, String, u16)>) {
+    if let Some(op) = state.ops.get_mut(path) {
+        op.busy = false;
+        if let Some((code, message, http)) = error {
+            op.error = Some((code, message, http));
+            op.finish = Finish::Nothing;
+        }
     }
 }
 
@@ -165,6 +189,7 @@ fn step(state: &mut State, path: &str, count_hold: bool) -> Result<bool, ApiErro
             op.status = Status::Running;
             op.json.insert("startTime".into(), now.into());
         }
+        Status::Running if op.busy => {}
         Status::Running if op.running_left > 0 => {
             if count_hold {
                 op.running_left -= 1;
@@ -200,30 +225,41 @@ fn apply(state: &mut State, finish: &Finish) {
 }
 
 /// `POST …/operations/{op}/wait`: finishes the operation unless it is held, in which case it
-/// spends one poll of the hold and answers RUNNING at the deadline. `early` answers after a
-/// single step.
+/// spends one poll of the hold and answers RUNNING at the deadline, or busy, in which case it
+/// answers when the work ends or at the deadline. `early` answers after a single step.
 pub(crate) async fn wait(shared: &Mutex<State>, path: &str, early: bool) -> Reply {
-    let deadline = {
-        let mut state = shared.lock().expect("state lock");
-        if early {
-            step(&mut state, path, true)?;
-            return current(&state, path).ok_or_else(|| ApiError::not_found(path));
-        }
-        loop {
-            let held = state
-                .ops
-                .get(path)
-                .is_some_and(|op| op.status == Status::Running && op.running_left > 0);
-            if held {
+    let deadline = Instant::now() + shared.lock().expect("state lock").settings.wait_deadline;
+    loop {
+        let busy = {
+            let mut state = shared.lock().expect("state lock");
+            if early {
                 step(&mut state, path, true)?;
-                break state.settings.wait_deadline;
-            }
-            if step(&mut state, path, false)? {
                 return current(&state, path).ok_or_else(|| ApiError::not_found(path));
             }
+            loop {
+                let op = state.ops.get(path);
+                if op.is_some_and(|op| op.status == Status::Running && op.busy) {
+                    break true;
+                }
+                let held = op.is_some_and(|op| op.status == Status::Running && op.running_left > 0);
+                if held {
+                    step(&mut state, path, true)?;
+                    break false;
+                }
+                if step(&mut state, path, false)? {
+                    return current(&state, path).ok_or_else(|| ApiError::not_found(path));
+                }
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !busy || left.is_zero() {
+            tokio::time::sleep(left).await;
+            let state = shared.lock().expect("state lock");
+            return current(&state, path).ok_or_else(|| ApiError::not_found(path));
         }
-    };
-    tokio::time::sleep(deadline).await;
-    let state = shared.lock().expect("state lock");
-    current(&state, path).ok_or_else(|| ApiError::not_found(path))
+        tokio::time::sleep(left.min(BUSY_POLL)).await;
+    }
 }
+
+/// How often `/wait` looks again at an operation that boot-mode work keeps RUNNING.
+const BUSY_POLL: Duration = Duration::from_millis(100);

@@ -2,7 +2,7 @@
 //! document), request checks (query parameters, body schema, `requestId`), faults, and
 //! dispatch. Anything else answers 501 naming the route.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -10,7 +10,7 @@ use crate::discovery::{Discovery, Side};
 use crate::faults::Fault;
 use crate::model::{RequestRecord, State};
 use crate::reply::{ApiError, Reply};
-use crate::{disks, images, instances, metadata, ops, serial, validate};
+use crate::{boot, disks, images, instances, metadata, ops, serial, validate};
 
 /// Every route the emulator serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -320,7 +320,7 @@ impl Route {
 
 /// Handles one request and logs it; returns the status and the JSON body.
 pub(crate) async fn respond(
-    shared: &Mutex<State>,
+    shared: &Arc<Mutex<State>>,
     method: &str,
     raw_path: &str,
     query: Vec<(String, String)>,
@@ -346,7 +346,7 @@ pub(crate) async fn respond(
 }
 
 async fn route(
-    shared: &Mutex<State>,
+    shared: &Arc<Mutex<State>>,
     method: &str,
     raw_path: &str,
     query: &[(String, String)],
@@ -404,6 +404,15 @@ async fn route(
         ImageInsert => images::read_raw_disk(shared, &body).await,
         _ => None,
     };
+    // Boot mode: what the VMs printed and whether they still run, also read before locking.
+    match route {
+        InstanceGet | InstanceSerialPort => {
+            let path = format!("projects/{}/zones/{}/instances/{}", p[0], p[1], p[2]);
+            boot::refresh(shared, Some(&path)).await;
+        }
+        InstanceList | ImageInsert => boot::refresh(shared, None).await,
+        _ => {}
+    }
     let mut guard = shared.lock().expect("state lock");
     let state = &mut *guard;
     let request_id = crate::listing::arg(query, "requestId").map(str::to_string);
@@ -418,7 +427,9 @@ async fn route(
         metadata::concurrent_change(state, &path);
     }
     let snapshot = matches!(fault, Some(Fault::OpError { .. })).then(|| state.store.clone());
-    let reply = dispatch(state, route, &p, query, &body, raw_disk)?;
+    let reply = dispatch(state, route, &p, query, &body, raw_disk);
+    let jobs = std::mem::take(&mut state.pending);
+    let reply = reply?;
     if route.is_mutation() {
         let op = ops::path_of(&reply);
         if let Some(rid) = request_id {
@@ -432,11 +443,15 @@ async fn route(
             }) => {
                 state.store = snapshot.expect("taken for an operation error");
                 ops::fail(state, &op, &code, &message, http_status);
+                // Nothing happened, so nothing is to be done.
+                return Ok(reply);
             }
             Some(Fault::OpStaysRunning(polls)) => ops::hold(state, &op, polls),
             _ => {}
         }
     }
+    drop(guard);
+    boot::spawn(shared, jobs);
     Ok(reply)
 }
 

@@ -1,5 +1,6 @@
-//! The seed: projects, zones, disk types, machine types and images (metadata only) the emulator
-//! starts with. `seed.json` beside `Cargo.toml` is the built-in one.
+//! The seed: projects, zones, disk types, machine types and images the emulator starts with.
+//! `seed.json` beside `Cargo.toml` is the built-in one (metadata only); `fixture-seed.json`
+//! adds the fixture image with its `file`, which boot mode makes disks from.
 
 use anyhow::{bail, Context};
 use serde_json::{Map, Value};
@@ -99,12 +100,16 @@ impl Seed {
                 bail!("seed: an image is not an object");
             };
             let project = map.remove("project");
+            let file = map.remove("file");
             let name = map["name"].as_str().unwrap_or_default().to_string();
             validate::name("name", &name).map_err(|e| anyhow::anyhow!("seed: {}", e.message))?;
             Discovery::compute_v1()
                 .check("Image", &Value::Object(map.clone()), Side::Request)
                 .map_err(|e| anyhow::anyhow!("seed: image {name}: {e}"))?;
             map.insert("project".into(), project.unwrap_or(Value::Null));
+            if let Some(file) = file {
+                map.insert("file".into(), file);
+            }
             images.push(map);
         }
         Ok(Seed {
@@ -116,11 +121,19 @@ impl Seed {
         })
     }
 
-    /// Reads a seed file.
+    /// Reads a seed file; an image's relative `file` is relative to the seed's folder.
     pub fn from_file(path: &std::path::Path) -> anyhow::Result<Seed> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the seed {}", path.display()))?;
-        Seed::from_json(&text)
+        let mut seed = Seed::from_json(&text)?;
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        for image in &mut seed.images {
+            if let Some(file) = image.get("file").and_then(Value::as_str) {
+                let file = dir.join(file).to_string_lossy().into_owned();
+                image.insert("file".into(), file.into());
+            }
+        }
+        Ok(seed)
     }
 }
 
@@ -135,7 +148,18 @@ pub(crate) fn load_images(state: &mut State) -> anyhow::Result<()> {
         if !state.seed.projects.contains(&project) {
             bail!("seed: image project {project} is not among the projects");
         }
+        let file = match json.remove("file") {
+            None => None,
+            Some(Value::String(f)) => Some(std::path::PathBuf::from(f)),
+            Some(other) => bail!("seed: image file {other} is not a path"),
+        };
         let name = json["name"].as_str().unwrap_or_default().to_string();
+        if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
+            bail!(
+                "seed: the file of image {name}, {}, does not exist (build the fixture with scripts/make-fixture.sh)",
+                f.display()
+            );
+        }
         let path = format!("projects/{project}/global/images/{name}");
         json.insert("kind".into(), "compute#image".into());
         json.insert("id".into(), state.new_id().into());
@@ -156,10 +180,14 @@ pub(crate) fn load_images(state: &mut State) -> anyhow::Result<()> {
                 dep.insert("replacement".into(), full.into());
             }
         }
-        state
-            .store
-            .images
-            .insert(path, Image { json, seeded: true });
+        state.store.images.insert(
+            path,
+            Image {
+                json,
+                seeded: true,
+                file,
+            },
+        );
     }
     Ok(())
 }

@@ -8,6 +8,9 @@ use crate::listing::arg;
 use crate::model::{link, State};
 use crate::reply::{ApiError, Reply};
 
+/// Where port 3, which the build reports on, is in [`crate::model::Instance::serial`].
+pub(crate) const PORT_3: usize = 2;
+
 /// One port's output: the bytes kept and how many were dropped before them.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SerialBuffer {
@@ -82,8 +85,7 @@ pub(crate) fn get(state: &mut State, path: &str, query: &[(String, String)]) -> 
             format!("The resource '{path}' is not ready"),
         ));
     }
-    let empty = SerialBuffer::new(1);
-    let buffer = if port == 3 {
+    if port == 3 {
         let reads = instance.serial_reads;
         let due: Vec<Vec<u8>> = instance
             .script
@@ -94,14 +96,12 @@ pub(crate) fn get(state: &mut State, path: &str, query: &[(String, String)]) -> 
             .collect();
         instance.script.serial.retain(|(after, _)| *after > reads);
         for bytes in due {
-            instance.serial.push(&bytes);
+            instance.serial[PORT_3].push(&bytes);
         }
         instance.serial_reads += 1;
-        &instance.serial
-    } else {
-        &empty
-    };
-    let (bytes, from, next) = buffer.read(start);
+    }
+    let index = usize::try_from(port - 1).expect("ports are 1 to 4");
+    let (bytes, from, next) = instance.serial[index].read(start);
     Ok(json!({
         "kind": "compute#serialPortOutput",
         "contents": String::from_utf8_lossy(bytes),
@@ -115,7 +115,7 @@ pub(crate) fn get(state: &mut State, path: &str, query: &[(String, String)]) -> 
 pub(crate) fn append(state: &mut State, path: &str, bytes: &[u8]) -> bool {
     match state.store.instances.get_mut(path) {
         Some(i) => {
-            i.serial.push(bytes);
+            i.serial[PORT_3].push(bytes);
             true
         }
         None => false,
