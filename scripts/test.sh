@@ -4,7 +4,8 @@
 #   1. `cargo test --workspace`: unit and CLI tests, no VM, no fixture (under a minute);
 #   2. the fixture suite: cloud-init's schema check of our user-data;
 #   3. the VM suites: the QEMU backend booting OVMF, and the end-to-end builds that boot
-#      the fixture under QEMU (each suite runs as many VMs at once as there are cores).
+#      the fixture under QEMU, locally and as GCE builds against the Compute emulator whose
+#      instances boot (each suite runs as many VMs at once as there are cores).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 
@@ -24,4 +25,4 @@ cargo test --workspace
 cargo test -p cos-customizer-core --test cloud_init_schema
 cargo test -p cos-customizer-qemu --test vm
 cargo test -p cos-customizer --test e2e --test e2e_guest --test e2e_disk --test e2e_powercut \
-    --test faults --test e2e_containers
+    --test faults --test e2e_containers --test e2e_gce

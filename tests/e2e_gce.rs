@@ -1,0 +1,423 @@
+//! GCE builds end to end on this machine: the built `cos-customizer` runs a `-backend=gce`
+//! build against the Compute emulator in boot mode, whose instances are QEMU VMs of the
+//! fixture, and against fake-gcs-server. The backend's real HTTP calls make the disks (the
+//! boot disk from the fixture's image, CIDATA through a `rawDisk` import from Cloud Storage),
+//! boot the build VM, stream its serial port, grow its disk, acknowledge through
+//! `setMetadata` and make the image, whose file the test then reads.
+//!
+//! Needs the fixture, the static provisioner and fake-gcs-server; `scripts/test.sh` makes them.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+use cos_customizer_gce_emulator::{BootOptions, Emulator, Handle, Options, RequestRecord, Seed};
+use cos_customizer_qemu::QemuOptions;
+use serde_json::{json, Map, Value};
+
+// Shared by the VM suites; each uses part of it.
+#[allow(dead_code)]
+mod common;
+use common::{fixture, partitions, provisioner, read_file, vm_slots, Build};
+
+const BUCKET: &str = "builds";
+const PROJECT: &str = "test-project";
+/// The image family the source is resolved from, in `cos-cloud`.
+const SOURCE_FAMILY: &str = "cos-fixture";
+/// The output's family, which holds an older image to deprecate.
+const FAMILY: &str = "my-cos";
+const OLD_IMAGE: &str = "projects/test-project/global/images/my-cos-old";
+
+/// The emulator (boot mode) and fake-gcs-server, and a user's home with a build context.
+struct Env {
+    emu: Handle,
+    gcs: FakeGcs,
+    build: Build,
+    boot_dir: tempfile::TempDir,
+}
+
+/// The fixture as `cos-cloud/cos-fixture-1` (family `cos-fixture`), and an older image of
+/// the output's family in the build's project.
+fn seed() -> Seed {
+    let mut seed = Seed::default();
+    let image = |v: Value| -> Map<String, Value> { v.as_object().unwrap().clone() };
+    seed.images.push(image(json!({
+        "project": "cos-cloud", "name": "cos-fixture-1", "family": SOURCE_FAMILY,
+        "architecture": "X86_64", "diskSizeGb": "4",
+        "creationTimestamp": "2026-01-01T10:00:00.000-08:00",
+        "licenses": ["projects/cos-cloud/global/licenses/cos"],
+        "guestOsFeatures": [{"type": "UEFI_COMPATIBLE"}, {"type": "VIRTIO_SCSI_MULTIQUEUE"}],
+        "file": fixture().to_string_lossy(),
+    })));
+    seed.images.push(image(json!({
+        "project": PROJECT, "name": "my-cos-old", "family": FAMILY,
+        "architecture": "X86_64", "diskSizeGb": "10",
+        "creationTimestamp": "2026-01-01T10:00:00.000-08:00",
+    })));
+    seed
+}
+
+impl Env {
+    /// `serial_window`: the bytes of serial output the emulator keeps per port (GCE: 1 MiB).
+    async fn start(scripts: &[(&str, &str)], serial_window: usize) -> Option<Env> {
+        if !fake_gcs::require() {
+            return None;
+        }
+        let gcs = FakeGcs::start(BUCKET).await.unwrap();
+        let boot_dir = tempfile::tempdir().unwrap();
+        let emu = Emulator::start(Options {
+            seed: seed(),
+            storage: Some(gcs.endpoint()),
+            // GCE answers a `/wait` after up to about 2 minutes; fewer calls than the 2 s default.
+            wait_deadline: Duration::from_secs(20),
+            serial_window,
+            boot: Some(BootOptions {
+                qemu: QemuOptions {
+                    parent_dir: boot_dir.path().to_path_buf(),
+                    metadata_proxy: vec![
+                        env!("CARGO_BIN_EXE_cos-customizer").into(),
+                        "__metadata-proxy".into(),
+                    ],
+                    ..Default::default()
+                },
+                images_dir: boot_dir.path().join("images"),
+            }),
+            ..Options::default()
+        })
+        .await
+        .unwrap();
+        Some(Env {
+            emu,
+            gcs,
+            build: Build::new(scripts),
+            boot_dir,
+        })
+    }
+
+    async fn cli(&self, args: &[&str]) -> Output {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
+            .arg(format!("-compute-endpoint={}", self.emu.compute_base()))
+            .arg(format!("-storage-endpoint={}", self.gcs.endpoint()))
+            .args(args)
+            .env("HOME", self.build.home.path())
+            .env("TMPDIR", self.build.tmp.path())
+            .env("COS_CUSTOMIZER_PROVISIONER", provisioner())
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .current_dir(self.build.home.path())
+            .output()
+            .await
+            .unwrap();
+        eprintln!(
+            "$ cos-customizer {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args).await;
+        assert!(out.status.success(), "{args:?} failed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// [`Env::start`], then `start-image-build` from the source family (resolved through the
+    /// API) and `run-script` of `preload.sh`, which holds `script`.
+    async fn with_preload(script: &str, serial_window: usize) -> Option<Env> {
+        let env = Env::start(&[("preload.sh", script)], serial_window).await?;
+        env.ok(&[
+            "start-image-build",
+            "-build-context=ctx",
+            "-image-project=cos-cloud",
+            &format!("-image-family={SOURCE_FAMILY}"),
+            &format!("-gcs-bucket={BUCKET}"),
+            "-gcs-workdir=w",
+        ])
+        .await;
+        env.ok(&["run-script", "-script=preload.sh"]).await;
+        Some(env)
+    }
+
+    async fn finish(&self, name: &str, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "finish-image-build".to_string(),
+            "-backend=gce".into(),
+            format!("-project={PROJECT}"),
+            "-zone=us-central1-a".into(),
+            format!("-image-name={name}"),
+            format!("-image-project={PROJECT}"),
+            "-timeout=20m".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // One TCG VM per core; waiting for a slot blocks, so not on a runtime worker.
+        let _vm = tokio::task::block_in_place(|| vm_slots(1));
+        let started = Instant::now();
+        let out = self.cli(&args).await;
+        eprintln!(
+            "finish-image-build took {:.1} s and made {} API calls: {}",
+            started.elapsed().as_secs_f64(),
+            self.emu.requests().len(),
+            call_counts(&self.emu.requests())
+        );
+        out
+    }
+
+    /// The output image's file as a raw image the test can read.
+    fn raw_image(&self, path: &str) -> PathBuf {
+        let file = self
+            .emu
+            .image_file(path)
+            .unwrap_or_else(|| panic!("{path} has no file"));
+        let raw = self.build.home.path().join("out.raw");
+        let status = std::process::Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&file)
+            .arg(&raw)
+            .status()
+            .unwrap();
+        assert!(status.success(), "qemu-img convert {}", file.display());
+        raw
+    }
+
+    /// Nothing of the build is left: in Compute only `keep` (and the seed), no object in
+    /// Cloud Storage, no QEMU disk or VM file, no image file but `keep`'s, no temporary file.
+    fn assert_nothing_left(&self, keep: Option<&str>) {
+        let left = self.emu.resources();
+        assert!(
+            left.instances.is_empty() && left.disks.is_empty(),
+            "{left:?}"
+        );
+        assert_eq!(
+            left.images,
+            keep.into_iter().map(String::from).collect::<Vec<_>>()
+        );
+        assert_eq!(self.gcs.objects(BUCKET), Vec::<String>::new());
+        assert_eq!(self.emu.boot_files(), Vec::<PathBuf>::new());
+        let files: Vec<PathBuf> = std::fs::read_dir(self.boot_dir.path().join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let kept: Vec<PathBuf> = keep
+            .and_then(|k| self.emu.image_file(k))
+            .into_iter()
+            .collect();
+        assert_eq!(files, kept, "image files");
+        let tmp: Vec<_> = std::fs::read_dir(self.build.tmp.path()).unwrap().collect();
+        assert!(tmp.is_empty(), "temporary files left: {tmp:?}");
+    }
+
+    fn requests(&self, method: &str, suffix: &str) -> Vec<RequestRecord> {
+        self.emu
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.ends_with(suffix))
+            .collect()
+    }
+}
+
+/// Calls per route kind, for the log: `GET instances: 12, …`.
+fn call_counts(log: &[RequestRecord]) -> String {
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for r in log {
+        let parts: Vec<&str> = r.path.split('/').collect();
+        // projects/P/{zones/Z|global}/KIND[/NAME[/VERB]]
+        let kind = parts.get(4).copied().unwrap_or("?");
+        let verb = match (parts.len(), parts.last()) {
+            (7, Some(v)) => format!("/{v}"),
+            _ => String::new(),
+        };
+        let kind = if parts.get(2) == Some(&"global") {
+            format!("{}{}", parts.get(3).unwrap_or(&"?"), verb)
+        } else {
+            format!("{kind}{verb}")
+        };
+        *counts.entry(format!("{} {kind}", r.method)).or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn image_path(name: &str) -> String {
+    format!("projects/{PROJECT}/global/images/{name}")
+}
+
+/// The boot disk came from the fixture's image, through the API.
+fn assert_booted_from_the_fixture(env: &Env) {
+    let inserts = env.requests("POST", "/disks");
+    assert!(
+        inserts
+            .iter()
+            .any(|r| r.body.as_ref().unwrap()["sourceImage"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("projects/cos-cloud/global/images/cos-fixture-1"))),
+        "no disk from the fixture image: {inserts:?}"
+    );
+    let imports = env.requests("POST", "global/images");
+    assert!(
+        imports
+            .iter()
+            .any(|r| r.body.as_ref().unwrap().get("rawDisk").is_some()),
+        "CIDATA did not go through a rawDisk import: {imports:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gce_build_boots_the_fixture_and_makes_the_image() {
+    let Some(env) = Env::with_preload(
+        "#!/bin/bash\nset -e\necho from-gce > /var/lib/hello\necho wrote the file\n",
+        1 << 20,
+    )
+    .await
+    else {
+        return;
+    };
+    let out = env
+        .finish(
+            "my-cos-1",
+            &[
+                &format!("-image-family={FAMILY}"),
+                "-labels=team=infra,stage=test",
+                "-licenses=projects/test-project/global/licenses/custom",
+                "-deprecate-old-images",
+            ],
+        )
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the build failed");
+    assert!(stdout.contains("BuildStatus: wrote the file"), "{stdout}");
+    assert!(stdout.contains("BuildSucceeded:"), "{stdout}");
+    assert_booted_from_the_fixture(&env);
+
+    // Streamed: the serial port was read many times while the VM ran.
+    let reads = env.requests("GET", "/serialPort");
+    assert!(
+        reads.len() > 5
+            && reads
+                .iter()
+                .all(|r| r.query.contains(&("port".into(), "3".into()))),
+        "{} serial reads",
+        reads.len()
+    );
+    // Acknowledged through setMetadata, keeping the other items.
+    let acks: Vec<Value> = env
+        .requests("POST", "/setMetadata")
+        .into_iter()
+        .filter_map(|r| r.body)
+        .filter(|b| {
+            b["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["key"] == "DaisyEnd")
+        })
+        .collect();
+    assert_eq!(acks.len(), 1, "one acknowledgement");
+    assert!(
+        acks[0]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["key"] == "user-data"),
+        "the acknowledgement kept user-data: {}",
+        acks[0]
+    );
+
+    let path = image_path("my-cos-1");
+    let image = env.emu.image(&path).expect("the output image exists");
+    assert_eq!(image["status"], "READY");
+    assert_eq!(image["family"], FAMILY);
+    assert_eq!(image["labels"]["team"], "infra");
+    assert_eq!(image["labels"]["stage"], "test");
+    assert_eq!(
+        image["licenses"],
+        json!([
+            "https://www.googleapis.com/compute/v1/projects/cos-cloud/global/licenses/cos",
+            "https://www.googleapis.com/compute/v1/projects/test-project/global/licenses/custom"
+        ])
+    );
+    assert_eq!(
+        image["guestOsFeatures"],
+        json!([{"type": "UEFI_COMPATIBLE"}, {"type": "VIRTIO_SCSI_MULTIQUEUE"}])
+    );
+    let old = env.emu.image(OLD_IMAGE).unwrap();
+    assert_eq!(old["deprecated"]["state"], "DEPRECATED", "{old}");
+
+    let raw = env.raw_image(&path);
+    assert_eq!(
+        read_file(&raw, "STATE", "/var_overlay/lib/hello").as_deref(),
+        Some("from-gce\n")
+    );
+    assert!(read_file(&raw, "STATE", "/var_overlay/lib/.cos-customizer/state.json").is_none());
+    std::fs::remove_file(&raw).unwrap();
+    env.assert_nothing_left(Some(&path));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_disk_grows_over_the_api_while_the_vm_runs() {
+    let Some(env) = Env::with_preload(
+        "#!/bin/bash\nset -e\necho grown > /var/lib/hello\n",
+        1 << 20,
+    )
+    .await
+    else {
+        return;
+    };
+    let out = env
+        .finish("my-cos-2", &["-oem-size=50M", "-disk-size-gb=11"])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the build failed");
+    assert!(
+        stdout.contains("Resizing the boot disk to 11 GB"),
+        "{stdout}"
+    );
+    let resizes = env.requests("POST", "/resize");
+    assert_eq!(resizes.len(), 1, "{resizes:?}");
+    assert_eq!(resizes[0].body.as_ref().unwrap()["sizeGb"], "11");
+    assert_booted_from_the_fixture(&env);
+
+    let path = image_path("my-cos-2");
+    let image = env.emu.image(&path).unwrap();
+    assert_eq!(image["diskSizeGb"], "11");
+    let raw = env.raw_image(&path);
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 11 << 30);
+    let parts = partitions(&raw);
+    // As the original: OEMSize is the asked size less 1 MiB, which absorbs rounding.
+    assert_eq!(parts[&8].0.size, 49 * 2048, "OEM grew to 49 MiB");
+    assert_eq!(
+        read_file(&raw, "STATE", "/var_overlay/lib/hello").as_deref(),
+        Some("grown\n")
+    );
+    std::fs::remove_file(&raw).unwrap();
+    env.assert_nothing_left(Some(&path));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_script_leaves_no_image_and_nothing_else() {
+    // 40 KiB of output at once against a 2 KiB window: GCE's `start` moves past what was
+    // dropped, and the build says how much it lost, yet still sees the verdict.
+    let script = "#!/bin/bash\nfor i in $(seq 400); do printf '%099d\\n' \"$i\"; done\n\
+                  echo about to fail\nexit 3\n";
+    let Some(env) = Env::with_preload(script, 2048).await else {
+        return;
+    };
+    let out = env.finish("my-cos-3", &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stdout.contains("BuildStatus: about to fail"), "{stdout}");
+    assert!(stderr.contains("BuildFailed:"), "{stderr}");
+    let both = format!("{stdout}{stderr}");
+    assert!(
+        both.contains("bytes of serial port 3 output were lost"),
+        "the small window dropped output: {both}"
+    );
+    assert!(env.emu.image(&image_path("my-cos-3")).is_none());
+    env.assert_nothing_left(None);
+}
