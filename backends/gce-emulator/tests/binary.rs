@@ -88,3 +88,19 @@ fn refuses_unknown_arguments() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument --mode"));
 }
+
+#[test]
+fn boot_mode_needs_the_storage_it_fetches_cidata_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gce-emulator"))
+        .arg("--boot")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--boot needs --storage"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
