@@ -148,6 +148,25 @@ impl Disk {
             .iter()
             .all(|c| self.gpt.range(c.part).ok() == Some(pick(c)))
     }
+
+    /// [`Disk::table_is`], also when the disk's last partition starts there but ends later:
+    /// COS grows STATE to the end of a disk at boot, so the boot after a power cut may have
+    /// grown it (and its file system, which only mounts whole) before the recovery runs.
+    fn table_was(&self, changes: &[Change], pick: fn(&Change) -> Range) -> bool {
+        let parts = self.gpt.partitions();
+        changes.iter().all(|c| {
+            let want = pick(c);
+            match self.gpt.range(c.part) {
+                Ok(r) if r == want => true,
+                Ok(r) => {
+                    r.first == want.first
+                        && r.last > want.last
+                        && parts.iter().all(|(p, o)| *p == c.part || o.first < r.first)
+                }
+                Err(_) => false,
+            }
+        })
+    }
 }
 
 /// Fails if a partition is in use: a mounted file system holds its device exclusively.
@@ -531,7 +550,7 @@ pub fn recover(disk_path: &Path, nodes: &[Node], log: Log) -> Result<Recovery> {
         "Found an interrupted relocation of {what} (phase {:?}, piece {})",
         j.phase, j.progress.chunk
     ));
-    if disk.table_is(&j.changes, |c| c.from) {
+    if disk.table_was(&j.changes, |c| c.from) {
         // The table was never switched, so every old file system is whole: the copy wrote
         // only free space and cleared superblocks that only a moved partition's head can
         // bring back. This boot may have mounted and changed them since: the copies are
@@ -552,7 +571,7 @@ pub fn recover(disk_path: &Path, nodes: &[Node], log: Log) -> Result<Recovery> {
         return Ok(Recovery::Undone);
     }
     ensure!(
-        disk.table_is(&j.changes, |c| c.to),
+        disk.table_was(&j.changes, |c| c.to),
         "the relocation of {what} on {} was interrupted (phase {:?}), and the partition table is neither the old one nor the new one; the disk cannot be recovered",
         disk_path.display(),
         j.phase
