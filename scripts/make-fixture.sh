@@ -268,6 +268,60 @@ ExecStart=
 ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=20
 EOF
 
+# STATE grows to fill its disk at every boot, as on COS (a disk made larger than its image
+# gets a larger STATE; this is why the preloader keeps the disk small until partitions have
+# moved). Only when STATE is the disk's last partition and 1 MiB or more would be gained;
+# sfdisk also moves the backup GPT to the end of a grown disk. Online: resizepart tells the
+# kernel, resize2fs grows the mounted file system.
+mkdir -p "$R/usr/lib/cos-fixture"
+cat >"$R/usr/lib/cos-fixture/grow-state" <<'EOF'
+#!/bin/sh
+# cos-fixture: grow STATE to the end of its disk (COS does this at boot).
+set -eu
+part=$(readlink -f /dev/disk/by-partlabel/STATE)
+name=$(basename "$part")
+sys=/sys/class/block/$name
+disk=/dev/$(basename "$(readlink -f "$sys/..")")
+num=$(cat "$sys/partition")
+start=$(cat "$sys/start")
+size=$(cat "$sys/size")
+end=$((start + size))
+for other in "$sys"/../*/start; do
+    if [ "$(cat "$other")" -ge "$end" ]; then
+        echo "cos-fixture: STATE is not the last partition on $disk; not growing it"
+        exit 0
+    fi
+done
+# The backup GPT takes the disk's last 33 sectors.
+if [ $(($(cat "$sys/../size") - 33 - end)) -lt 2048 ]; then
+    exit 0
+fi
+echo ',+' | sfdisk --quiet --no-reread --no-tell-kernel -N "$num" "$disk"
+new=$(sfdisk --dump "$disk" | awk -v n="$num" -v d="$disk" '
+    index($0, d) == 1 && $1 ~ ("[^0-9]" n "$") {sub(/.*size= */, ""); sub(/,.*/, ""); print}')
+resizepart "$disk" "$num" "$new"
+resize2fs "$part" >/dev/null 2>&1
+echo "cos-fixture: grew STATE ($part) from $size to $new sectors"
+EOF
+chmod 0755 "$R/usr/lib/cos-fixture/grow-state"
+cat >"$U/cos-fixture-grow-state.service" <<'EOF'
+# cos-fixture: STATE fills its disk, as on COS.
+[Unit]
+Description=Grow STATE to the end of its disk (as COS)
+DefaultDependencies=no
+Requires=mnt-stateful_partition.mount
+After=mnt-stateful_partition.mount
+Before=local-fs.target cloud-init-local.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/lib/cos-fixture/grow-state
+StandardOutput=journal+console
+[Install]
+WantedBy=local-fs.target
+EOF
+ln -sfn ../cos-fixture-grow-state.service "$U/local-fs.target.wants/cos-fixture-grow-state.service"
+
 chroot "$R" systemctl enable -q update-engine.service systemd-networkd.service \
     systemd-networkd-wait-online.service docker.socket
 # docker (and containerd with it) start on the first use of /run/docker.sock: a boot under

@@ -48,6 +48,30 @@ fn fsck_clean(img: &Path, p: Part) {
     )));
 }
 
+/// A boot check that the mounted STATE holds at least 95% of its `mib` (ext4's own
+/// metadata takes the rest).
+fn state_size_check(mib: u64) -> String {
+    format!(
+        "size=$(df -B1M --output=size /mnt/stateful_partition | tail -n 1)\n\
+         [ \"$size\" -ge {} ] || fail \"STATE is $size MiB, not about {mib}\"\n",
+        mib * 95 / 100
+    )
+}
+
+/// STATE fills the disk, as on COS: the boot after the relocation grew it to the end (the
+/// backup GPT takes the last 33 sectors). Returns its size in MiB, which a boot of the image
+/// checks with `df`, as upstream's disable_auto_update_test and seal_oem_test check
+/// STATE's size.
+fn state_fills_the_disk(img: &Path, state: Part) -> u64 {
+    let disk_sectors = std::fs::metadata(img).unwrap().len() / 512;
+    assert_eq!(
+        state.start + state.size,
+        disk_sectors - 33,
+        "STATE ends at the end of the disk"
+    );
+    state.size / 2048
+}
+
 fn priority(img: &Path, part: u32) -> u32 {
     run_ok(
         Command::new("cgpt")
@@ -107,6 +131,7 @@ fn disable_auto_update_reclaims_root_a() {
         "STATE starts 2 MiB after ROOT-A"
     );
     fsck_clean(&img, state);
+    let state_mib = state_fills_the_disk(&img, state);
     assert_eq!(
         read_file(&img, "STATE", "/var_overlay/lib/hello").unwrap(),
         "hello\n"
@@ -129,13 +154,11 @@ fn disable_auto_update_reclaims_root_a() {
         "KERN-B has the top priority"
     );
     b.assert_nothing_left();
-    let verdict = boot_and_check(
-        &img,
-        r#"[ "$(cat /var/lib/hello)" = hello ] || fail "/var/lib/hello is $(cat /var/lib/hello 2>&1)"
+    let checks = r#"[ "$(cat /var/lib/hello)" = hello ] || fail "/var/lib/hello is $(cat /var/lib/hello 2>&1)"
 dmsetup deps -o devname vroot | grep -Eq '\((sd|vd)a5\)' || fail "root is not verified ROOT-B: $(dmsetup deps -o devname vroot 2>&1)"
 [ "$(systemctl show -p LoadState --value update-engine.service)" = masked ] || fail "update-engine.service is not masked"
-"#,
-    );
+"#;
+    let verdict = boot_and_check(&img, &(checks.to_string() + &state_size_check(state_mib)));
     assert!(verdict.contains("TestPass:"), "{verdict}");
 }
 
@@ -162,6 +185,7 @@ fn seal_oem_with_a_larger_oem() {
     let parts = partitions(&img);
     let (root_a, state, esp) = (parts[&3].0, parts[&1].0, parts[&12].0);
     let (oem, oem_uuid) = parts[&8].clone();
+    let state_mib = state_fills_the_disk(&img, state);
     assert_eq!(root_a.size, 8);
     assert_eq!(
         oem.start,
@@ -239,16 +263,14 @@ fn seal_oem_with_a_larger_oem() {
     b.assert_nothing_left();
 
     // As upstream's seal_oem_test: OEM is /dev/dm-1, verified, not mounted by itself.
-    let verdict = boot_and_check(
-        &img,
-        r#"[ "$(systemctl show -p LoadState --value usr-share-oem.mount)" = masked ] || fail "usr-share-oem.mount is not masked"
+    let checks = r#"[ "$(systemctl show -p LoadState --value usr-share-oem.mount)" = masked ] || fail "usr-share-oem.mount is not masked"
 ! mountpoint -q /usr/share/oem || fail "/usr/share/oem is mounted: $(findmnt -no SOURCE /usr/share/oem)"
 [ -b /dev/dm-1 ] || fail "no /dev/dm-1"
 dmsetup status oemroot | grep -qw V || fail "oemroot is not verified: $(dmsetup status oemroot 2>&1)"
 mount -o ro /dev/dm-1 /usr/share/oem || fail "cannot mount /dev/dm-1"
 [ "$(cat /usr/share/oem/hello)" = sealed ] || fail "/usr/share/oem/hello is $(cat /usr/share/oem/hello 2>&1)"
-"#,
-    );
+"#;
+    let verdict = boot_and_check(&img, &(checks.to_string() + &state_size_check(state_mib)));
     assert!(verdict.contains("TestPass:"), "{verdict}");
 }
 
