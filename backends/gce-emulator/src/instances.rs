@@ -16,6 +16,7 @@ use crate::model::{link, Instance, State};
 use crate::ops::{self, Finish};
 use crate::reply::{ApiError, Reply};
 use crate::script::Script;
+use crate::seed::MachineType;
 use crate::serial::SerialBuffer;
 use crate::time;
 use crate::validate::{self, DISK, MACHINE_TYPE, NETWORK, SUBNETWORK};
@@ -279,7 +280,10 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         Some(i) => state.scripts.remove(i).1,
         None => Script::default(),
     };
-    let job = state.boot.is_some().then(|| boot_job(&path, &json));
+    let job = state.boot.is_some().then(|| {
+        let shape = state.seed.machine_types.iter().find(|t| t.name == m[2]);
+        boot_job(&path, &json, shape)
+    });
     let window = state.settings.serial_window;
     let instance = Instance {
         json,
@@ -307,8 +311,9 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
     Ok(op)
 }
 
-/// Boot mode: the VM of a new instance (its JSON as stored).
-fn boot_job(path: &str, json: &Map<String, Value>) -> Job {
+/// Boot mode: the VM of a new instance (its JSON as stored), with the vCPUs and memory of
+/// its seeded machine type.
+fn boot_job(path: &str, json: &Map<String, Value>, shape: Option<&MachineType>) -> Job {
     let metadata: BTreeMap<String, String> = json["metadata"]["items"]
         .as_array()
         .into_iter()
@@ -325,11 +330,16 @@ fn boot_job(path: &str, json: &Map<String, Value>) -> Job {
         .flatten()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
         .collect();
-    let machine_type = json["machineType"]
-        .as_str()
-        .and_then(|m| m.rsplit('/').next())
-        .unwrap_or_default()
-        .to_string();
+    // The QEMU backend sizes a VM by a GCE machine type's name; a custom type's name says
+    // exactly what the seed gives.
+    let machine_type = match shape {
+        Some(t) => format!("custom-{}-{}", t.guest_cpus, t.memory_mb),
+        None => json["machineType"]
+            .as_str()
+            .and_then(|m| m.rsplit('/').next())
+            .unwrap_or_default()
+            .to_string(),
+    };
     // GCE stops an instance at its maxRunDuration; without one it runs until deleted.
     let max_lifetime = crate::model::int64(json["scheduling"]["maxRunDuration"].get("seconds"))
         .and_then(|s| u64::try_from(s).ok())
@@ -455,4 +465,36 @@ pub(crate) fn stop(state: &mut State, project: &str, zone: &str, name: &str) -> 
         state.queue(&op, Job::StopVm { path });
     }
     Ok(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_boot_mode_vm_has_its_seeded_shape_deadline_and_disks() {
+        let json = json!({
+            "name": "vm",
+            "machineType": "https://www.googleapis.com/compute/v1/projects/p/zones/z/machineTypes/odd",
+            "metadata": {"items": [{"key": "user-data", "value": "x"}]},
+            "scheduling": {"maxRunDuration": {"seconds": "600"}},
+            "disks": [{"source": "https://www.googleapis.com/compute/v1/projects/p/zones/z/disks/boot"}],
+        });
+        let shape = MachineType {
+            name: "odd".into(),
+            guest_cpus: 3,
+            memory_mb: 5000,
+        };
+        let Job::CreateVm { spec, disks, .. } = boot_job(
+            "projects/p/zones/z/instances/vm",
+            json.as_object().unwrap(),
+            Some(&shape),
+        ) else {
+            panic!("not a VM");
+        };
+        assert_eq!(spec.machine_type, "custom-3-5000");
+        assert_eq!(spec.max_lifetime, Duration::from_secs(600));
+        assert_eq!(spec.metadata["user-data"], "x");
+        assert_eq!(disks, ["projects/p/zones/z/disks/boot"]);
+    }
 }

@@ -3,7 +3,8 @@
 //! `<family>-<class>-<N>` (n1, n2, n2d, e2, c2, c3, …) gives N vCPUs and the class's
 //! memory per vCPU: standard 3.75 GiB on n1 and 4 GiB elsewhere, highmem 6.5/8 GiB,
 //! highcpu 0.9/1 GiB. The shared-core types (e2-micro/small/medium, f1-micro, g1-small)
-//! are listed. vCPUs are capped at the host's CPUs (TCG gains nothing beyond them) and
+//! are listed, and GCE's custom types (`custom-N-MIB` on N1, `<family>-custom-N-MIB`
+//! elsewhere, `-ext` for extended memory) give what they name. vCPUs are capped at the host's CPUs (TCG gains nothing beyond them) and
 //! memory at [`MAX_MEMORY_MIB`] (the build needs little; the host is shared). Anything
 //! else gets [`DEFAULT_VCPUS`] and [`DEFAULT_MEMORY_MIB`].
 
@@ -33,6 +34,9 @@ fn gce_shape(machine_type: &str) -> Option<(u32, u64)> {
         "e2-medium" => return Some((2, 4096)),
         _ => {}
     }
+    if let Some(shape) = custom_shape(machine_type) {
+        return Some(shape);
+    }
     let mut parts = machine_type.split('-');
     let family = parts.next()?;
     let class = parts.next()?;
@@ -52,6 +56,26 @@ fn gce_shape(machine_type: &str) -> Option<(u32, u64)> {
         _ => return None,
     };
     Some((cpus, per_cpu * u64::from(cpus)))
+}
+
+/// A custom machine type's vCPUs and memory: `custom-2-4096` (N1), `n2-custom-2-4096`,
+/// either with `-ext`.
+fn custom_shape(machine_type: &str) -> Option<(u32, u64)> {
+    let name = machine_type.strip_suffix("-ext").unwrap_or(machine_type);
+    let rest = match name.strip_prefix("custom-") {
+        Some(rest) => rest,
+        None => {
+            let (family, rest) = name.split_once("-custom-")?;
+            if family.is_empty() || family == "n1" || family.contains('-') {
+                return None;
+            }
+            rest
+        }
+    };
+    let (cpus, mib) = rest.split_once('-')?;
+    let cpus: u32 = cpus.parse().ok().filter(|&n| n > 0)?;
+    let mib: u64 = mib.parse().ok().filter(|&m| m > 0)?;
+    Some((cpus, mib))
 }
 
 #[cfg(test)]
@@ -76,11 +100,22 @@ mod tests {
     }
 
     #[test]
+    fn custom_types_give_what_they_name() {
+        assert_eq!(resources("custom-2-5120", 4), (2, 5120));
+        assert_eq!(resources("n2-custom-1-2048", 4), (1, 2048));
+        assert_eq!(resources("e2-custom-2-4096-ext", 4), (2, 4096));
+        assert_eq!(resources("custom-8-65536", 2), (2, MAX_MEMORY_MIB));
+    }
+
+    #[test]
     fn unknown_gets_default() {
         for t in [
             "",
             "custom",
             "n1-custom-4-5120",
+            "custom-0-1024",
+            "custom-2",
+            "n2-custom-x-1024",
             "n1-standard-0",
             "a2-megagpu-x",
         ] {
