@@ -49,7 +49,7 @@ pub(crate) fn users(state: &State, path: &str) -> Vec<String> {
 /// An instance that has the disk attached and is not TERMINATED, if any.
 pub(crate) fn running_user(state: &State, path: &str) -> Option<String> {
     users(state, path).into_iter().find(|user| {
-        let p = user.strip_prefix(crate::model::API_ROOT).unwrap_or(user);
+        let p = crate::model::unlink(user);
         state
             .store
             .instances
@@ -270,11 +270,7 @@ pub(crate) fn resize(
         size_gb: u64::try_from(size).unwrap_or(0),
     });
     for user in users(state, &path) {
-        let p = user
-            .strip_prefix(crate::model::API_ROOT)
-            .unwrap_or(&user)
-            .to_string();
-        if let Some(i) = state.store.instances.get_mut(&p) {
+        if let Some(i) = state.store.instances.get_mut(crate::model::unlink(&user)) {
             if i.status == "RUNNING" {
                 let out = i.script.on_resize.clone();
                 i.serial[crate::serial::PORT_3].push(&out);

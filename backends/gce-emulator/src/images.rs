@@ -274,21 +274,6 @@ pub(crate) fn insert(
     json.insert("sourceType".into(), "RAW".into());
     json.insert("status".into(), "PENDING".into());
     json.insert("selfLink".into(), link(&path).into());
-    let out = OutputImage {
-        name: name.to_string(),
-        project: project.to_string(),
-        family: json
-            .get("family")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        labels: BTreeMap::new(),
-        licenses: Vec::new(),
-        description: String::new(),
-        local_file: boot
-            .as_ref()
-            .map(|b| (b.image_file(name, "qcow2"), ImageFormat::Qcow2)),
-    };
     state.store.images.insert(
         path.clone(),
         Image {
@@ -310,7 +295,16 @@ pub(crate) fn insert(
         state.store.images.remove(&path);
         ops::fail(state, &ops::path_of(&op), e.code, &e.message, e.http);
     }
-    if let (Some(_), Some(disk)) = (&boot, from_disk) {
+    if let (Some(boot), Some(disk)) = (&boot, from_disk) {
+        let out = OutputImage {
+            name: name.to_string(),
+            project: project.to_string(),
+            family: body["family"].as_str().unwrap_or_default().to_string(),
+            labels: BTreeMap::new(),
+            licenses: Vec::new(),
+            description: String::new(),
+            local_file: Some((boot.image_file(name, "qcow2"), ImageFormat::Qcow2)),
+        };
         state.queue(&op, Job::CreateImage { path, disk, out });
     }
     Ok(op)

@@ -318,10 +318,7 @@ fn boot_job(path: &str, json: &Map<String, Value>, shape: Option<&MachineType>) 
         .as_array()
         .into_iter()
         .flatten()
-        .map(|i| {
-            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            (text(&i["key"]), text(&i["value"]))
-        })
+        .map(metadata::pair)
         .collect();
     let labels = json
         .get("labels")
@@ -349,11 +346,7 @@ fn boot_job(path: &str, json: &Map<String, Value>, shape: Option<&MachineType>) 
         .into_iter()
         .flatten()
         .filter_map(|d| d["source"].as_str())
-        .map(|s| {
-            s.strip_prefix(crate::model::API_ROOT)
-                .unwrap_or(s)
-                .to_string()
-        })
+        .map(|s| crate::model::unlink(s).to_string())
         .collect();
     Job::CreateVm {
         path: path.to_string(),
@@ -415,10 +408,7 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
     let mut vm_disks = Vec::new();
     for d in instance.json["disks"].as_array().into_iter().flatten() {
         if d["autoDelete"] == true {
-            let source = d["source"].as_str().unwrap_or_default();
-            let disk = source
-                .strip_prefix(crate::model::API_ROOT)
-                .unwrap_or(source);
+            let disk = crate::model::unlink(d["source"].as_str().unwrap_or_default());
             state.store.disks.remove(disk);
             vm_disks.extend(state.boot_disks.remove(disk));
         }

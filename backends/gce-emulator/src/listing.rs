@@ -195,11 +195,7 @@ pub(crate) fn page(
     let mut out = Map::new();
     out.insert("kind".into(), kind.into());
     // GCE's list id is the collection's path, not its URL.
-    let id = self_link
-        .strip_prefix(crate::model::API_ROOT)
-        .unwrap_or(&self_link)
-        .to_string();
-    out.insert("id".into(), id.into());
+    out.insert("id".into(), crate::model::unlink(&self_link).into());
     if end > offset {
         out.insert("items".into(), json!(items[offset..end]));
     }

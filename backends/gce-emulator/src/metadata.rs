@@ -53,6 +53,12 @@ fn checked_items(items: &Value) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
+/// A checked item (`{key, value}`) as a pair.
+pub(crate) fn pair(item: &Value) -> (String, String) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (text(&item["key"]), text(&item["value"]))
+}
+
 /// The `metadata` of a new instance, from the insert body's `metadata` (fingerprint ignored).
 pub(crate) fn initial(state: &mut State, metadata: Option<&Value>) -> Result<Value, ApiError> {
     let items = checked_items(&metadata.map(|m| m["items"].clone()).unwrap_or(Value::Null))?;
@@ -99,10 +105,7 @@ pub(crate) fn set(state: &mut State, project: &str, zone: &str, path: &str, body
     let changed: Vec<(String, String)> = items
         .iter()
         .filter(|item| !old_items.as_array().is_some_and(|old| old.contains(item)))
-        .map(|i| {
-            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-            (text(&i["key"]), text(&i["value"]))
-        })
+        .map(pair)
         .collect();
     instance.json["metadata"] = shaped(fingerprint, items);
     if daisy_end && !had_daisy_end && instance.status == "RUNNING" {

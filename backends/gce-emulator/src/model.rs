@@ -27,6 +27,11 @@ pub(crate) fn link(path: &str) -> String {
     format!("{API_ROOT}{path}")
 }
 
+/// The resource path of a full URL (the inverse of [`link`]); a path is returned as it is.
+pub(crate) fn unlink(url: &str) -> &str {
+    url.strip_prefix(API_ROOT).unwrap_or(url)
+}
+
 /// One request as the emulator received it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestRecord {

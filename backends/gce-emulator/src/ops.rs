@@ -124,10 +124,7 @@ pub(crate) fn start(
 
 /// The operation path in a mutating call's answer.
 pub(crate) fn path_of(op: &Value) -> String {
-    let link = op["selfLink"].as_str().unwrap_or_default();
-    link.strip_prefix(crate::model::API_ROOT)
-        .unwrap_or(link)
-        .to_string()
+    crate::model::unlink(op["selfLink"].as_str().unwrap_or_default()).to_string()
 }
 
 /// Makes the operation end DONE with this error, doing nothing else.

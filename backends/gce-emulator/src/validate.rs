@@ -85,7 +85,7 @@ pub(crate) fn reference(field: &str, value: &str, shape: &[&str]) -> Result<Vec<
 
 /// [`reference`] without the error: `None` if `value` has another form.
 pub(crate) fn try_reference(value: &str, shape: &[&str]) -> Option<Vec<String>> {
-    let path = value.strip_prefix(API_ROOT).unwrap_or(value);
+    let path = crate::model::unlink(value);
     let parts: Vec<&str> = path.split('/').collect();
     if parts.len() != shape.len() {
         return None;
