@@ -282,7 +282,7 @@ fn finish_oem_examples_and_dry_run_keeps_state() {
         ),
         "{out}"
     );
-    assert!(out.contains("Reboots to expect: 3"), "{out}");
+    assert!(out.contains("Reboots to expect: 1"), "{out}");
     assert!(
         h.state_dir(".cos-customizer-workdir").exists(),
         "dry run keeps the state"
@@ -547,6 +547,85 @@ fn the_state_folder_must_be_under_home_and_made_by_the_tool() {
     ]);
     assert!(err.contains("not made by cos-customizer"), "{err}");
     assert!(h.path().join("ctx/preload.sh").exists());
+}
+
+/// The names in a folder, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_users_folder_is_never_adopted_and_a_symlinked_one_is_resolved() {
+    let h = Home::new();
+    // A user's folder holding only config/build, as the original's layout would.
+    let mine = h.path().join("mine");
+    std::fs::create_dir_all(mine.join("config")).unwrap();
+    std::fs::write(mine.join("config/build"), "{\"GCSBucket\":\"b\"}").unwrap();
+    let start = [
+        "-local-state-workdir=mine",
+        "start-image-build",
+        "-build-context=ctx",
+        "-image-file=source.img",
+    ];
+    let (code, err) = h.fail(&start);
+    assert_eq!(code, 1);
+    assert!(err.contains("not made by cos-customizer"), "{err}");
+    for cmd in [
+        &["finish-image-build", "-output-file=out.img"][..],
+        &["seal-oem"],
+    ] {
+        let args: Vec<&str> = ["-local-state-workdir=mine"]
+            .iter()
+            .chain(cmd)
+            .copied()
+            .collect();
+        let (code, err) = h.fail(&args);
+        assert_eq!(code, 1, "{cmd:?}");
+        assert!(err.contains("not made by cos-customizer"), "{cmd:?}: {err}");
+    }
+    assert_eq!(
+        listing(&mine),
+        ["config"],
+        "nothing added, not even a lock file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mine.join("config/build")).unwrap(),
+        "{\"GCSBucket\":\"b\"}"
+    );
+
+    // A workdir that is a symlink to an empty folder elsewhere: the folder is the state.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("state");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&target, h.path().join("link")).unwrap();
+    let mut linked = start;
+    linked[0] = "-local-state-workdir=link";
+    h.ok(&linked);
+    assert!(target.join("config/build").is_file());
+    let out = h.ok(&[
+        "-local-state-workdir=link",
+        "finish-image-build",
+        "-output-file=out.img",
+        "-dry-run",
+    ]);
+    assert!(out.contains("Reboots to expect: 0"), "{out}");
+    assert!(
+        target.join("config/build").is_file(),
+        "a dry run keeps the state"
+    );
+
+    // A symlink to nothing is refused before anything is written through it.
+    std::os::unix::fs::symlink(elsewhere.path().join("gone"), h.path().join("dangling")).unwrap();
+    let mut dangling = start;
+    dangling[0] = "-local-state-workdir=dangling";
+    let (_, err) = h.fail(&dangling);
+    assert!(err.contains("symlink to nothing"), "{err}");
+    assert!(!elsewhere.path().join("gone").exists());
 }
 
 #[test]

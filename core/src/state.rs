@@ -4,8 +4,10 @@
 //! The folder is only ever one this tool made: the workdir is a relative path under
 //! `$HOME` without `..`, a folder made here carries a marker file, and removal deletes
 //! only the files this tool writes, in a folder that is marked (or holds nothing but the
-//! original's layout, for state written by the original). Every subcommand holds a lock
-//! on the folder while it runs, so two commands never interleave on one build.
+//! original's whole state, each file parsing as the original wrote it). A workdir that is
+//! a symlink is resolved once, and the folder it names is held to the same rules. Every
+//! subcommand holds a lock on the folder while it runs, so two commands never interleave
+//! on one build; a folder it refuses gets no lock file.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -76,7 +78,7 @@ impl StateDir {
             );
         }
         Ok(StateDir {
-            root: home.join(rel),
+            root: resolve(&home.join(rel))?,
         })
     }
 
@@ -94,9 +96,14 @@ impl StateDir {
     pub fn lock(&self, command: &str, create: bool) -> Result<StateLock> {
         if create {
             self.create()?;
-        } else if !self.root.is_dir() {
+        } else if !self.root.is_dir() || self.is_empty()? {
             bail!(
                 "no build in progress in {}: run start-image-build first (with the same -local-state-workdir)",
+                self.root.display()
+            );
+        } else if !self.is_ours()? {
+            bail!(
+                "{} was not made by cos-customizer: give the -local-state-workdir that start-image-build was given (the tool only ever writes into, and removes, folders it made)",
                 self.root.display()
             );
         }
@@ -157,33 +164,46 @@ impl StateDir {
     }
 
     /// Whether the folder is one this tool may write into and remove: marked, empty, or
-    /// holding nothing but the original's layout (state written by the original).
+    /// holding the original's whole state and nothing else (state written by the
+    /// original: the context archive and the three configs, each parsing as the original
+    /// writes it). A user's folder that merely looks alike, say one holding only
+    /// `config/build`, is not.
     fn is_ours(&self) -> Result<bool> {
-        if self.root.join(MARKER).is_file() {
-            return Ok(true);
-        }
-        let names = |dir: &Path| -> Result<Vec<String>> {
-            let mut v = Vec::new();
-            for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-                let e = e.with_context(|| format!("listing {}", dir.display()))?;
-                v.push(e.file_name().to_string_lossy().into_owned());
-            }
-            Ok(v)
-        };
         if !self.root.is_dir() {
             return Ok(false);
         }
-        let top = names(&self.root)?;
-        let top_ok = top
-            .iter()
-            .all(|n| n == BUILD_CONTEXT_TAR || n == "config" || n == LOCK);
+        if self.root.join(MARKER).is_file() || self.is_empty()? {
+            return Ok(true);
+        }
+        let mut top = names(&self.root)?;
+        top.retain(|n| n != LOCK);
+        top.sort();
+        if top != ["config", BUILD_CONTEXT_TAR] || !self.context_archive().is_file() {
+            return Ok(false);
+        }
         let config = self.root.join("config");
-        let config_ok = !config.exists()
-            || (config.is_dir()
-                && names(&config)?
-                    .iter()
-                    .all(|n| CONFIGS.contains(&n.as_str())));
-        Ok(top_ok && config_ok)
+        let mut configs = names(&config)?;
+        configs.sort();
+        let mut expected = CONFIGS.to_vec();
+        expected.sort();
+        if configs != expected {
+            return Ok(false);
+        }
+        let parses = |name: &str, check: fn(&Path, &[u8]) -> bool| {
+            let path = config.join(name);
+            path.is_file() && std::fs::read(&path).is_ok_and(|d| check(&path, &d))
+        };
+        Ok(parses("source_image", |p, d| {
+            parse_json::<SourceImage>(p, d).is_ok()
+        }) && parses("build", |p, d| parse_json::<BuildConfig>(p, d).is_ok())
+            && parses("provisioner", |p, d| {
+                parse_json::<ProvisionerConfig>(p, d).is_ok()
+            }))
+    }
+
+    /// Whether the folder holds nothing at all.
+    fn is_empty(&self) -> Result<bool> {
+        Ok(names(&self.root)?.is_empty())
     }
 
     /// The folder itself.
@@ -320,6 +340,50 @@ impl StateDir {
     }
 }
 
+/// The names in a folder.
+fn names(dir: &Path) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let e = e.with_context(|| format!("listing {}", dir.display()))?;
+        v.push(e.file_name().to_string_lossy().into_owned());
+    }
+    Ok(v)
+}
+
+/// The folder a workdir names, symlinks resolved, so that every later check, write and
+/// removal acts on the folder itself (removing a symlink as a folder fails half-way, after
+/// the state is gone). A path that does not exist yet is kept as given; a symlink to
+/// nothing is refused, since creating through it would put the state where the link points.
+fn resolve(root: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A symlinked folder above the workdir: resolve the part that exists.
+            match root.parent().zip(root.file_name()) {
+                Some((parent, name)) if parent.exists() => Ok(std::fs::canonicalize(parent)
+                    .with_context(|| format!("resolving {}", parent.display()))?
+                    .join(name)),
+                Some((parent, name)) => Ok(resolve(parent)?.join(name)),
+                None => Ok(root.to_path_buf()),
+            }
+        }
+        Err(e) => Err(e).with_context(|| format!("checking {}", root.display())),
+        Ok(_) => match std::fs::canonicalize(root) {
+            Ok(real) if real.is_dir() => Ok(real),
+            Ok(real) => bail!(
+                "-local-state-workdir {} is {}, which is not a folder: choose another -local-state-workdir",
+                root.display(),
+                real.display()
+            ),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "-local-state-workdir {} is a symlink to nothing: remove it or choose another -local-state-workdir",
+                    root.display()
+                )
+            }),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +486,100 @@ mod tests {
             b"mine"
         );
         assert!(project.join("notes.txt").exists());
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v = names(dir).unwrap();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_folder_that_only_looks_like_the_originals_state_is_refused_untouched() {
+        let home = tempfile::tempdir().unwrap();
+        let project = home.path().join("project");
+        std::fs::create_dir_all(project.join("config")).unwrap();
+        // Valid JSON of the right shape, but not the original's whole state.
+        std::fs::write(project.join("config/build"), "{}").unwrap();
+        let dir = StateDir::new(home.path(), "project").unwrap();
+        for create in [true, false] {
+            let e = dir
+                .lock("start-image-build", create)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not made by cos-customizer"), "{e}");
+        }
+        assert!(dir.remove().is_err());
+        assert_eq!(entries(&project), ["config"]);
+        assert_eq!(entries(&project.join("config")), ["build"]);
+        assert_eq!(std::fs::read(project.join("config/build")).unwrap(), b"{}");
+        // The original's layout whose files do not parse as its state is not ours either.
+        std::fs::write(project.join("user_build_context.tar"), "").unwrap();
+        std::fs::write(project.join("config/source_image"), "{}").unwrap();
+        std::fs::write(project.join("config/provisioner"), "my notes").unwrap();
+        let e = dir
+            .lock("finish-image-build", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not made by cos-customizer"), "{e}");
+        assert!(!project.join(LOCK).exists());
+    }
+
+    #[test]
+    fn an_empty_folder_is_adopted_by_start_only() {
+        let home = tempfile::tempdir().unwrap();
+        let empty = home.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let dir = StateDir::new(home.path(), "empty").unwrap();
+        let e = dir.lock("run-script", false).unwrap_err().to_string();
+        assert!(e.contains("no build in progress"), "{e}");
+        assert!(
+            entries(&empty).is_empty(),
+            "a refused folder got {:?}",
+            entries(&empty)
+        );
+        let _lock = dir.lock("start-image-build", true).unwrap();
+        assert!(empty.join(MARKER).is_file());
+    }
+
+    #[test]
+    fn a_symlinked_workdir_is_resolved_and_held_to_the_same_rules() {
+        let home = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("state");
+        std::fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&target, home.path().join("w")).unwrap();
+        let dir = StateDir::new(home.path(), "w").unwrap();
+        assert_eq!(dir.root(), std::fs::canonicalize(&target).unwrap());
+        let ctx = tempfile::tempdir().unwrap();
+        let lock = dir.lock("start-image-build", true).unwrap();
+        dir.start(ctx.path(), &SourceImage::default(), &BuildConfig::default())
+            .unwrap();
+        drop(lock);
+        let again = StateDir::new(home.path(), "w").unwrap();
+        let _lock = again.lock("finish-image-build", false).unwrap();
+        again.load().unwrap();
+        again.remove().unwrap();
+        assert!(!target.exists());
+        // The user's link is theirs: it stays, dangling, and is then refused.
+        assert!(home.path().join("w").symlink_metadata().is_ok());
+        let e = format!("{:#}", StateDir::new(home.path(), "w").unwrap_err());
+        assert!(e.contains("symlink to nothing"), "{e}");
+
+        // A link to a user's folder is that folder: refused, untouched.
+        let theirs = elsewhere.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("notes"), "mine").unwrap();
+        std::os::unix::fs::symlink(&theirs, home.path().join("t")).unwrap();
+        let dir = StateDir::new(home.path(), "t").unwrap();
+        assert!(dir.lock("start-image-build", true).is_err());
+        assert_eq!(entries(&theirs), ["notes"]);
+
+        // A link to a file is no folder.
+        std::fs::write(elsewhere.path().join("f"), "").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("f"), home.path().join("f")).unwrap();
+        let e = StateDir::new(home.path(), "f").unwrap_err().to_string();
+        assert!(e.contains("not a folder"), "{e}");
     }
 
     #[test]
