@@ -9,18 +9,27 @@ use cos_customizer_common::config::ProvisionerConfig;
 use cos_customizer_common::duration;
 use cos_customizer_common::sizing::{initial_disk_gb, moves_partitions, resize_to_gb};
 
-/// The reboots the provisioner will ask for: switching the root to ROOT-B and shrinking
-/// ROOT-A when reclaiming it, and moving partitions at shutdown.
-pub fn expected_reboots(prov: &ProvisionerConfig) -> Vec<&'static str> {
-    let mut r = Vec::new();
-    if prov.boot_disk.reclaim_sda3 {
-        r.push("boot from ROOT-B so ROOT-A can be reclaimed");
-        r.push("shrink ROOT-A (sda3)");
+/// The reboots the provisioner will ask for. Repartitioning of any kind takes one: the
+/// first boot prepares it (switching the root to ROOT-B when ROOT-A is reclaimed) and the
+/// partitions move at that boot's shutdown, all at once. None when the source's layout
+/// already fits (the provisioner then finds nothing to move), which only the VM can see.
+pub fn expected_reboots(prov: &ProvisionerConfig) -> Vec<String> {
+    let boot = &prov.boot_disk;
+    if !moves_partitions(boot) {
+        return Vec::new();
     }
-    if moves_partitions(&prov.boot_disk) {
-        r.push("move STATE and OEM at shutdown");
+    let mut what = Vec::new();
+    if boot.reclaim_sda3 {
+        what.push("ROOT-A (sda3) shrunk after the root switches to ROOT-B".to_string());
     }
-    r
+    if let Some(size) = &boot.oem_size {
+        what.push(format!("OEM grown to {size}"));
+    }
+    what.push("STATE moved after them".to_string());
+    vec![format!(
+        "at the first boot's shutdown, from the exit ramdisk: {}",
+        what.join(", ")
+    )]
 }
 
 /// What [`super::Preloader::run`] would do, for `finish-image-build -dry-run`.
@@ -88,8 +97,15 @@ mod tests {
         assert!(expected_reboots(&p).is_empty());
         p.boot_disk.oem_size = Some("1023M".into());
         assert_eq!(expected_reboots(&p).len(), 1);
+        // disable-auto-update -oem-size=16M: one reboot, as the provisioner does it.
+        p.boot_disk.oem_size = Some("16M".into());
         p.boot_disk.reclaim_sda3 = true;
-        assert_eq!(expected_reboots(&p).len(), 3);
+        let r = expected_reboots(&p);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(
+            r[0].contains("ROOT-A") && r[0].contains("OEM grown to 16M"),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -108,7 +124,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("grows to 12 GB") && text.contains("Reboots to expect: 3"),
+            text.contains("grows to 12 GB") && text.contains("Reboots to expect: 1"),
             "{text}"
         );
         assert!(text.contains("timeout 1m30s per wait"), "{text}");
