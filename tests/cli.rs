@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use cos_customizer_gce::auth::Auth;
 use cos_customizer_gce::drivers;
 use cos_customizer_gce::storage::Gcs;
-use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 
 /// A sparse 64 MiB raw disk with COS's partition numbers and labels (no file systems):
 /// enough for every check made before a VM starts.

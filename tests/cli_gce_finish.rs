@@ -5,8 +5,8 @@
 
 use std::process::Output;
 
-use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
 use cos_customizer_gce_emulator::{Emulator, Handle, Options, Script};
+use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 
 const BUCKET: &str = "builds";
 

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
 use cos_customizer_gce_emulator::{BootOptions, Emulator, Handle, Options, RequestRecord, Seed};
 use cos_customizer_qemu::QemuOptions;
+use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 use serde_json::{json, Map, Value};
 
 // Shared by the VM suites; each uses part of it.

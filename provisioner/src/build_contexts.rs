@@ -46,7 +46,7 @@ fn unpack(tar: &Path, dest: &Path) -> Result<()> {
 #[cfg(test)]
 pub mod tests {
     use super::*;
-    use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+    use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 

@@ -98,7 +98,7 @@ fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+    use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 
     #[test]
     fn gs_urls() {

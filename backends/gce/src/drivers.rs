@@ -71,8 +71,8 @@ mod tests {
 
     use super::*;
     use crate::auth::Auth;
-    use crate::testserver::{Reply, TestServer};
-    use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+    use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
+    use cos_customizer_testkit::testserver::{Reply, TestServer};
 
     #[test]
     fn versions_sort_by_their_numbers() {

@@ -206,7 +206,7 @@ mod tests {
 
     use super::*;
     use crate::error::{kind_of, ErrorKind};
-    use crate::testserver::{Reply, TestServer};
+    use cos_customizer_testkit::testserver::{Reply, TestServer};
 
     fn fast() -> RetryPolicy {
         RetryPolicy {

@@ -24,6 +24,3 @@ pub mod source;
 pub mod storage;
 pub mod sweep;
 pub mod urls;
-
-#[cfg(test)]
-mod testserver;

@@ -568,7 +568,7 @@ mod tests {
     use token_source::TokenSource;
 
     use super::*;
-    use crate::testserver::{Reply, TestServer};
+    use cos_customizer_testkit::testserver::{Reply, TestServer};
 
     fn fast(gcs: Gcs) -> Gcs {
         Gcs {

@@ -19,8 +19,8 @@ use cos_customizer_gce::backend::{GceBackend, GceOptions};
 use cos_customizer_gce::compute::Compute;
 use cos_customizer_gce::http::{Api, RetryPolicy};
 use cos_customizer_gce::storage::Gcs;
-use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
 use cos_customizer_gce_emulator::{Emulator, Fault, Handle, Options, Route, Script};
+use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 
 const PROJECT: &str = "test-project";
 const ZONE: &str = "us-central1-a";

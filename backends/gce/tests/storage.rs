@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use cos_customizer_gce::auth::Auth;
 use cos_customizer_gce::storage::Gcs;
-use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 
 const BUCKET: &str = "gcs-test";
 

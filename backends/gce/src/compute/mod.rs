@@ -336,7 +336,7 @@ mod tests {
     use super::*;
     use crate::auth::Auth;
     use crate::http::RetryPolicy;
-    use crate::testserver::{Reply, TestServer};
+    use cos_customizer_testkit::testserver::{Reply, TestServer};
 
     pub(crate) async fn compute(replies: Vec<Reply>) -> (Compute, TestServer) {
         let server = TestServer::start(replies).await;

@@ -106,7 +106,7 @@ mod tests {
     use super::*;
     use crate::compute::tests::compute;
     use crate::error::{kind_of, ErrorKind};
-    use crate::testserver::Reply;
+    use cos_customizer_testkit::testserver::Reply;
 
     fn zonal(status: &str) -> Value {
         json!({"name": "op-z", "status": status, "targetLink": "projects/p/zones/us-central1-a/disks/d",

@@ -1,4 +1,4 @@
-//! A tiny HTTP/1.1 server on 127.0.0.1 for the unit tests: it answers requests with a scripted
+//! A tiny HTTP/1.1 server on 127.0.0.1 for unit tests: it answers requests with a scripted
 //! list of replies, in order, and records what it was sent. One request per connection
 //! (`Connection: close`), so a scripted reset can drop a connection without a reply.
 
@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the server does with the next request.
-pub(crate) enum Reply {
+pub enum Reply {
     /// Answer with this status and JSON body.
     Json(u16, Value),
     /// Close the connection without answering, as a reset or a dying proxy does.
@@ -19,17 +19,20 @@ pub(crate) enum Reply {
 
 /// One request the server received.
 #[derive(Clone, Debug)]
-pub(crate) struct Seen {
-    pub(crate) method: String,
+pub struct Seen {
+    /// The HTTP method.
+    pub method: String,
     /// The path and query, as sent.
-    pub(crate) target: String,
-    pub(crate) authorization: Option<String>,
-    pub(crate) body: Option<Value>,
+    pub target: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// The JSON body, if the request had one.
+    pub body: Option<Value>,
 }
 
 impl Seen {
     /// The value of query parameter `name`, still percent-encoded.
-    pub(crate) fn query(&self, name: &str) -> Option<String> {
+    pub fn query(&self, name: &str) -> Option<String> {
         let (_, query) = self.target.split_once('?')?;
         query.split('&').find_map(|pair| {
             let (k, v) = pair.split_once('=')?;
@@ -38,21 +41,21 @@ impl Seen {
     }
 
     /// The path without the query.
-    pub(crate) fn path(&self) -> &str {
+    pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or_default()
     }
 }
 
 /// A running server; it stops when the test's runtime does.
-pub(crate) struct TestServer {
+pub struct TestServer {
     /// `http://127.0.0.1:PORT`.
-    pub(crate) origin: String,
+    pub origin: String,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl TestServer {
     /// Starts a server that gives `replies` in order, then 501 to anything more.
-    pub(crate) async fn start(replies: Vec<Reply>) -> TestServer {
+    pub async fn start(replies: Vec<Reply>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -68,7 +71,7 @@ impl TestServer {
     }
 
     /// Everything received so far.
-    pub(crate) fn seen(&self) -> Vec<Seen> {
+    pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }

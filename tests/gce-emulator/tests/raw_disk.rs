@@ -4,8 +4,8 @@
 mod common;
 
 use common::{start, Client, P};
-use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
 use cos_customizer_gce_emulator::Options;
+use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "raw-bucket";

@@ -18,7 +18,6 @@
 mod boot;
 mod discovery;
 mod disks;
-pub mod fake_gcs;
 mod faults;
 mod gcs_fetch;
 mod images;

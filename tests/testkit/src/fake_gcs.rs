@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+//! use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 //! if !fake_gcs::require() {
 //!     return Ok(());
 //! }
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::gcs_fetch::{encode_segment, request};
+use crate::gcs_client::{encode_segment, request};
 
 /// Where `scripts/install-deps.sh` links the binary, under the workspace root.
 const VENV_BINARY: &str = ".venv-gcs/bin/fake-gcs-server";

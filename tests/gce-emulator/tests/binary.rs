@@ -6,7 +6,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 
 #[tokio::test]
 async fn serves_the_seed_it_is_given_on_the_printed_base() {
