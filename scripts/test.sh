@@ -14,6 +14,8 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 export REQUIRE_FAKE_GCS=1
 # The dm-verity tests compare with veritysetup on the host (cryptsetup-bin) rather than skip.
 export REQUIRE_VERITYSETUP=1
+# The man page test renders the pages in groff (groff-base) rather than skip.
+export REQUIRE_GROFF=1
 export FAKE_GCS_SERVER="${FAKE_GCS_SERVER:-$PWD/.venv-gcs/bin/fake-gcs-server}"
 
 scripts/install-deps.sh

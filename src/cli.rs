@@ -9,12 +9,14 @@ use cos_customizer_common::goflags::parse_bool;
 
 /// Turns a Container-Optimized OS image into a customized image.
 ///
-/// Steps only record intent in a local state folder; finish-image-build does the work.
-/// Flags take Go form (-flag=value, -flag value, -bool) or --flag.
+/// start-image-build and the steps only record intent in a local state folder;
+/// finish-image-build does the work. Flags take Go's forms (-flag=value, -flag value, a bare
+/// -bool) and --flag; global flags come before the subcommand.
 #[derive(Debug, Parser)]
 #[command(name = "cos-customizer", version, help_expected = true)]
 pub struct Cli {
-    /// State folder for the build, relative to $HOME.
+    /// State folder for the build: a path under $HOME, relative, without . or ..; two builds
+    /// at once need two folders.
     #[arg(long, default_value = cos_customizer_core::state::DEFAULT_WORKDIR, value_name = "DIR")]
     pub local_state_workdir: String,
     /// Overrides the Compute Engine API endpoint, a base path such as
@@ -45,6 +47,21 @@ pub enum Cmd {
     AnthosInstallerInstall(AnthosOpts),
     /// Runs the recorded steps in a VM and makes the output image.
     FinishImageBuild(Box<FinishOpts>),
+    /// Writes the shell completion script to standard output.
+    ///
+    /// Hidden, as the man page writer: the list of subcommands stays the original's.
+    #[command(hide = true)]
+    Completions {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: crate::completions::Shell,
+    },
+    /// Writes the man pages (cos-customizer.1 and one per subcommand) into a folder.
+    #[command(hide = true)]
+    ManPages {
+        /// The folder, for example /usr/local/share/man/man1; it must exist.
+        dir: PathBuf,
+    },
     /// Relays the build VM's metadata connection to this process (used by QEMU).
     #[command(name = "__metadata-proxy", hide = true)]
     MetadataProxy {
@@ -163,115 +180,125 @@ pub enum DiskInterfaceKind {
     Virtio,
 }
 
+/// The headings `finish-image-build -h` groups its flags under, in the order shown.
+const BUILD: &str = "Build";
+const LOCAL: &str = "Local build (QEMU)";
+const OUTPUT_IMAGE: &str = "Output image";
+const GCE_VM: &str = "GCE build VM";
+const SBOM: &str = "SBOM";
+
 #[derive(Debug, Clone, Args)]
 pub struct FinishOpts {
-    /// Project of the output image.
-    #[arg(long, default_value = "")]
-    pub image_project: String,
-    /// Output image name.
-    #[arg(long, default_value = "")]
-    pub image_name: String,
-    /// Output image name = source image name + this suffix.
-    #[arg(long, default_value = "")]
-    pub image_suffix: String,
-    /// Output image family.
-    #[arg(long, default_value = "")]
-    pub image_family: String,
-    /// Deprecates the older images of -image-family.
-    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
-    pub deprecate_old_images: bool,
-    /// Seconds after deprecation to record as the old images' "deleted" time (needs
-    /// -deprecate-old-images). GCE treats it as information only: it deletes nothing.
-    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
-    pub old_image_ttl: i64,
-    /// Zone of the build VM (GCE builds).
-    #[arg(long, default_value = "")]
-    pub zone: String,
-    /// Project of the build VM and disks (GCE builds).
-    #[arg(long, default_value = "")]
-    pub project: String,
-    /// Machine type of the build VM (QEMU maps it to vCPUs and memory).
-    #[arg(long, default_value = "n1-standard-1")]
-    pub machine_type: String,
-    /// Service account e-mail of the build VM.
-    #[arg(long, default_value = "default")]
-    pub service_account: String,
-    /// GPU type to attach to the build VM.
-    #[arg(long, default_value = "")]
-    pub gpu_type: String,
-    /// Network of the build VM.
-    #[arg(long, default_value = "")]
-    pub network: String,
-    /// Subnetwork of the build VM, e.g. regions/us-west1/subnetworks/x.
-    #[arg(long, default_value = "")]
-    pub subnet: String,
-    /// Output image labels: NAME=VALUE[,NAME=VALUE]; repeatable.
-    #[arg(long)]
-    pub labels: Vec<String>,
-    /// Output image licenses: comma list; repeatable.
-    #[arg(long)]
-    pub licenses: Vec<String>,
-    /// Copies the source image's labels (explicit -labels win).
-    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
-    pub inherit_labels: bool,
-    /// OEM partition size: N 512-byte sectors, or N with B, K, M or G; at least 16M.
-    #[arg(long, default_value = "")]
-    pub oem_size: String,
-    /// Disk type of the build disks (GCE builds).
-    #[arg(long, default_value = "pd-standard")]
-    pub disk_type: String,
-    /// Output disk size in GB (0 = 10).
-    #[arg(long, default_value_t = 0, value_name = "GB")]
-    pub disk_size_gb: i64,
-    /// Timeout of each wait, Go syntax (1h, 90m, 1m30s).
-    #[arg(long, default_value = "1h")]
-    pub timeout: String,
-    /// Deletes leftover build VMs older than a day first (GCE builds).
-    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
-    pub enable_cleanup: bool,
-    /// Gives the build VM no external IP (GCE builds), as an organization policy may demand;
-    /// its network then needs Private Google Access or Cloud NAT for what the scripts fetch.
-    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
-    pub no_external_ip: bool,
-    /// SBOM input: a JSON file in the build context (needs -sbom-output-path).
-    #[arg(long, default_value = "")]
-    pub sbom_input_path: String,
-    /// Folder the SPDX SBOM is written to (needs -sbom-input-path).
-    #[arg(long, default_value = "")]
-    pub sbom_output_path: String,
     /// Backend: qemu or gce. Default: qemu for a local source image or -output-file, else gce.
-    #[arg(long, value_enum)]
+    #[arg(long, help_heading = BUILD, value_enum)]
     pub backend: Option<BackendKind>,
-    /// Local output image file (QEMU builds); must not exist unless -overwrite is given.
-    #[arg(long, value_name = "PATH")]
+    /// Runs every check a build makes and prints the plan (config, disks, VM, image, reboots)
+    /// and every reason the build would be refused (exit 1 if any); creates nothing, keeps the state.
+    #[arg(long, help_heading = BUILD, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub dry_run: bool,
+    /// Timeout of each wait, a Go duration (1h, 90m, 1m30s), as Daisy's -default_timeout.
+    #[arg(long, help_heading = BUILD, default_value = "1h")]
+    pub timeout: String,
+    /// Machine type of the build VM (QEMU maps it to vCPUs and memory).
+    #[arg(long, help_heading = BUILD, default_value = "n1-standard-1")]
+    pub machine_type: String,
+    /// Static provisioner binary to put on the CIDATA disk (default: $COS_CUSTOMIZER_PROVISIONER,
+    /// else provisioner next to this program).
+    #[arg(long, help_heading = BUILD, value_name = "PATH")]
+    pub provisioner: Option<PathBuf>,
+    /// Local output image file (QEMU builds); it must not exist (unless -overwrite), be the
+    /// source, a folder or inside the state folder.
+    #[arg(long, help_heading = LOCAL, value_name = "PATH")]
     pub output_file: Option<PathBuf>,
-    /// Replaces an existing -output-file.
-    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    /// Replaces an existing -output-file (atomically, once the new image is whole).
+    #[arg(long, help_heading = LOCAL, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub overwrite: bool,
+    /// Output format: raw, qcow2 or tar.gz (GCE import format). Default: from -output-file's name.
+    #[arg(long, help_heading = LOCAL, value_name = "FORMAT")]
+    pub output_format: Option<String>,
     /// Accepts a local source image that sits on a backing file (whose contents then go
     /// into the output).
-    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    #[arg(long, help_heading = LOCAL, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub allow_backing_file: bool,
-    /// Output format: raw, qcow2 or tar.gz (GCE import format). Default: from -output-file's name.
-    #[arg(long, value_name = "FORMAT")]
-    pub output_format: Option<String>,
     /// QEMU acceleration: auto (KVM only where hardware virtualization works), kvm or tcg.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, help_heading = LOCAL, value_enum, default_value = "auto")]
     pub accel: AccelKind,
     /// QEMU builds: how the build VM's disks are attached (default scsi, as on GCE).
-    #[arg(long, value_enum, value_name = "BUS")]
+    #[arg(long, help_heading = LOCAL, value_enum, value_name = "BUS")]
     pub disk_interface: Option<DiskInterfaceKind>,
     /// QEMU builds: no network for the build's scripts beyond the metadata server (by
     /// default they reach the internet through NAT, as a GCE VM with an external IP).
-    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    #[arg(long, help_heading = LOCAL, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
     pub hermetic: bool,
-    /// Static provisioner binary to put on the CIDATA disk (default: $COS_CUSTOMIZER_PROVISIONER,
-    /// else provisioner next to this program).
-    #[arg(long, value_name = "PATH")]
-    pub provisioner: Option<PathBuf>,
-    /// Prints the plan (config, disks, VM, image, reboots), creates nothing and keeps the state.
-    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
-    pub dry_run: bool,
+    /// Output image name (a GCE build needs exactly one of -image-name and -image-suffix).
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "")]
+    pub image_name: String,
+    /// Output image name = source image name + this suffix.
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "")]
+    pub image_suffix: String,
+    /// OEM partition size: N 512-byte sectors, or N with B, K, M or G; at least 16M.
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "")]
+    pub oem_size: String,
+    /// Output disk size in GB (0 = 10); checked against the OEM size as the original does.
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value_t = 0, value_name = "GB")]
+    pub disk_size_gb: i64,
+    /// Project of the output image.
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "")]
+    pub image_project: String,
+    /// Output image family.
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "")]
+    pub image_family: String,
+    /// Output image labels: NAME=VALUE[,NAME=VALUE]; repeatable.
+    #[arg(long, help_heading = OUTPUT_IMAGE, value_name = "NAME=VALUE,…")]
+    pub labels: Vec<String>,
+    /// Output image licenses: comma list; repeatable.
+    #[arg(long, help_heading = OUTPUT_IMAGE, value_name = "LICENSE,…")]
+    pub licenses: Vec<String>,
+    /// Copies the source image's labels (explicit -labels win).
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub inherit_labels: bool,
+    /// Deprecates the older images of -image-family.
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub deprecate_old_images: bool,
+    /// Seconds after deprecation to record as the old images' "deleted" time (needs
+    /// -deprecate-old-images). GCE treats it as information only: it deletes nothing.
+    #[arg(long, help_heading = OUTPUT_IMAGE, default_value_t = 0, value_name = "SECONDS")]
+    pub old_image_ttl: i64,
+    /// Project of the build VM and disks (GCE builds).
+    #[arg(long, help_heading = GCE_VM, default_value = "")]
+    pub project: String,
+    /// Zone of the build VM (GCE builds).
+    #[arg(long, help_heading = GCE_VM, default_value = "")]
+    pub zone: String,
+    /// Service account e-mail of the build VM.
+    #[arg(long, help_heading = GCE_VM, default_value = "default")]
+    pub service_account: String,
+    /// GPU type to attach to the build VM.
+    #[arg(long, help_heading = GCE_VM, default_value = "")]
+    pub gpu_type: String,
+    /// Network of the build VM.
+    #[arg(long, help_heading = GCE_VM, default_value = "")]
+    pub network: String,
+    /// Subnetwork of the build VM, e.g. regions/us-west1/subnetworks/x.
+    #[arg(long, help_heading = GCE_VM, default_value = "")]
+    pub subnet: String,
+    /// Disk type of the build disks (GCE builds).
+    #[arg(long, help_heading = GCE_VM, default_value = "pd-standard")]
+    pub disk_type: String,
+    /// Gives the build VM no external IP (GCE builds), as an organization policy may demand;
+    /// its network then needs Private Google Access or Cloud NAT for what the scripts fetch.
+    #[arg(long, help_heading = GCE_VM, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub no_external_ip: bool,
+    /// Deletes leftover build VMs older than a day first (GCE builds).
+    #[arg(long, help_heading = GCE_VM, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub enable_cleanup: bool,
+    /// SBOM input: a JSON file in the build context (needs -sbom-output-path).
+    #[arg(long, help_heading = SBOM, default_value = "")]
+    pub sbom_input_path: String,
+    /// Where the SPDX SBOM is written: gs://BUCKET/FOLDER or a local folder (needs
+    /// -sbom-input-path).
+    #[arg(long, help_heading = SBOM, default_value = "")]
+    pub sbom_output_path: String,
 }
 
 #[cfg(test)]

@@ -2,6 +2,11 @@
 
 mod cli;
 mod commands;
+mod completions;
+#[cfg(test)]
+mod flag_table;
+mod help;
+mod man_pages;
 
 use std::process::ExitCode;
 
@@ -9,8 +14,11 @@ use cos_customizer_common::goflags;
 
 use cli::{Cli, Cmd};
 
+/// The program's name, in its help, man pages and completions.
+const BIN: &str = "cos-customizer";
+
 fn main() -> ExitCode {
-    let cli = match goflags::parse::<Cli>(std::env::args_os()) {
+    let cli = match goflags::parse_with::<Cli>(help::command(), std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -50,6 +58,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &cli.storage_endpoint,
             *o,
         ),
+        Cmd::Completions { shell } => completions::write(shell, &mut std::io::stdout().lock()),
+        Cmd::ManPages { dir } => {
+            for path in man_pages::write(&dir)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Cmd::MetadataProxy { addr } => cos_customizer_qemu::proxy_stdio(&addr),
     }
 }

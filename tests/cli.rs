@@ -131,12 +131,12 @@ fn help_for_every_subcommand() {
     }
     let out = h.ok(&["finish-image-build", "--help"]);
     for flag in [
-        "--oem-size",
-        "--disk-size-gb",
-        "--timeout",
-        "--output-file",
-        "--dry-run",
-        "--labels",
+        "-oem-size",
+        "-disk-size-gb",
+        "-timeout",
+        "-output-file",
+        "-dry-run",
+        "-labels",
     ] {
         assert!(out.contains(flag), "{flag}");
     }

@@ -10,7 +10,7 @@ use std::any::TypeId;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use clap::{Arg, Command, Parser};
+use clap::{Arg, Command, FromArgMatches, Parser};
 
 /// Rewrites `args` (with `argv[0]` first) for `cmd`, the clap command tree.
 ///
@@ -62,7 +62,15 @@ pub fn translate(cmd: &Command, args: impl IntoIterator<Item = OsString>) -> Vec
 /// as [`translate`] does, and a repeated flag keeps its last value (a list flag, such as
 /// `-env`, still collects every value).
 pub fn parse<P: Parser>(args: impl IntoIterator<Item = OsString>) -> Result<P, clap::Error> {
-    let cmd = P::command().args_override_self(true);
+    parse_with(P::command(), args)
+}
+
+/// [`parse`] with `cmd`, `P`'s command tree as the caller adjusted it (its help, say).
+pub fn parse_with<P: FromArgMatches>(
+    cmd: Command,
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<P, clap::Error> {
+    let cmd = cmd.args_override_self(true);
     let args = translate(&cmd, args);
     let matches = cmd.try_get_matches_from(args).map_err(go_wording)?;
     P::from_arg_matches(&matches)
@@ -109,7 +117,7 @@ fn split_flag(arg: &OsStr) -> Option<(&str, Option<&OsStr>)> {
 }
 
 /// Whether a flag is a boolean, which Go sets with a bare `-flag`.
-fn is_bool(a: &Arg) -> bool {
+pub fn is_bool(a: &Arg) -> bool {
     a.get_value_parser().type_id() == TypeId::of::<bool>()
 }
 
