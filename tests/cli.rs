@@ -185,6 +185,40 @@ fn script_must_be_a_member_and_suggestions_are_given() {
 }
 
 #[test]
+fn a_script_or_env_the_vm_could_not_use_is_refused_and_nothing_recorded() {
+    let h = Home::new();
+    let ctx = h.path().join("ctx");
+    std::os::unix::fs::symlink("/etc/shadow", ctx.join("shadow.sh")).unwrap();
+    std::os::unix::fs::symlink("loop.sh", ctx.join("loop.sh")).unwrap();
+    h.start_local();
+    let before = h.state(".cos-customizer-workdir", "provisioner");
+    for (args, why) in [
+        (&["-script=lib"][..], "is a folder"),
+        (&["-script=shadow.sh"], "outside the build context"),
+        (&["-script=loop.sh"], "loops"),
+        (
+            &["-script=preload.sh", "-env=A B=1"],
+            "not a shell variable name",
+        ),
+        (
+            &["-script=preload.sh", "-env=1A=2"],
+            "not a shell variable name",
+        ),
+        (&["-script=preload.sh", "-env=A=1,"], "empty entry"),
+    ] {
+        let all: Vec<&str> = ["run-script"].iter().chain(args).copied().collect();
+        let (code, err) = h.fail(&all);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert_eq!(
+            h.state(".cos-customizer-workdir", "provisioner"),
+            before,
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
 fn env_values_with_commas_are_kept() {
     let h = Home::new();
     h.start_local();

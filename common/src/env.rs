@@ -26,6 +26,15 @@ fn split_unescaped(s: &str) -> Vec<String> {
     parts
 }
 
+/// Whether `name` can be a shell variable's name (what the script will read it as).
+fn is_variable_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
 /// Adds the pairs of one `-env` value to `env`; a later value for a key wins.
 pub fn parse_flag_value(value: &str, env: &mut BTreeMap<String, String>) -> Result<()> {
     if value.is_empty() {
@@ -33,13 +42,21 @@ pub fn parse_flag_value(value: &str, env: &mut BTreeMap<String, String>) -> Resu
     }
     let mut last: Option<String> = None;
     for seg in split_unescaped(value) {
+        if seg.is_empty() {
+            bail!(
+                "-env {value:?} has an empty entry (a trailing or doubled comma): remove it, or write \\, for a comma inside a value"
+            );
+        }
         match seg.split_once('=') {
-            Some((k, v)) if !k.is_empty() => {
+            Some((k, v)) if is_variable_name(k) => {
                 env.insert(k.to_string(), v.to_string());
                 last = Some(k.to_string());
             }
-            Some(_) => bail!(
+            Some(("", _)) => bail!(
                 "-env {value:?}: {seg:?} has an empty name; give NAME=VALUE pairs, e.g. -env=A=1,B=2"
+            ),
+            Some((k, _)) => bail!(
+                "-env {value:?}: {k:?} is not a shell variable name (letters, digits and _, not starting with a digit), which the script could not read: rename it"
             ),
             None => match &last {
                 Some(k) => {
@@ -112,6 +129,25 @@ mod tests {
         assert_eq!(encode(&parse(&["a=A=B"]).unwrap()), "a=A=B");
         assert_eq!(encode(&parse(&["HELLO=hello"]).unwrap()), "HELLO=hello");
         assert_eq!(encode(&parse(&[]).unwrap()), "");
+    }
+
+    #[test]
+    fn names_must_be_variable_names_and_entries_not_empty() {
+        for (bad, why) in [
+            ("A B=1", "not a shell variable name"),
+            ("1A=2", "not a shell variable name"),
+            ("A-B=2", "not a shell variable name"),
+            ("A=1,", "empty entry"),
+            ("A=1,,B=2", "empty entry"),
+            (",A=1", "empty entry"),
+            ("=1", "empty name"),
+        ] {
+            let e = parse(&[bad]).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert_eq!(encode(&parse(&["_A1=x,b_2=y"]).unwrap()), "_A1=x,b_2=y");
+        // An escaped comma at the end is a value's comma, not an empty entry.
+        assert_eq!(parse(&[r"A=1\,"]).unwrap()["A"], "1,");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the original makes them, so `run-script -script` names match. Unlike the original,
 //! top-level dotfiles are kept; symlinks stay symlinks.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,10 @@ pub fn create(src: &Path, dst: &Path, exclude: &Path) -> Result<()> {
             fsutil::parent_dir(dst).display()
         );
     }
+    // A -build-context that is a symlink means the folder or file it names, not the link.
+    let given = src;
+    let src = &std::fs::canonicalize(src)
+        .with_context(|| format!("reading build context {}", src.display()))?;
     let meta = std::fs::symlink_metadata(src)
         .with_context(|| format!("reading build context {}", src.display()))?;
     if !meta.is_dir() {
@@ -48,9 +53,10 @@ pub fn create(src: &Path, dst: &Path, exclude: &Path) -> Result<()> {
                 })?;
         }
     } else {
-        let name = src
+        // Named as given, so -script names what the user passed.
+        let name = given
             .file_name()
-            .with_context(|| format!("build context {} has no file name", src.display()))?;
+            .with_context(|| format!("build context {} has no file name", given.display()))?;
         builder
             .append_path_with_name(src, name)
             .with_context(|| format!("adding {} to the build context archive", src.display()))?;
@@ -151,29 +157,117 @@ fn corrupt(archive: &Path, e: &std::io::Error) -> anyhow::Error {
     )
 }
 
-/// Checks that `path` names a member exactly; the error lists the closest members.
-pub fn require_member(archive: &Path, path: &str) -> Result<()> {
+/// What a member is, for [`require_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    /// A symlink and its target, as stored.
+    Link(String),
+    Other,
+}
+
+/// Every member by name (folders without their trailing `/`), with what it is.
+fn member_kinds(archive: &Path) -> Result<BTreeMap<String, Kind>> {
+    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut tar = tar::Archive::new(file);
+    let mut kinds = BTreeMap::new();
+    for entry in tar.entries().map_err(|e| corrupt(archive, &e))? {
+        let entry = entry.map_err(|e| corrupt(archive, &e))?;
+        let name = String::from_utf8_lossy(&entry.path_bytes())
+            .trim_end_matches('/')
+            .to_string();
+        let t = entry.header().entry_type();
+        let kind = if t.is_file() || t.is_gnu_sparse() {
+            Kind::File
+        } else if t.is_dir() {
+            Kind::Dir
+        } else if t.is_symlink() {
+            let target = entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            Kind::Link(target)
+        } else {
+            Kind::Other
+        };
+        kinds.insert(name, kind);
+    }
+    Ok(kinds)
+}
+
+/// `target` read from the folder of the member `from`, as a member name; `None` when it
+/// leads out of the build context.
+fn link_target(from: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = from.split('/').collect();
+    parts.pop();
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Checks that `path` names a regular file of the build context, exactly or through
+/// symlinks that stay inside it: the VM has the build context and nothing else, so a
+/// folder, a link out of the context (say to `/etc/shadow`) or a link loop would only
+/// fail there, after the build VM booted. A name that is no member lists the closest ones.
+pub fn require_file(archive: &Path, path: &str) -> Result<()> {
     if path.is_empty() {
         bail!("-script is required: name a file in the build context, e.g. -script=preload.sh");
     }
-    let names = members(archive)?;
-    if names.iter().any(|n| n == path) {
-        return Ok(());
+    let kinds = member_kinds(archive)?;
+    let mut current = path.to_string();
+    // Linux's own limit on links followed in one lookup.
+    for _ in 0..40 {
+        let key = current.trim_end_matches('/');
+        match kinds.get(key) {
+            Some(Kind::File) => return Ok(()),
+            Some(Kind::Dir) if current == path => {
+                bail!("{path:?} in the build context is a folder: name a file in it")
+            }
+            Some(Kind::Dir) => bail!(
+                "{path:?} in the build context is a symlink to the folder {key:?}: name a file"
+            ),
+            Some(Kind::Link(target)) => match link_target(key, target) {
+                Some(next) => current = next,
+                None => bail!(
+                    "{path:?} in the build context is a symlink to {target:?}, outside the build context, which is all the build VM gets: copy the file into -build-context"
+                ),
+            },
+            Some(Kind::Other) => bail!(
+                "{path:?} in the build context is not a regular file: name a file"
+            ),
+            None if current != path => bail!(
+                "{path:?} in the build context is a symlink to {current:?}, which is not in the build context: copy the file into -build-context"
+            ),
+            None => {
+                let mut ranked: Vec<_> = members(archive)?
+                    .into_iter()
+                    .map(|n| (strsim::levenshtein(&n, path), n))
+                    .collect();
+                ranked.sort();
+                let closest: Vec<_> = ranked.iter().take(3).map(|(_, n)| n.as_str()).collect();
+                let hint = if closest.is_empty() {
+                    "the build context is empty".to_string()
+                } else {
+                    format!("closest members: {}", closest.join(", "))
+                };
+                bail!(
+                    "{path:?} is not in the build context (names are relative to -build-context, with no ./ prefix); {hint}"
+                )
+            }
+        }
     }
-    let mut ranked: Vec<_> = names
-        .iter()
-        .map(|n| (strsim::levenshtein(n, path), n.as_str()))
-        .collect();
-    ranked.sort();
-    let closest: Vec<_> = ranked.iter().take(3).map(|(_, n)| *n).collect();
-    let hint = if closest.is_empty() {
-        "the build context is empty".to_string()
-    } else {
-        format!("closest members: {}", closest.join(", "))
-    };
-    bail!(
-        "{path:?} is not in the build context (names are relative to -build-context, with no ./ prefix); {hint}"
-    )
+    bail!("{path:?} in the build context is a symlink that loops (or passes through more than 40 links): point it at a file")
 }
 
 #[cfg(test)]
@@ -257,15 +351,64 @@ mod tests {
         let out = tempfile::tempdir().unwrap();
         let tar = out.path().join("ctx.tar");
         create(ctx.path(), &tar, out.path()).unwrap();
-        require_member(&tar, "preload.sh").unwrap();
-        require_member(&tar, "lib/").unwrap();
-        require_member(&tar, "lib/x.sh").unwrap();
-        assert!(require_member(&tar, "lib").is_err());
-        let e = require_member(&tar, "./preload.sh")
-            .unwrap_err()
-            .to_string();
+        require_file(&tar, "preload.sh").unwrap();
+        require_file(&tar, "lib/x.sh").unwrap();
+        // A link inside the context is the file it names.
+        require_file(&tar, "lib/link.sh").unwrap();
+        for folder in ["lib", "lib/"] {
+            let e = require_file(&tar, folder).unwrap_err().to_string();
+            assert!(e.contains("is a folder"), "{e}");
+        }
+        let e = require_file(&tar, "./preload.sh").unwrap_err().to_string();
         assert!(e.contains("closest members: preload.sh"), "{e}");
-        assert!(require_member(&tar, "").is_err());
+        assert!(require_file(&tar, "").is_err());
+    }
+
+    #[test]
+    fn links_out_of_the_context_loops_and_dangling_links_are_named() {
+        let ctx = context();
+        symlink("/etc/shadow", ctx.path().join("shadow.sh")).unwrap();
+        symlink("../../outside.sh", ctx.path().join("lib/up.sh")).unwrap();
+        symlink("loop.sh", ctx.path().join("loop.sh")).unwrap();
+        symlink("gone.sh", ctx.path().join("dangling.sh")).unwrap();
+        symlink("lib", ctx.path().join("libdir")).unwrap();
+        symlink("../preload.sh", ctx.path().join("lib/back.sh")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let tar = out.path().join("ctx.tar");
+        create(ctx.path(), &tar, out.path()).unwrap();
+        require_file(&tar, "lib/back.sh").unwrap();
+        for (name, why) in [
+            ("shadow.sh", "outside the build context"),
+            ("lib/up.sh", "outside the build context"),
+            ("loop.sh", "loops"),
+            (
+                "dangling.sh",
+                "\"gone.sh\", which is not in the build context",
+            ),
+            ("libdir", "symlink to the folder \"lib\""),
+        ] {
+            let e = require_file(&tar, name).unwrap_err().to_string();
+            assert!(e.contains(why), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_context_given_through_a_symlink_is_what_it_names() {
+        let ctx = context();
+        let links = tempfile::tempdir().unwrap();
+        symlink(ctx.path(), links.path().join("ctx")).unwrap();
+        symlink(ctx.path().join("preload.sh"), links.path().join("one.sh")).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let tar = out.path().join("ctx.tar");
+        create(&links.path().join("ctx"), &tar, out.path()).unwrap();
+        assert_eq!(
+            members(&tar).unwrap(),
+            [".env", "lib/", "lib/link.sh", "lib/x.sh", "preload.sh"]
+        );
+        let tar = out.path().join("one.tar");
+        create(&links.path().join("one.sh"), &tar, out.path()).unwrap();
+        assert_eq!(members(&tar).unwrap(), ["one.sh"]);
+        require_file(&tar, "one.sh").unwrap();
     }
 
     #[test]
@@ -308,7 +451,7 @@ mod tests {
         let mut junk = b"garbage".repeat(200);
         junk[100..108].copy_from_slice(b"\xff\xfe\x01\x02abcd");
         std::fs::write(&tar, &junk).unwrap();
-        let e = require_member(&tar, "a.sh").unwrap_err().to_string();
+        let e = require_file(&tar, "a.sh").unwrap_err().to_string();
         assert!(
             e.contains("is not a valid tar archive") && e.contains("run start-image-build again"),
             "{e}"

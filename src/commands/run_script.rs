@@ -21,7 +21,7 @@ pub fn run(state: &StateDir, o: RunScriptOpts) -> Result<()> {
             o.script
         )
     })?;
-    archive::require_member(&state.context_archive(), script)?;
+    archive::require_file(&state.context_archive(), script)?;
     let mut vars = BTreeMap::new();
     for v in &o.env {
         env::parse_flag_value(v, &mut vars)?;
