@@ -4,7 +4,9 @@
 use std::io::Write;
 
 use anyhow::Context;
-use clap::ValueEnum;
+use clap::{Arg, ArgAction, Command, ValueEnum};
+
+use cos_customizer_common::goflags::is_bool;
 
 use crate::help;
 
@@ -21,7 +23,7 @@ pub enum Shell {
 
 /// The completion script for `shell`.
 pub fn script(shell: Shell) -> String {
-    let mut cmd = help::command();
+    let mut cmd = for_completion(help::command());
     let longs = help::longs(&cmd);
     let mut buf = Vec::new();
     let generator = match shell {
@@ -33,7 +35,13 @@ pub fn script(shell: Shell) -> String {
     let text = String::from_utf8_lossy(&buf);
     match shell {
         // fish spells a single-dash long flag `-o name` ("old style") where clap writes `-l name`.
-        Shell::Fish => text.replace(" -l ", " -o "),
+        Shell::Fish => text
+            .lines()
+            .map(|l| match l.starts_with("complete ") {
+                true => l.replace(" -l ", " -o ") + "\n",
+                false => format!("{l}\n"),
+            })
+            .collect(),
         // clap_complete spells the state of a subcommand of a hyphenated program two ways
         // (`cos__customizer__subcmd__x` where it walks the words, `cos__subcmd__customizer__
         // subcmd__x` where it matches them: clap-rs/clap#6421), so no subcommand's flags
@@ -43,6 +51,37 @@ pub fn script(shell: Shell) -> String {
             &crate::BIN.replace('-', "__"),
         ),
         Shell::Zsh => help::single_dash(&text, &longs, "-"),
+    }
+}
+
+/// `cmd` as a shell should complete it: without the hidden subcommands (clap_complete
+/// offers them), and with the booleans as switches, which users give bare (`-dry-run`), so
+/// that a shell offers flags after them, not a value.
+fn for_completion(cmd: Command) -> Command {
+    let mut out = Command::new(cmd.get_name().to_owned());
+    if let Some(v) = cmd.get_version() {
+        out = out.version(v.to_owned());
+    }
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    for a in cmd.get_arguments() {
+        out = out.arg(switch(a.clone()));
+    }
+    for s in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        out = out.subcommand(for_completion(s.clone()));
+    }
+    out
+}
+
+fn switch(a: Arg) -> Arg {
+    if a.get_action().takes_values() && is_bool(&a) {
+        a.action(ArgAction::SetTrue)
+            .value_parser(clap::value_parser!(bool))
+            .default_value("false")
+            .hide_default_value(false)
+    } else {
+        a
     }
 }
 
@@ -108,6 +147,19 @@ mod tests {
     }
 
     #[test]
+    fn bash_offers_flags_after_a_bare_boolean_and_no_hidden_subcommand() {
+        let got = bash_complete(&["cos-customizer", "finish-image-build", "-dry-run", ""]);
+        assert!(got.contains(&"-output-file".to_owned()), "{got:?}");
+        let got = bash_complete(&["cos-customizer", ""]);
+        assert!(got.contains(&"seal-oem".to_owned()), "{got:?}");
+        assert!(
+            !got.iter()
+                .any(|w| w.contains("metadata") || w == "completions" || w == "man-pages"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
     fn bash_completes_a_flags_values() {
         let got = bash_complete(&["cos-customizer", "finish-image-build", "-accel", ""]);
         assert_eq!(got, ["auto", "kvm", "tcg"]);
@@ -123,6 +175,12 @@ mod tests {
         assert!(!zsh.contains("'--output-file"), "{zsh}");
         let fish = script(Shell::Fish);
         assert!(fish.contains(" -o output-file "), "{fish}");
-        assert!(!fish.contains(" -l "), "{fish}");
+        let completes = || fish.lines().filter(|l| l.starts_with("complete "));
+        assert!(completes().all(|l| !l.contains(" -l ")), "{fish}");
+        // Only `complete`'s -l means a flag: the helpers' `set -l` stay.
+        assert!(
+            fish.contains("set -l cmd") && !fish.contains("set -o"),
+            "{fish}"
+        );
     }
 }
