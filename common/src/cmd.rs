@@ -18,7 +18,8 @@ pub fn render<'a>(program: &'a OsStr, args: impl IntoIterator<Item = &'a OsStr>)
         .join(" ")
 }
 
-fn shell_quote(s: &str) -> String {
+/// `s` as one shell word: as it is when that is safe, else single-quoted.
+pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));

@@ -33,6 +33,16 @@ pub struct ProvisionerConfig {
         deserialize_with = "null_as_default"
     )]
     pub steps: Vec<Step>,
+    /// The Cloud Storage endpoint the VM downloads from, as the VM reaches it, when the build
+    /// was given one (`-storage-endpoint`, or fake-gcs-server on this host); empty for
+    /// `https://storage.googleapis.com`. Not in the original, which knows no other endpoint;
+    /// left out of the JSON when empty, so the config stays the original's.
+    #[serde(
+        rename = "StorageEndpoint",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub storage_endpoint: String,
 }
 
 /// What the provisioner does to the boot disk's partitions.
@@ -108,6 +118,15 @@ pub struct InstallGpuArgs {
     /// flow swaps in their `gs://` prefix (Go `GCSDepsPrefix`).
     #[serde(rename = "GCSDepsPrefix", default)]
     pub gcs_deps_prefix: String,
+    /// Preload the drivers on a VM with no GPU: cos-gpu-installer's `install -no-verify`,
+    /// which neither loads nor checks the driver (`install-gpu -no-verify`; not in the
+    /// original, and left out of the JSON when false).
+    #[serde(rename = "NoVerify", default, skip_serializing_if = "is_false")]
+    pub no_verify: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Arguments of [`Step::InstallPackages`].
@@ -132,6 +151,16 @@ pub struct InstallPackagesArgs {
     /// Bucket the anthos_installer release is fetched from (Go `AnthosInstallerReleaseBucket`).
     #[serde(rename = "AnthosInstallerReleaseBucket", default)]
     pub anthos_installer_release_bucket: String,
+}
+
+impl InstallPackagesArgs {
+    /// Whether a package spec is a URL (`gs://`, `http://`, `https://`) rather than a path
+    /// in the build context, as the original tells them apart.
+    pub fn is_url(spec: &str) -> bool {
+        ["http://", "https://", "gs://"]
+            .iter()
+            .any(|scheme| spec.starts_with(scheme))
+    }
 }
 
 impl Step {

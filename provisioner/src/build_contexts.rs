@@ -12,7 +12,12 @@ use crate::gcs::Gcs;
 ///
 /// `file:///abs.tar` is read in place (local builds put it on the CIDATA disk);
 /// `gs://bucket/object` is downloaded with the VM's service account first.
-pub fn unpack_all(state_dir: &Path, contexts: &BTreeMap<String, String>) -> Result<()> {
+/// `storage_endpoint` is the build's (empty for Cloud Storage).
+pub fn unpack_all(
+    state_dir: &Path,
+    contexts: &BTreeMap<String, String>,
+    storage_endpoint: &str,
+) -> Result<()> {
     for (name, url) in contexts {
         let dest = state_dir.join(name);
         println!("Unpacking build context {name} from {url}");
@@ -20,7 +25,7 @@ pub fn unpack_all(state_dir: &Path, contexts: &BTreeMap<String, String>) -> Resu
             unpack(Path::new(path), &dest)
         } else if url.starts_with("gs://") {
             let tar = state_dir.join(format!("{name}.tar"));
-            Gcs::from_env().download(url, &tar)?;
+            Gcs::for_build(storage_endpoint).download(url, &tar)?;
             unpack(&tar, &dest)?;
             fs::remove_file(&tar).with_context(|| format!("removing {}", tar.display()))
         } else {
@@ -96,7 +101,7 @@ pub mod tests {
         let tar = make_context_tar(d.path(), FILES);
         let state = d.path().join("state");
         let contexts = BTreeMap::from([("user".to_string(), format!("file://{}", tar.display()))]);
-        unpack_all(&state, &contexts).unwrap();
+        unpack_all(&state, &contexts, "").unwrap();
         check_unpacked(&state.join("user"));
     }
 
@@ -104,7 +109,7 @@ pub mod tests {
     fn unsupported_scheme_names_context_and_url() {
         let d = tempfile::tempdir().unwrap();
         let contexts = BTreeMap::from([("user".to_string(), "https://x/y.tar".to_string())]);
-        let e = format!("{:#}", unpack_all(d.path(), &contexts).unwrap_err());
+        let e = format!("{:#}", unpack_all(d.path(), &contexts, "").unwrap_err());
         assert!(
             e.contains("build context user") && e.contains("https://x/y.tar"),
             "{e}"
@@ -132,7 +137,7 @@ pub mod tests {
         )]);
         // Only this test sets the variable, and only the download reads it.
         std::env::set_var("STORAGE_EMULATOR_HOST", fake.endpoint());
-        unpack_all(&state, &contexts).unwrap();
+        unpack_all(&state, &contexts, "").unwrap();
         check_unpacked(&state.join("user"));
         assert!(
             !state.join("user.tar").exists(),

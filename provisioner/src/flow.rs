@@ -32,7 +32,11 @@ pub fn run(ctx: &Context, config_path: &Path) -> Result<Outcome> {
         return Ok(Outcome::Reboot);
     }
     let state = State::create(&ctx.state_dir, config)?;
-    unpack_all(&ctx.state_dir, &state.config.build_contexts)?;
+    unpack_all(
+        &ctx.state_dir,
+        &state.config.build_contexts,
+        &state.config.storage_endpoint,
+    )?;
     provision(ctx, state)
 }
 
@@ -220,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_steps_say_so() {
+    fn gpu_steps_check_their_args_in_order() {
         let f = Fixture::new();
         let e = format!(
             "{:#}",
@@ -229,7 +233,7 @@ mod tests {
         );
         assert_eq!(
             e,
-            "error in step 0 (InstallGPU): step InstallGPU is not supported by this provisioner yet"
+            "error in step 0 (InstallGPU): invalid args: NvidiaDriverVersion is required in InstallGPU"
         );
     }
 

@@ -11,7 +11,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use crate::http;
 use crate::metadata::Metadata;
 
-const ENDPOINT: &str = "https://storage.googleapis.com";
+/// Cloud Storage's public endpoint.
+pub const ENDPOINT: &str = "https://storage.googleapis.com";
 
 /// Every byte but RFC 3986's unreserved characters: letters, digits, `-`, `.`, `_`, `~`.
 const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
@@ -26,6 +27,9 @@ pub struct Gcs {
     endpoint: String,
     /// Where the token comes from; `None` for an emulator, which needs none.
     metadata: Option<Metadata>,
+    /// Whether a metadata server with no token for us is fine: a build's own endpoint may
+    /// need none (fake-gcs-server), where Cloud Storage itself always does.
+    token_optional: bool,
     agent: ureq::Agent,
 }
 
@@ -38,14 +42,25 @@ impl Gcs {
         }
     }
 
+    /// The build's storage endpoint (the config's `StorageEndpoint`), with the VM's token
+    /// when the metadata server has one; [`Gcs::from_env`] when the build gave none.
+    pub fn for_build(endpoint: &str) -> Self {
+        if endpoint.is_empty() {
+            return Gcs::from_env();
+        }
+        let mut gcs = Gcs::new(url_of(endpoint), Some(Metadata::from_env()));
+        gcs.token_optional = true;
+        gcs
+    }
+
     /// An emulator at `host[:port]` or at a URL; it takes no token.
     pub fn emulator(host: &str) -> Self {
-        let endpoint = if host.contains("://") {
-            host.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", host.trim_end_matches('/'))
-        };
-        Gcs::new(endpoint, None)
+        Gcs::new(url_of(host), None)
+    }
+
+    /// The endpoint's URL, without a trailing `/`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     fn new(endpoint: String, metadata: Option<Metadata>) -> Self {
@@ -56,6 +71,7 @@ impl Gcs {
         Gcs {
             endpoint,
             metadata,
+            token_optional: false,
             agent,
         }
     }
@@ -71,7 +87,13 @@ impl Gcs {
         );
         let mut req = self.agent.get(&api);
         if let Some(md) = &self.metadata {
-            req = req.set("Authorization", &format!("Bearer {}", md.access_token()?));
+            match md.access_token() {
+                Ok(token) => req = req.set("Authorization", &format!("Bearer {token}")),
+                Err(e) if self.token_optional => {
+                    println!("Downloading {url} without a token ({e:#})")
+                }
+                Err(e) => return Err(e),
+            }
         }
         let resp = http::call(req, &format!("downloading {url}"))?;
         let mut file =
@@ -83,7 +105,17 @@ impl Gcs {
     }
 }
 
-fn parse_gs_url(url: &str) -> Result<(&str, &str)> {
+/// A `host[:port]` (`STORAGE_EMULATOR_HOST`'s form) or a URL, as a URL with no trailing `/`.
+fn url_of(host: &str) -> String {
+    if host.contains("://") {
+        host.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{}", host.trim_end_matches('/'))
+    }
+}
+
+/// `gs://bucket/object` split into bucket and object.
+pub fn parse_gs_url(url: &str) -> Result<(&str, &str)> {
     url.strip_prefix("gs://")
         .and_then(|rest| rest.split_once('/'))
         .filter(|(b, o)| !b.is_empty() && !o.is_empty())
@@ -107,6 +139,8 @@ mod tests {
             assert!(parse_gs_url(bad).is_err(), "{bad}");
         }
         assert_eq!(percent_encode("a/b c+d~é"), "a%2Fb%20c%2Bd~%C3%A9");
+        assert_eq!(url_of("127.0.0.1:4443"), "http://127.0.0.1:4443");
+        assert_eq!(url_of("https://s.example/"), "https://s.example");
     }
 
     // A Tokio test only because the harness is async; the client under test is blocking.
@@ -127,5 +161,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("gs://bkt/missing") && e.contains("404"), "{e}");
+    }
+
+    /// A build's endpoint takes the VM's token when there is one, and goes without when the
+    /// metadata server has none (a local build).
+    #[tokio::test]
+    async fn a_builds_endpoint_sends_the_token_it_can_get() {
+        if !fake_gcs::require() {
+            return;
+        }
+        let fake = FakeGcs::start("bkt").await.unwrap();
+        fake.put("bkt", "o", b"x");
+        let d = tempfile::tempdir().unwrap();
+        for (status, body) in [
+            (
+                200,
+                r#"{"access_token":"tok","expires_in":3599,"token_type":"Bearer"}"#,
+            ),
+            (404, "no service account"),
+        ] {
+            let (host, seen) = crate::metadata::tests::serve(vec![(status, body)]);
+            let mut gcs = Gcs::new(fake.endpoint(), Some(Metadata::at(&host)));
+            gcs.token_optional = true;
+            gcs.download("gs://bkt/o", &d.path().join("o")).unwrap();
+            assert_eq!(std::fs::read(d.path().join("o")).unwrap(), b"x");
+            assert_eq!(seen.lock().unwrap().len(), 1);
+        }
+        let (host, _) = crate::metadata::tests::serve(vec![(404, "none")]);
+        let strict = Gcs::new(fake.endpoint(), Some(Metadata::at(&host)));
+        assert!(strict.download("gs://bkt/o", &d.path().join("o")).is_err());
     }
 }

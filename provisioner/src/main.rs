@@ -4,6 +4,7 @@
 
 mod boot;
 mod build_contexts;
+mod child;
 mod cleanup;
 mod cli;
 mod context;

@@ -1,10 +1,17 @@
 //! The recorded build steps, run in order from where the last boot stopped.
 
 mod disable_auto_update;
+mod install_gpu;
+mod install_packages;
 mod run_script;
 mod seal_oem;
 
-use anyhow::{bail, Context as _, Result};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
 use cos_customizer_common::config::Step;
 
 use crate::context::Context;
@@ -28,11 +35,26 @@ fn run_step(ctx: &Context, state: &State, step: &Step) -> Result<()> {
         Step::RunScript(args) => run_script::run(ctx, args),
         Step::DisableAutoUpdate => disable_auto_update::run(&ctx.host),
         Step::SealOem => seal_oem::run(ctx, state.config.boot_disk.oem_fs_size_4k),
-        Step::InstallGpu(_) | Step::InstallPackages(_) => {
-            bail!(
-                "step {} is not supported by this provisioner yet",
-                step.type_name()
-            )
+        Step::InstallGpu(args) => install_gpu::run(ctx, args, &state.config.storage_endpoint),
+        Step::InstallPackages(args) => {
+            install_packages::run(ctx, args, &state.config.storage_endpoint)
         }
     }
+}
+
+/// Writes a step's script (mode 0744, as the original), making its folder first.
+fn write_script(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o744)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
