@@ -141,6 +141,12 @@ pub struct InstallGpuOpts {
     /// cos-gpu-installer container image pulled on the VM.
     #[arg(long, default_value = "gcr.io/cos-cloud/cos-gpu-installer:v20230815")]
     pub installer_container: String,
+    /// Preloads the drivers on a build VM without a GPU, with cos-gpu-installer's
+    /// `install -no-verify` (so a QEMU build can install them). The trade: the driver is
+    /// neither loaded nor checked until the image first boots on a GPU VM and runs
+    /// setup_gpu.sh from -install-dir.
+    #[arg(long, default_value = "false", value_parser = go_bool, action = ArgAction::Set, value_name = "BOOL")]
+    pub no_verify: bool,
 }
 
 #[derive(Debug, Args)]

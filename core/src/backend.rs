@@ -187,8 +187,12 @@ impl OutputImage {
 pub struct BackendInfo {
     /// Short name for messages (`qemu`, `gce`).
     pub name: &'static str,
-    /// Whether the build VM can have a GPU (`install-gpu` needs one).
+    /// Whether the build VM can have a GPU (`install-gpu` needs one, unless it preloads
+    /// with `-no-verify`).
     pub attaches_gpus: bool,
+    /// The address the build VM reaches this machine's loopback at, when the VM runs here
+    /// (QEMU's user network); `None` when it runs elsewhere.
+    pub host_from_guest: Option<&'static str>,
 }
 
 /// A place to build images: QEMU on this machine, or GCE.

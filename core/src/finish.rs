@@ -46,6 +46,9 @@ pub struct FinishOptions {
     /// Where the VM finds `install-gpu`'s dependencies once the backend has uploaded them
     /// (a `gs://` folder on GCE); replaces the `-deps-dir` recorded in the step.
     pub gpu_deps_url: Option<String>,
+    /// The Cloud Storage endpoint the build uses, when it is not Cloud Storage's own
+    /// (`-storage-endpoint`, or `STORAGE_EMULATOR_HOST`); the VM downloads from it too.
+    pub storage_endpoint: Option<String>,
 }
 
 /// How a build that did not fail ended.
@@ -201,22 +204,36 @@ fn prepare(
             }
         }
     }
-    if s.prov
-        .steps
-        .iter()
-        .any(|st| matches!(st, Step::InstallGpu(_)))
-    {
-        if !backend.attaches_gpus {
-            refuse(anyhow!(
-                "install-gpu needs a GPU in the build VM, which the {} backend cannot attach: build on GCE (-backend=gce)",
-                backend.name.to_uppercase()
-            ));
+    let gpu_step = s.prov.steps.iter().find_map(|st| match st {
+        Step::InstallGpu(a) => Some(a.no_verify),
+        _ => None,
+    });
+    match (gpu_step, &b.gpu_type) {
+        (Some(false), _) if !backend.attaches_gpus => refuse(anyhow!(
+            "install-gpu needs a GPU in the build VM, which the {} backend cannot attach: build on GCE (-backend=gce), or preload the drivers without a GPU with install-gpu -no-verify (they are then neither loaded nor checked until the image first boots on a GPU VM)",
+            backend.name.to_uppercase()
+        )),
+        (Some(false), None) => refuse(anyhow!(
+            "the build has an install-gpu step but no GPU type: give -gpu-type (e.g. -gpu-type=nvidia-tesla-t4), or preload without a GPU with install-gpu -no-verify"
+        )),
+        (_, Some(gpu)) if !backend.attaches_gpus => refuse(anyhow!(
+            "the {} backend cannot attach the GPU {gpu} (-gpu-type): drop -gpu-type, or build on GCE (-backend=gce)",
+            backend.name.to_uppercase()
+        )),
+        _ => {}
+    }
+    if let Some(deps) = s.prov.steps.iter().find_map(|st| match st {
+        Step::InstallGpu(a)
+            if !a.gcs_deps_prefix.is_empty() && !a.gcs_deps_prefix.starts_with("gs://") =>
+        {
+            Some(a.gcs_deps_prefix.clone())
         }
-        if b.gpu_type.is_none() {
-            refuse(anyhow!(
-                "the build has an install-gpu step but no GPU type: give -gpu-type (e.g. -gpu-type=nvidia-tesla-t4)"
-            ));
-        }
+        _ => None,
+    }) {
+        refuse(anyhow!(
+            "install-gpu -deps-dir={deps}: the {} backend has nowhere to upload the files for the build VM; build on GCE (-backend=gce), or record install-gpu again without -deps-dir and with a driver version",
+            backend.name.to_uppercase()
+        ));
     }
     if let Some(gb) = opts.disk_size_gb.filter(|gb| gb.checked_mul(GIB).is_none()) {
         refuse(anyhow!(
@@ -228,6 +245,11 @@ fn prepare(
         refuse(e);
     }
     s.prov.boot_disk.wait_for_disk_resize = sizing::resize_to_gb(&s.build, &s.prov).is_some();
+    s.prov.storage_endpoint = opts
+        .storage_endpoint
+        .as_deref()
+        .map(|e| guest_endpoint(e, backend.host_from_guest))
+        .unwrap_or_default();
     // Every backend carries the build context on the CIDATA disk.
     s.prov.build_contexts =
         BTreeMap::from([(USER_CONTEXT.to_string(), cidata_url(BUILD_CONTEXT_TAR))]);
@@ -246,6 +268,27 @@ fn prepare(
         timeout: opts.timeout,
     };
     (req, refusals)
+}
+
+/// `endpoint` as the build VM reaches it: a loopback host is `host_from_guest` when the VM
+/// runs on this machine.
+fn guest_endpoint(endpoint: &str, host_from_guest: Option<&str>) -> String {
+    let endpoint = endpoint.trim_end_matches('/');
+    let (Some(addr), Some((scheme, rest))) = (host_from_guest, endpoint.split_once("://")) else {
+        return endpoint.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
+        _ => (authority, None),
+    };
+    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+        return endpoint.to_string();
+    }
+    match port {
+        Some(p) => format!("{scheme}://{addr}:{p}{path}"),
+        None => format!("{scheme}://{addr}{path}"),
+    }
 }
 
 /// The local source image, the output file and the free space they need.
@@ -397,10 +440,12 @@ mod tests {
     const QEMU: BackendInfo = BackendInfo {
         name: "qemu",
         attaches_gpus: false,
+        host_from_guest: Some("169.254.169.2"),
     };
     const GCE: BackendInfo = BackendInfo {
         name: "gce",
         attaches_gpus: true,
+        host_from_guest: None,
     };
 
     fn options() -> FinishOptions {
@@ -422,6 +467,7 @@ mod tests {
             provisioner: None,
             allow_backing_file: false,
             gpu_deps_url: None,
+            storage_endpoint: None,
         }
     }
 
@@ -474,14 +520,62 @@ mod tests {
         s.add_step(Step::InstallGpu(InstallGpuArgs::default()));
         let (_, r) = prepare(&dir, s.clone(), &options(), QEMU);
         assert!(r[0].contains("QEMU backend cannot attach"), "{r:?}");
-        assert!(r[1].contains("give -gpu-type"), "{r:?}");
+        assert_eq!(r.len(), 1, "{r:?}");
         let (_, r) = prepare(&dir, s.clone(), &options(), GCE);
+        assert!(r[0].contains("give -gpu-type"), "{r:?}");
         assert_eq!(r.len(), 1, "{r:?}");
         let mut o = options();
         o.vm.gpu_type = Some("nvidia-tesla-t4".into());
-        let (req, r) = prepare(&dir, s, &o, GCE);
+        let (req, r) = prepare(&dir, s.clone(), &o, GCE);
         assert!(r.is_empty(), "{r:?}");
         assert_eq!(req.build.gpu_type.as_deref(), Some("nvidia-tesla-t4"));
+        let (_, r) = prepare(&dir, s, &o, QEMU);
+        assert!(r[0].contains("install-gpu -no-verify"), "{r:?}");
+        assert_eq!(r.len(), 1, "{r:?}");
+    }
+
+    #[test]
+    fn a_preload_without_gpu_needs_none() {
+        let (_home, dir) = started();
+        let mut s = dir.load().unwrap();
+        s.add_step(Step::InstallGpu(InstallGpuArgs {
+            no_verify: true,
+            ..Default::default()
+        }));
+        for backend in [QEMU, GCE] {
+            let (req, r) = prepare(&dir, s.clone(), &options(), backend);
+            assert!(r.is_empty(), "{r:?}");
+            assert_eq!(req.build.gpu_type, None);
+        }
+        let mut o = options();
+        o.vm.gpu_type = Some("nvidia-tesla-t4".into());
+        let (req, r) = prepare(&dir, s.clone(), &o, GCE);
+        assert!(r.is_empty(), "{r:?}");
+        assert_eq!(req.build.gpu_type.as_deref(), Some("nvidia-tesla-t4"));
+        let (_, r) = prepare(&dir, s, &o, QEMU);
+        assert!(r[0].contains("drop -gpu-type"), "{r:?}");
+    }
+
+    #[test]
+    fn the_vm_reaches_a_loopback_endpoint_through_the_host() {
+        let qemu = Some("169.254.169.2");
+        for (given, backend, guest) in [
+            ("http://127.0.0.1:4443", qemu, "http://169.254.169.2:4443"),
+            ("http://localhost:4443/", qemu, "http://169.254.169.2:4443"),
+            ("http://[::1]:80/x", qemu, "http://169.254.169.2:80/x"),
+            ("http://127.0.0.1", qemu, "http://169.254.169.2"),
+            ("https://storage.example", qemu, "https://storage.example"),
+            ("http://127.0.0.1:4443", None, "http://127.0.0.1:4443"),
+        ] {
+            assert_eq!(guest_endpoint(given, backend), guest, "{given}");
+        }
+        let (_home, dir) = started();
+        let mut o = options();
+        o.storage_endpoint = Some("http://127.0.0.1:4443".into());
+        let (req, _) = prepare(&dir, dir.load().unwrap(), &o, QEMU);
+        assert_eq!(req.prov.storage_endpoint, "http://169.254.169.2:4443");
+        let (req, _) = prepare(&dir, dir.load().unwrap(), &options(), QEMU);
+        assert_eq!(req.prov.storage_endpoint, "");
     }
 
     #[test]
@@ -497,8 +591,15 @@ mod tests {
         s.add_step(step("/home/me/deps"));
         s.add_step(step(""));
         let mut o = options();
+        o.vm.gpu_type = Some("nvidia-tesla-t4".into());
+        let (_, r) = prepare(&dir, s.clone(), &o, GCE);
+        assert!(
+            r[0].contains("-deps-dir=/home/me/deps") && r[0].contains("nowhere to upload"),
+            "{r:?}"
+        );
         o.gpu_deps_url = Some("gs://b/w/cos-customizer/gcs_files".into());
-        let (req, _) = prepare(&dir, s, &o, GCE);
+        let (req, r) = prepare(&dir, s, &o, GCE);
+        assert!(r.is_empty(), "{r:?}");
         assert_eq!(
             req.prov.steps,
             [step("gs://b/w/cos-customizer/gcs_files"), step("")]

@@ -14,9 +14,9 @@ use cos_customizer_core::preload::LogLine;
 use cos_customizer_core::state::{BuildState, StateDir};
 
 use crate::cli::{BackendKind, FinishOpts};
-use crate::commands::backend;
 use crate::commands::gce_build::GceBuild;
 use crate::commands::sbom::Sbom;
+use crate::commands::{anthos_check, backend};
 
 /// Flag checks that need no state, as the original's `validate`.
 fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
@@ -124,7 +124,18 @@ fn options(o: &FinishOpts) -> Result<FinishOptions> {
         provisioner: o.provisioner.clone(),
         allow_backing_file: o.allow_backing_file,
         gpu_deps_url: None,
+        storage_endpoint: None,
     })
+}
+
+/// The storage endpoint the build and its VM use when it is not Cloud Storage's own:
+/// `-storage-endpoint`, else `STORAGE_EMULATOR_HOST`.
+fn own_storage_endpoint(flag: &str) -> Option<String> {
+    let endpoint = match flag {
+        "" => cos_customizer_gce::storage::Gcs::default_endpoint(),
+        e => e.trim_end_matches('/').to_string(),
+    };
+    (endpoint != cos_customizer_gce::storage::DEFAULT_STORAGE_ENDPOINT).then_some(endpoint)
 }
 
 /// An absolute path whose folder exists, so the output can be renamed into place.
@@ -153,7 +164,11 @@ pub fn run(
     let kind = backend_kind(&o, &state.load()?);
     // Bad flags keep the recorded steps: fix the flag and run finish again.
     validate(&o, kind)?;
-    let opts = options(&o)?;
+    let mut opts = options(&o)?;
+    opts.storage_endpoint = own_storage_endpoint(storage_endpoint);
+    anthos_check::check(&state.load()?.prov, storage_endpoint, &mut |l| {
+        eprintln!("{l}")
+    })?;
     // Before the build, so that a mistake in the SBOM input costs no build.
     let sbom = Sbom::prepare(state, &o, &opts, storage_endpoint)?;
     if o.dry_run {

@@ -130,6 +130,7 @@ pub fn run(
         nvidia_install_dir_host: o.install_dir.clone(),
         nvidia_installer_container: o.installer_container.clone(),
         gcs_deps_prefix: o.deps_dir.clone(),
+        no_verify: o.no_verify,
     }));
     state.save_build(&s.build)?;
     state.save_provisioner(&s.prov)?;
@@ -150,6 +151,7 @@ mod tests {
             get_valid_drivers: false,
             deps_dir: deps.into(),
             installer_container: "c".into(),
+            no_verify: false,
         }
     }
 

@@ -1,5 +1,6 @@
 //! One module per subcommand, and the one place that picks a backend.
 
+pub mod anthos_check;
 pub mod backend;
 pub mod finish_image_build;
 pub mod gce_build;

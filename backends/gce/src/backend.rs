@@ -32,6 +32,7 @@ use crate::storage::{raw_disk_url, Gcs};
 pub const INFO: BackendInfo = BackendInfo {
     name: "gce",
     attaches_gpus: true,
+    host_from_guest: None,
 };
 
 /// How often a metadata update is retried when another writer changed the metadata first.

@@ -9,6 +9,8 @@ use std::ffi::OsStr;
 /// because that address is taken by the metadata forward).
 const NETDEV_BASE: &str =
     "user,id=n0,net=169.254.169.0/24,host=169.254.169.2,dhcpstart=169.254.169.15";
+/// The host's loopback as the guest reaches it (`host=` above).
+pub const HOST_FROM_GUEST: &str = "169.254.169.2";
 
 /// What GCE reports in SMBIOS, which COS's cloud-init and guest agents read to learn that
 /// they run on GCE (cloud-init's `platform_reports_gce`).
@@ -250,6 +252,11 @@ mod tests {
         let argv = qemu_argv(&a);
         let netdev = &argv[argv.iter().position(|s| s == "-netdev").unwrap() + 1];
         assert!(netdev.ends_with("-cmd:/x/a,,b 127.0.0.1:1"), "{netdev}");
+    }
+
+    #[test]
+    fn the_host_address_is_the_networks() {
+        assert!(NETDEV_BASE.contains(&format!(",host={HOST_FROM_GUEST},")));
     }
 
     #[test]

@@ -254,10 +254,12 @@ fn local_file(out: &OutputImage) -> Result<(&Path, ImageFormat)> {
     }
 }
 
-/// What the QEMU backend is: it attaches no GPU.
+/// What the QEMU backend is: it attaches no GPU, and its VMs reach this machine's loopback
+/// at the user network's host address.
 pub const INFO: BackendInfo = BackendInfo {
     name: "qemu",
     attaches_gpus: false,
+    host_from_guest: Some(args::HOST_FROM_GUEST),
 };
 
 #[async_trait]

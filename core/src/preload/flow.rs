@@ -511,6 +511,7 @@ mod tests {
             BackendInfo {
                 name: "fake",
                 attaches_gpus: false,
+                host_from_guest: None,
             }
         }
         async fn image_exists(&self, _: &OutputImage) -> Result<bool> {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 
 use super::{Request, VM_NAME};
 use crate::scratch;
-use cos_customizer_common::config::ProvisionerConfig;
+use cos_customizer_common::config::{ProvisionerConfig, Step};
 use cos_customizer_common::duration;
 use cos_customizer_common::sizing::{initial_disk_gb, moves_partitions, resize_to_gb};
 
@@ -62,6 +62,16 @@ pub fn plan(req: &Request, backend: &str) -> Result<String> {
         },
         duration::format(req.timeout)
     );
+    if let Some(gpu) = req.prov.steps.iter().find_map(|st| match st {
+        Step::InstallGpu(a) => Some(a),
+        _ => None,
+    }) {
+        out += if gpu.no_verify {
+            "GPU drivers: preloaded without a GPU (cos-gpu-installer install -no-verify): neither loaded nor checked until the image first boots on a GPU VM\n"
+        } else {
+            "GPU drivers: installed and checked with nvidia-smi on the VM's GPU\n"
+        };
+    }
     let o = &req.output;
     out += &format!("Image: {}", o.display_name());
     if let Some((_, format)) = &o.local_file {
