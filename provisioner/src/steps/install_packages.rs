@@ -198,7 +198,7 @@ mod tests {
     /// script here) runs with the original's flags and the build's storage endpoint.
     #[tokio::test]
     async fn downloads_unpacks_and_runs_the_installer() {
-        use cos_customizer_gce_emulator::fake_gcs::{self, FakeGcs};
+        use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
         if !fake_gcs::require() {
             return;
         }
