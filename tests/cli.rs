@@ -292,6 +292,129 @@ fn install_gpu_rules() {
 }
 
 #[test]
+fn install_gpu_without_a_gpu_is_the_users_choice_and_dry_run_shows_it() {
+    let Some((_gcs, storage)) = nvidia_bucket(&["450.51.06"]) else {
+        return;
+    };
+    let h = Home::new();
+    h.start_local();
+    h.ok(&[&storage, "install-gpu", "-version=450.51.06", "-no-verify"]);
+    let out = h.ok(&["finish-image-build", "-output-file=out.img", "-dry-run"]);
+    assert!(
+        out.contains("GPU drivers: preloaded without a GPU (cos-gpu-installer install -no-verify)")
+            && out.contains(r#""NoVerify":true"#)
+            && out.contains("scratch-disk"),
+        "{out}"
+    );
+    let (_, err) = h.fail(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-gpu-type=nvidia-tesla-t4",
+        "-dry-run",
+    ]);
+    assert!(
+        err.contains("cannot attach the GPU nvidia-tesla-t4"),
+        "{err}"
+    );
+    // Without the choice, QEMU refuses up front and names it.
+    let h = Home::new();
+    h.start_local();
+    h.ok(&[&storage, "install-gpu", "-version=450.51.06"]);
+    let (_, err) = h.fail(&["finish-image-build", "-output-file=out.img", "-dry-run"]);
+    assert!(err.contains("install-gpu -no-verify"), "{err}");
+    let out = h.ok(&[
+        "finish-image-build",
+        "-backend=gce",
+        "-image-name=x",
+        "-zone=z",
+        "-project=p",
+        "-gpu-type=nvidia-tesla-t4",
+        "-dry-run",
+    ]);
+    assert!(
+        out.contains("GPU drivers: installed and checked with nvidia-smi on the VM's GPU")
+            && out.contains("GPU nvidia-tesla-t4"),
+        "{out}"
+    );
+}
+
+#[test]
+fn anthos_inputs_are_checked_before_the_build() {
+    let h = Home::new();
+    h.start_local();
+    let (_, err) = h.fail(&[
+        "anthos-installer-install",
+        "-pkgspec-url=specs/missing.yaml",
+    ]);
+    assert!(
+        err.contains("-pkgspec-url=specs/missing.yaml is not in the build context"),
+        "{err}"
+    );
+    h.ok(&["anthos-installer-install", "-pkgspec-url=lib"]);
+    h.ok(&["anthos-installer-install", "-pkgspec-url=gs://specs/s.yaml"]);
+    let provisioner = h.state(".cos-customizer-workdir", "provisioner");
+    assert!(
+        provisioner.contains(r#""PkgSpecURL":"lib""#)
+            && provisioner.contains(r#""AnthosInstallerReleaseBucket":"cos-anthos-builds-us""#),
+        "{provisioner}"
+    );
+    // The release bucket holds something else: the archive's absence is known here.
+    let Some((_gcs, storage)) = release_bucket(&["anthos_installer-other.tar.gz"]) else {
+        return;
+    };
+    let (_, err) = h.fail(&[
+        &storage,
+        "finish-image-build",
+        "-output-file=out.img",
+        "-dry-run",
+    ]);
+    assert!(
+        err.contains(
+            "the anthos_installer archive anthos_installer-linux-amd64-v0.0.1-bb7e04e.tar.gz is not in bucket cos-anthos-builds-us"
+        ),
+        "{err}"
+    );
+    let Some((_gcs, storage)) =
+        release_bucket(&["anthos_installer-linux-amd64-v0.0.1-bb7e04e.tar.gz"])
+    else {
+        return;
+    };
+    let out = h.ok(&[
+        &storage,
+        "finish-image-build",
+        "-output-file=out.img",
+        "-dry-run",
+    ]);
+    assert!(
+        out.contains(r#""StorageEndpoint":"http://169.254.169.2:"#),
+        "{out}"
+    );
+}
+
+/// fake-gcs-server with the anthos_installer release bucket holding `objects`.
+fn release_bucket(objects: &[&str]) -> Option<(FakeGcs, String)> {
+    if !fake_gcs::require() {
+        return None;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = rt.block_on(async {
+        let fake = FakeGcs::start("cos-anthos-builds-us").await.unwrap();
+        let gcs = Gcs::new(&fake.endpoint(), Auth::None).unwrap();
+        for o in objects {
+            gcs.upload_bytes("cos-anthos-builds-us", o, b"x".to_vec())
+                .await
+                .unwrap();
+        }
+        fake
+    });
+    let flag = format!("-storage-endpoint={}", fake.endpoint());
+    Some((fake, flag))
+}
+
+#[test]
 fn finish_oem_examples_and_dry_run_keeps_state() {
     let h = Home::new();
     h.start_local();
