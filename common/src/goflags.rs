@@ -77,23 +77,57 @@ pub fn parse_with<P: FromArgMatches>(
 }
 
 /// An unknown flag is reported in Go's words (`flag provided but not defined: -x`), as the
-/// original prints it, rather than as the `--x` the translation made of it.
+/// original prints it, rather than as the `--x` the translation made of it; other usage
+/// errors name flags as users type them (`-disk-size-gb`, not `'--disk-size-gb <gb>'`).
 fn go_wording(e: clap::Error) -> clap::Error {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if e.kind() != ErrorKind::UnknownArgument {
+    if !e.use_stderr() {
         return e;
     }
-    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+    if e.kind() == ErrorKind::UnknownArgument {
+        if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+            if let Some(flag) = arg.strip_prefix("--") {
+                let name = flag.split('=').next().unwrap_or(flag);
+                return clap::Error::raw(
+                    ErrorKind::UnknownArgument,
+                    format!("flag provided but not defined: -{name} (see -h for the flags)\n"),
+                );
+            }
+        }
+    }
+    let text = e.render().to_string();
+    if !text.contains("'--") {
         return e;
-    };
-    let Some(flag) = arg.strip_prefix("--") else {
-        return e;
-    };
-    let name = flag.split('=').next().unwrap_or(flag);
-    clap::Error::raw(
-        ErrorKind::UnknownArgument,
-        format!("flag provided but not defined: -{name} (see -h for the flags)\n"),
-    )
+    }
+    let text = single_dash_flags(&text);
+    clap::Error::raw(e.kind(), text.strip_prefix("error: ").unwrap_or(&text))
+}
+
+/// clap's quoted flags (`'--name <value>'`, `'--name'`) as `-name`, and its hint to try
+/// `'--help'` as `'-h'`.
+fn single_dash_flags(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("'--") {
+        out.push_str(&rest[..i]);
+        let quoted = &rest[i + 1..];
+        let Some(end) = quoted.find('\'') else {
+            out.push('\'');
+            rest = quoted;
+            continue;
+        };
+        let flag = &quoted[..end];
+        let name = flag[2..].split([' ', '=']).next().unwrap_or_default();
+        if name == "help" {
+            out.push_str("'-h'");
+        } else {
+            out.push('-');
+            out.push_str(name);
+        }
+        rest = &quoted[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Splits `-name[=value]` or `--name[=value]` into its name and value. A single dash
@@ -262,6 +296,30 @@ mod tests {
         );
         let e = parse::<Cli>(["x", "run", "extra"].map(OsString::from)).unwrap_err();
         assert!(e.to_string().contains("unexpected argument 'extra'"), "{e}");
+    }
+
+    #[test]
+    fn usage_errors_name_flags_as_users_type_them() {
+        let e = parse::<Cli>(["x", "run", "-script"].map(OsString::from)).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        let text = e.to_string();
+        assert!(
+            text.contains("a value is required for -script but none"),
+            "{text}"
+        );
+        assert!(!text.contains("--"), "{text}");
+        let e = parse::<Cli>(["x", "run", "extra"].map(OsString::from)).unwrap_err();
+        assert!(e.to_string().contains("try '-h'"), "{e}");
+        let e = parse::<Cli>(["x", "run", "-dry-run=maybe"].map(OsString::from)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid value 'maybe' for -dry-run:"),
+            "{e}"
+        );
+        assert_eq!(
+            single_dash_flags("for '--a-b <x>' and '--c=<y>'; try '--help'. 'it's'"),
+            "for -a-b and -c; try '-h'. 'it's'"
+        );
     }
 
     #[test]
