@@ -247,9 +247,27 @@ pub fn check_output(
             state_root.display()
         );
     }
+    if let Ok(link) = std::fs::symlink_metadata(out) {
+        // The rename into place would replace the link itself, never what it points to.
+        if link.is_symlink() {
+            bail!(
+                "-output-file {} is a symlink{}: give the path of the file itself, or remove the link",
+                out.display(),
+                std::fs::read_link(out)
+                    .map(|t| format!(" to {}", t.display()))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if let Ok(meta) = std::fs::metadata(out) {
         if meta.is_dir() {
             bail!("-output-file {} is a folder: {fix}", out.display());
+        }
+        if !meta.is_file() {
+            bail!(
+                "-output-file {} is not a regular file (a device, pipe or socket), which -overwrite never replaces: {fix}",
+                out.display()
+            );
         }
         let is_source = source
             .and_then(|s| std::fs::metadata(s).ok())
@@ -485,6 +503,23 @@ mod tests {
             check_output(Path::new("/proc/o.img"), None, &state, false).unwrap_err()
         );
         assert!(e.contains("cannot write in its folder /proc"), "{e}");
+        // Only a regular file is ever replaced, and never through a link.
+        let e = check_output(Path::new("/dev/null"), None, &state, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        for (link, to) in [
+            ("dangling.img", d.path().join("gone")),
+            ("l.img", out.clone()),
+        ] {
+            std::os::unix::fs::symlink(&to, d.path().join(link)).unwrap();
+            for overwrite in [false, true] {
+                let e = check_output(&d.path().join(link), None, &state, overwrite)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("is a symlink to"), "{link}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use cos_customizer_common::fsutil;
 use cos_customizer_core::async_cmd;
 use cos_customizer_core::backend::ImageFormat;
+use cos_customizer_core::output_lock;
 use tempfile::TempPath;
 use tokio::process::Command;
 
@@ -53,12 +54,12 @@ pub async fn export(disk: &Path, out: &Path, format: ImageFormat, scratch: &Path
 /// create the file themselves, so it gets the usual permissions.
 fn temp_path_beside(out: &Path) -> Result<TempPath> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = fsutil::parent_dir(out).join(format!(".{name}.tmp-{}-{n}", std::process::id()));
+    let tmp = fsutil::parent_dir(out).join(format!(
+        "{}{}-{n}",
+        output_lock::temp_prefix(out),
+        std::process::id()
+    ));
     TempPath::try_from_path(&tmp).with_context(|| format!("resolving {}", tmp.display()))
 }
 
