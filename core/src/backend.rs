@@ -14,6 +14,8 @@ use async_trait::async_trait;
 use cos_customizer_common::config::SourceImage;
 use cos_customizer_common::protocol::{ACK_METADATA_KEY, ACK_METADATA_VALUE};
 
+use crate::preload::LogLine;
+
 /// A disk the backend created: a file path for QEMU, a disk name for GCE.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DiskId(pub String);
@@ -193,15 +195,83 @@ pub struct BackendInfo {
     /// The address the build VM reaches this machine's loopback at, when the VM runs here
     /// (QEMU's user network); `None` when it runs elsewhere.
     pub host_from_guest: Option<&'static str>,
+    /// Whether [`Backend::stage_file`] puts files where the build VM fetches them
+    /// (`install-gpu -deps-dir` needs it).
+    pub stages_files: bool,
+}
+
+/// What a local source image turned out to be, as its backend read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFacts {
+    /// `raw`, `qcow2`, … as QEMU names it, or `tar.gz` for a GCE image archive: found from
+    /// the content, and the format every later tool is told rather than left to guess.
+    pub format: String,
+    /// The disk's size in bytes.
+    pub virtual_size: u64,
+    /// Roughly how many bytes of data it holds (what an unpacked or converted copy needs).
+    pub data_bytes: u64,
+    /// The disk's first MiB as raw bytes, where its partition table is.
+    pub head: Vec<u8>,
+}
+
+/// A line one of a backend's hooks reports for the build's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Goes with the build's progress ([`LogLine::Host`]).
+    Progress(String),
+    /// A note beside it ([`LogLine::Note`]).
+    Note(String),
+}
+
+impl Report {
+    /// The line as the build's log takes it.
+    pub fn line(&self) -> LogLine<'_> {
+        match self {
+            Report::Progress(l) => LogLine::Host(l),
+            Report::Note(l) => LogLine::Note(l),
+        }
+    }
+}
+
+/// What a kind of backend is, known before one is opened (`-dry-run` opens none): what it
+/// can do, and what it makes of the build's source and output image.
+pub trait BackendType: Send + Sync {
+    /// What this backend is and can do.
+    fn info(&self) -> BackendInfo;
+    /// Reads the build's source before anything is created; `None` when there is nothing
+    /// to read on this machine (an image in the cloud). A local file that sits on a host
+    /// backing file (which would be copied into the output) is refused unless
+    /// `allow_backing`; a backend that cannot build from a local file refuses one here.
+    fn inspect_source(
+        &self,
+        source: &SourceImage,
+        allow_backing: bool,
+    ) -> Result<Option<SourceFacts>>;
+    /// Checks the output image's name and labels against the backend's rules.
+    fn check_output(&self, _out: &OutputImage) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A place to build images: QEMU on this machine, or GCE.
 ///
 /// Deleting something that is already gone is not an error.
 #[async_trait]
-pub trait Backend: Send + Sync {
-    /// What this backend is and can do.
-    fn info(&self) -> BackendInfo;
+pub trait Backend: BackendType {
+    /// Runs once the build's options are checked, before anything is made (GCE: the
+    /// `-enable-cleanup` sweep of old build resources). An error stops the build.
+    async fn before_build(&self) -> Result<Vec<Report>> {
+        Ok(Vec::new())
+    }
+    /// Runs once the output image `out` is made (GCE: `-deprecate-old-images`).
+    async fn after_image(&self, _out: &OutputImage) -> Result<Vec<Report>> {
+        Ok(Vec::new())
+    }
+    /// Runs last, whatever the outcome, also after a refusal (GCE: removes the build's
+    /// Cloud Storage folder, as upstream). Its failure is only a warning.
+    async fn end_run(&self) -> Result<()> {
+        Ok(())
+    }
     /// Whether the output image already exists (then the build is a no-op, as upstream).
     async fn image_exists(&self, out: &OutputImage) -> Result<bool>;
     /// Creates a disk from its source, at the spec's size.

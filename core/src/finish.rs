@@ -1,7 +1,10 @@
-//! `finish-image-build` as one library call: resolved options and a backend in, the
-//! output image out. It applies the options to the recorded build (as the original does
-//! before `validateOEM`), checks what the backend can do, sizes the disks, then runs the
-//! preloader, and removes the build state once a build has run.
+//! `finish-image-build` as one library call, for every backend: resolved options and an
+//! opened backend in, the output image out. It applies the options to the recorded build (as
+//! the original does before `validateOEM`), checks them against what the backend can do and
+//! makes of the source, sizes the disks, runs the backend's steps before the build, the
+//! preloader, and removes the build state once a build has run; then the SBOM and the
+//! backend's steps after the image (GCE: deprecation), and last, whatever the outcome, the
+//! backend's end of the run (GCE: its Cloud Storage folder goes).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,9 +16,10 @@ use cos_customizer_common::config::Step;
 use cos_customizer_common::protocol::{cidata_url, BUILD_CONTEXT_TAR, USER_CONTEXT};
 use cos_customizer_common::{cos_layout, duration, sizing};
 
-use crate::backend::{Backend, BackendInfo, ImageFormat, OutputImage};
+use crate::backend::{Backend, BackendType, ImageFormat, OutputImage};
 use crate::cloud_config;
 use crate::preload::{self, LogLine, Preloader, Request};
+use crate::sbom::{Sbom, Storage};
 use crate::state::{BuildState, StateDir};
 use crate::{preflight, provisioner_bin, workdir};
 
@@ -43,21 +47,29 @@ pub struct FinishOptions {
     pub provisioner: Option<PathBuf>,
     /// Accept a local source image that sits on a backing file (`-allow-backing-file`).
     pub allow_backing_file: bool,
-    /// Where the VM finds `install-gpu`'s dependencies once the backend has uploaded them
-    /// (a `gs://` folder on GCE); replaces the `-deps-dir` recorded in the step.
-    pub gpu_deps_url: Option<String>,
     /// The Cloud Storage endpoint the build uses, when it is not Cloud Storage's own
     /// (`-storage-endpoint`, or `STORAGE_EMULATOR_HOST`); the VM downloads from it too.
     pub storage_endpoint: Option<String>,
+    /// The SBOM to write once the image is built.
+    pub sbom: Option<SbomOptions>,
 }
 
-/// How a build that did not fail ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the SBOM's input is and where the document goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SbomOptions {
+    /// The input JSON file in the build context (`-sbom-input-path`).
+    pub input_path: String,
+    /// A `gs://` folder or a local one (`-sbom-output-path`).
+    pub output_path: String,
+}
+
+/// How a build that did not fail ended, with the output image.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The output image was made.
-    Built,
+    Built(OutputImage),
     /// The output image existed already, so nothing was done (as the original).
-    AlreadyExisted,
+    AlreadyExisted(OutputImage),
 }
 
 /// The build VM's flags; GCE-only ones are recorded for every backend, as the original.
@@ -124,40 +136,86 @@ pub struct ImageOptions {
     pub overwrite: bool,
 }
 
-/// What `finish-image-build -dry-run` prints: the plan, after the same checks as a real
-/// build, and every reason the real build would be refused (with `host_problems`, the
-/// backend's own checks of this machine). Creates nothing and keeps the state.
+/// What `finish-image-build -dry-run` prints for the build `s` recorded in `state`: the
+/// plan, after the same checks as a real build on a `backend`, and every reason the real
+/// build would be refused (with `host_problems`, the backend's own checks of this machine).
+/// Creates nothing and keeps the state.
 pub fn plan(
     state: &StateDir,
+    s: BuildState,
     opts: &FinishOptions,
-    backend: BackendInfo,
+    backend: &dyn BackendType,
     host_problems: Vec<String>,
 ) -> Result<(String, Vec<String>)> {
-    let (req, mut refusals) = prepare(state, state.load()?, opts, backend);
+    let (req, mut refusals) = prepare(state, s, opts, backend);
+    let sbom = prepare_sbom(state, opts, &req)?;
     refusals.splice(0..0, host_problems);
-    Ok((preload::plan(&req, backend.name)?, refusals))
+    let mut text = preload::plan(&req, backend.info().name)?;
+    if let Some(sbom) = sbom {
+        text += &format!("{}\n", sbom.plan());
+    }
+    Ok((text, refusals))
 }
 
-/// Builds the output image on `backend`. Bad options keep the state, so the user can fix
-/// the flag and run again; once the build has run, the state is removed whatever the
+/// Builds the output image of the build `s` recorded in `state` on `backend`; `storage`
+/// carries the SBOM to and from Cloud Storage. Bad options keep the state, so the user can
+/// fix the flag and run again; once the build has run, the state is removed whatever the
 /// outcome, as upstream. Ctrl-C, SIGTERM and SIGHUP stop the build and clean up.
 pub async fn finish(
     state: &StateDir,
+    s: BuildState,
     opts: &FinishOptions,
     backend: Arc<dyn Backend>,
+    storage: &dyn Storage,
     log: &mut dyn FnMut(LogLine),
 ) -> Result<Outcome> {
-    let (mut req, refusals) = prepare(state, state.load()?, opts, backend.info());
-    if !refusals.is_empty() {
-        bail!("{} (the build state is kept)", refused(&refusals));
+    let result = async {
+        let (mut req, refusals) = prepare(state, s, opts, &*backend);
+        // Before the build, so that a mistake in the SBOM input costs no build.
+        let sbom = prepare_sbom(state, opts, &req)?;
+        if !refusals.is_empty() {
+            bail!("{} (the build state is kept)", refused(&refusals));
+        }
+        // A missing provisioner is a set-up mistake: say so and keep the state.
+        req.provisioner = provisioner_bin::locate(opts.provisioner.as_deref())?;
+        for r in backend.before_build().await? {
+            log(r.line());
+        }
+        let result = build(&req, backend.clone(), log).await;
+        let removed = state.remove();
+        let outcome = result?;
+        removed?;
+        if let Outcome::Built(image) = &outcome {
+            if let Some(sbom) = &sbom {
+                sbom.write(storage, log).await?;
+            }
+            for r in backend.after_image(image).await? {
+                log(r.line());
+            }
+        }
+        Ok(outcome)
     }
-    // A missing provisioner is a set-up mistake: say so and keep the state.
-    req.provisioner = provisioner_bin::locate(opts.provisioner.as_deref())?;
-    let result = build(&req, backend, log).await;
-    let removed = state.remove();
-    let outcome = result?;
-    removed?;
-    Ok(outcome)
+    .await;
+    if let Err(e) = backend.end_run().await {
+        log(LogLine::Note(&format!("warning: {e:#}")));
+    }
+    result
+}
+
+/// The SBOM asked for, read and checked for the image `req` makes.
+fn prepare_sbom(state: &StateDir, opts: &FinishOptions, req: &Request) -> Result<Option<Sbom>> {
+    opts.sbom
+        .as_ref()
+        .map(|o| {
+            Sbom::prepare(
+                &state.context_archive(),
+                &o.input_path,
+                &o.output_path,
+                &req.source,
+                &req.output.name,
+            )
+        })
+        .transpose()
 }
 
 /// One message for one or more reasons to refuse a build.
@@ -174,7 +232,7 @@ fn prepare(
     state: &StateDir,
     mut s: BuildState,
     opts: &FinishOptions,
-    backend: BackendInfo,
+    backend: &dyn BackendType,
 ) -> (Request, Vec<String>) {
     let mut refusals = Vec::new();
     let mut refuse = |e: anyhow::Error| refusals.push(format!("{e:#}"));
@@ -195,36 +253,30 @@ fn prepare(
     if vm.gpu_type.is_some() {
         b.gpu_type = vm.gpu_type.clone();
     }
-    if let Some(url) = &opts.gpu_deps_url {
-        for step in &mut s.prov.steps {
-            if let Step::InstallGpu(gpu) = step {
-                if !gpu.gcs_deps_prefix.is_empty() {
-                    gpu.gcs_deps_prefix = url.clone();
-                }
-            }
-        }
-    }
+    let info = backend.info();
     let gpu_step = s.prov.steps.iter().find_map(|st| match st {
         Step::InstallGpu(a) => Some(a.no_verify),
         _ => None,
     });
     match (gpu_step, &b.gpu_type) {
-        (Some(false), _) if !backend.attaches_gpus => refuse(anyhow!(
+        (Some(false), _) if !info.attaches_gpus => refuse(anyhow!(
             "install-gpu needs a GPU in the build VM, which the {} backend cannot attach: build on GCE (-backend=gce), or preload the drivers without a GPU with install-gpu -no-verify (they are then neither loaded nor checked until the image first boots on a GPU VM)",
-            backend.name.to_uppercase()
+            info.name.to_uppercase()
         )),
         (Some(false), None) => refuse(anyhow!(
             "the build has an install-gpu step but no GPU type: give -gpu-type (e.g. -gpu-type=nvidia-tesla-t4), or preload without a GPU with install-gpu -no-verify"
         )),
-        (_, Some(gpu)) if !backend.attaches_gpus => refuse(anyhow!(
+        (_, Some(gpu)) if !info.attaches_gpus => refuse(anyhow!(
             "the {} backend cannot attach the GPU {gpu} (-gpu-type): drop -gpu-type, or build on GCE (-backend=gce)",
-            backend.name.to_uppercase()
+            info.name.to_uppercase()
         )),
         _ => {}
     }
     if let Some(deps) = s.prov.steps.iter().find_map(|st| match st {
         Step::InstallGpu(a)
-            if !a.gcs_deps_prefix.is_empty() && !a.gcs_deps_prefix.starts_with("gs://") =>
+            if !info.stages_files
+                && !a.gcs_deps_prefix.is_empty()
+                && !a.gcs_deps_prefix.starts_with("gs://") =>
         {
             Some(a.gcs_deps_prefix.clone())
         }
@@ -232,7 +284,7 @@ fn prepare(
     }) {
         refuse(anyhow!(
             "install-gpu -deps-dir={deps}: the {} backend has nowhere to upload the files for the build VM; build on GCE (-backend=gce), or record install-gpu again without -deps-dir and with a driver version",
-            backend.name.to_uppercase()
+            info.name.to_uppercase()
         ));
     }
     if let Some(gb) = opts.disk_size_gb.filter(|gb| gb.checked_mul(GIB).is_none()) {
@@ -248,16 +300,20 @@ fn prepare(
     s.prov.storage_endpoint = opts
         .storage_endpoint
         .as_deref()
-        .map(|e| guest_endpoint(e, backend.host_from_guest))
+        .map(|e| guest_endpoint(e, info.host_from_guest))
         .unwrap_or_default();
     // Every backend carries the build context on the CIDATA disk.
     s.prov.build_contexts =
         BTreeMap::from([(USER_CONTEXT.to_string(), cidata_url(BUILD_CONTEXT_TAR))]);
-    for problem in check_local_files(state, &s, opts) {
+    for problem in check_local_files(state, &s, opts, backend) {
         refuse(problem);
     }
+    let output = output_image(&opts.image, &s);
+    if let Err(e) = backend.check_output(&output) {
+        refuse(e);
+    }
     let req = Request {
-        output: output_image(&opts.image, &s),
+        output,
         user_data: cloud_config::user_data(),
         provisioner: opts.provisioner.clone().unwrap_or_default(),
         context_tar: state.context_archive(),
@@ -291,38 +347,52 @@ fn guest_endpoint(endpoint: &str, host_from_guest: Option<&str>) -> String {
     }
 }
 
-/// The local source image, the output file and the free space they need.
-fn check_local_files(state: &StateDir, s: &BuildState, opts: &FinishOptions) -> Vec<anyhow::Error> {
+/// The local source image as the backend reads it, the output file and the free space they
+/// need.
+fn check_local_files(
+    state: &StateDir,
+    s: &BuildState,
+    opts: &FinishOptions,
+    backend: &dyn BackendType,
+) -> Vec<anyhow::Error> {
     let mut problems = Vec::new();
     let source = Some(Path::new(&s.source.local_file)).filter(|p| !p.as_os_str().is_empty());
     let mut data_bytes = 0;
-    if let Some(src) = source {
-        let mut needs = cos_layout::ALWAYS.to_vec();
-        if s.prov.boot_disk.reclaim_sda3 {
-            needs.extend(cos_layout::FOR_RECLAIM);
-        }
-        match preflight::check_source(src, &needs, opts.allow_backing_file) {
-            Ok(facts) => {
-                data_bytes = facts.data_bytes;
-                // The backend unpacks a GCE archive into TMPDIR; the CIDATA disk goes
-                // there too.
-                let unpacked = if facts.format == "tar.gz" {
-                    data_bytes
-                } else {
-                    0
-                };
-                let cidata = file_len(&state.context_archive())
-                    + opts.provisioner.as_deref().map_or(0, file_len)
-                    + CIDATA_SLACK;
-                if let Err(e) = preflight::check_space(
-                    &std::env::temp_dir(),
-                    unpacked + cidata,
-                    "the build's disks (TMPDIR)",
-                ) {
-                    problems.push(e);
-                }
+    let mut needs = cos_layout::ALWAYS.to_vec();
+    if s.prov.boot_disk.reclaim_sda3 {
+        needs.extend(cos_layout::FOR_RECLAIM);
+    }
+    let inspected = backend
+        .inspect_source(&s.source, opts.allow_backing_file)
+        .and_then(|facts| match (facts, source) {
+            (Some(facts), Some(src)) => {
+                preflight::check_partitions(src, &facts, &needs)?;
+                Ok(Some(facts))
             }
-            Err(e) => problems.push(e),
+            (facts, _) => Ok(facts),
+        });
+    match inspected {
+        Ok(None) => {}
+        Err(e) => problems.push(e),
+        Ok(Some(facts)) => {
+            data_bytes = facts.data_bytes;
+            // The backend unpacks a GCE archive into TMPDIR; the CIDATA disk goes
+            // there too.
+            let unpacked = if facts.format == "tar.gz" {
+                data_bytes
+            } else {
+                0
+            };
+            let cidata = file_len(&state.context_archive())
+                + opts.provisioner.as_deref().map_or(0, file_len)
+                + CIDATA_SLACK;
+            if let Err(e) = preflight::check_space(
+                &std::env::temp_dir(),
+                unpacked + cidata,
+                "the build's disks (TMPDIR)",
+            ) {
+                problems.push(e);
+            }
         }
     }
     if let Some((out, _)) = &opts.image.local_file {
@@ -343,6 +413,9 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map_or(0, |m| m.len())
 }
 
+/// The image the build makes, named once for every use: `-image-name`, the source's name
+/// with `-image-suffix`, or for a local build without either, the output file's name without
+/// its image extension.
 fn output_image(o: &ImageOptions, s: &BuildState) -> OutputImage {
     let mut labels = if o.inherit_labels {
         s.source.labels()
@@ -350,8 +423,12 @@ fn output_image(o: &ImageOptions, s: &BuildState) -> OutputImage {
         BTreeMap::new()
     };
     labels.extend(o.labels.clone());
+    let name = match (&o.name, &o.local_file) {
+        (ImageName::Unnamed, Some((path, _))) => file_image_name(path),
+        (name, _) => name.resolve(&s.source.name),
+    };
     OutputImage {
-        name: o.name.resolve(&s.source.name),
+        name,
         project: o.project.clone(),
         family: o.family.clone(),
         labels,
@@ -359,6 +436,20 @@ fn output_image(o: &ImageOptions, s: &BuildState) -> OutputImage {
         description: format!("Derivative of {}.", s.source.url()),
         local_file: o.local_file.clone(),
     }
+}
+
+fn file_image_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lower = name.to_ascii_lowercase();
+    [".tar.gz", ".tgz", ".qcow2", ".img", ".raw"]
+        .iter()
+        .find(|ext| lower.len() > ext.len() && lower.ends_with(*ext))
+        .map_or(name.clone(), |ext| {
+            name[..name.len() - ext.len()].to_string()
+        })
 }
 
 /// The original's licenses sanitising: comma lists, empties dropped, API prefix trimmed.
@@ -384,7 +475,7 @@ async fn build(
             "Result image {} already exists. Exiting.",
             req.output.display_name()
         )));
-        return Ok(Outcome::AlreadyExisted);
+        return Ok(Outcome::AlreadyExisted(req.output.clone()));
     }
     let started = std::time::Instant::now();
     for removed in workdir::sweep(&std::env::temp_dir(), preload::WORK_DIR_PREFIX) {
@@ -405,7 +496,7 @@ async fn build(
                 req.output.display_name(),
                 started.elapsed().as_secs()
             )));
-            Ok(Outcome::Built)
+            Ok(Outcome::Built(req.output.clone()))
         }
         Err(e) => Err(e.context("the image build failed; no output image was made")),
     }
@@ -435,18 +526,33 @@ async fn interrupted() -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{BackendInfo, SourceFacts};
     use cos_customizer_common::config::{BuildConfig, InstallGpuArgs, SourceImage};
 
-    const QEMU: BackendInfo = BackendInfo {
+    /// A backend that reads no source (these builds' sources are GCE images).
+    struct Kind(BackendInfo);
+
+    impl BackendType for Kind {
+        fn info(&self) -> BackendInfo {
+            self.0
+        }
+        fn inspect_source(&self, _: &SourceImage, _: bool) -> Result<Option<SourceFacts>> {
+            Ok(None)
+        }
+    }
+
+    const QEMU: Kind = Kind(BackendInfo {
         name: "qemu",
         attaches_gpus: false,
         host_from_guest: Some("169.254.169.2"),
-    };
-    const GCE: BackendInfo = BackendInfo {
+        stages_files: false,
+    });
+    const GCE: Kind = Kind(BackendInfo {
         name: "gce",
         attaches_gpus: true,
         host_from_guest: None,
-    };
+        stages_files: true,
+    });
 
     fn options() -> FinishOptions {
         FinishOptions {
@@ -466,8 +572,8 @@ mod tests {
             },
             provisioner: None,
             allow_backing_file: false,
-            gpu_deps_url: None,
             storage_endpoint: None,
+            sbom: None,
         }
     }
 
@@ -493,7 +599,7 @@ mod tests {
         let mut o = options();
         o.disk_size_gb = Some(12);
         o.oem_size = Some("1G".into());
-        let (req, refusals) = prepare(&dir, s, &o, QEMU);
+        let (req, refusals) = prepare(&dir, s, &o, &QEMU);
         assert!(refusals.is_empty(), "{refusals:?}");
         assert_eq!(req.build.disk_size_gb, Some(12));
         assert_eq!(req.build.timeout, "1m0s");
@@ -518,18 +624,18 @@ mod tests {
         let (_home, dir) = started();
         let mut s = dir.load().unwrap();
         s.add_step(Step::InstallGpu(InstallGpuArgs::default()));
-        let (_, r) = prepare(&dir, s.clone(), &options(), QEMU);
+        let (_, r) = prepare(&dir, s.clone(), &options(), &QEMU);
         assert!(r[0].contains("QEMU backend cannot attach"), "{r:?}");
         assert_eq!(r.len(), 1, "{r:?}");
-        let (_, r) = prepare(&dir, s.clone(), &options(), GCE);
+        let (_, r) = prepare(&dir, s.clone(), &options(), &GCE);
         assert!(r[0].contains("give -gpu-type"), "{r:?}");
         assert_eq!(r.len(), 1, "{r:?}");
         let mut o = options();
         o.vm.gpu_type = Some("nvidia-tesla-t4".into());
-        let (req, r) = prepare(&dir, s.clone(), &o, GCE);
+        let (req, r) = prepare(&dir, s.clone(), &o, &GCE);
         assert!(r.is_empty(), "{r:?}");
         assert_eq!(req.build.gpu_type.as_deref(), Some("nvidia-tesla-t4"));
-        let (_, r) = prepare(&dir, s, &o, QEMU);
+        let (_, r) = prepare(&dir, s, &o, &QEMU);
         assert!(r[0].contains("install-gpu -no-verify"), "{r:?}");
         assert_eq!(r.len(), 1, "{r:?}");
     }
@@ -542,17 +648,17 @@ mod tests {
             no_verify: true,
             ..Default::default()
         }));
-        for backend in [QEMU, GCE] {
+        for backend in [&QEMU, &GCE] {
             let (req, r) = prepare(&dir, s.clone(), &options(), backend);
             assert!(r.is_empty(), "{r:?}");
             assert_eq!(req.build.gpu_type, None);
         }
         let mut o = options();
         o.vm.gpu_type = Some("nvidia-tesla-t4".into());
-        let (req, r) = prepare(&dir, s.clone(), &o, GCE);
+        let (req, r) = prepare(&dir, s.clone(), &o, &GCE);
         assert!(r.is_empty(), "{r:?}");
         assert_eq!(req.build.gpu_type.as_deref(), Some("nvidia-tesla-t4"));
-        let (_, r) = prepare(&dir, s, &o, QEMU);
+        let (_, r) = prepare(&dir, s, &o, &QEMU);
         assert!(r[0].contains("drop -gpu-type"), "{r:?}");
     }
 
@@ -572,14 +678,14 @@ mod tests {
         let (_home, dir) = started();
         let mut o = options();
         o.storage_endpoint = Some("http://127.0.0.1:4443".into());
-        let (req, _) = prepare(&dir, dir.load().unwrap(), &o, QEMU);
+        let (req, _) = prepare(&dir, dir.load().unwrap(), &o, &QEMU);
         assert_eq!(req.prov.storage_endpoint, "http://169.254.169.2:4443");
-        let (req, _) = prepare(&dir, dir.load().unwrap(), &options(), QEMU);
+        let (req, _) = prepare(&dir, dir.load().unwrap(), &options(), &QEMU);
         assert_eq!(req.prov.storage_endpoint, "");
     }
 
     #[test]
-    fn uploaded_gpu_deps_replace_the_recorded_folder() {
+    fn a_deps_dir_needs_a_backend_that_stages_files() {
         let (_home, dir) = started();
         let mut s = dir.load().unwrap();
         let step = |deps: &str| {
@@ -592,18 +698,16 @@ mod tests {
         s.add_step(step(""));
         let mut o = options();
         o.vm.gpu_type = Some("nvidia-tesla-t4".into());
-        let (_, r) = prepare(&dir, s.clone(), &o, GCE);
+        let (_, r) = prepare(&dir, s.clone(), &o, &QEMU);
         assert!(
-            r[0].contains("-deps-dir=/home/me/deps") && r[0].contains("nowhere to upload"),
+            r.iter()
+                .any(|r| r.contains("-deps-dir=/home/me/deps") && r.contains("nowhere to upload")),
             "{r:?}"
         );
-        o.gpu_deps_url = Some("gs://b/w/cos-customizer/gcs_files".into());
-        let (req, r) = prepare(&dir, s, &o, GCE);
+        // GCE stages them as the build starts (the flow's test), in place of the folder.
+        let (req, r) = prepare(&dir, s, &o, &GCE);
         assert!(r.is_empty(), "{r:?}");
-        assert_eq!(
-            req.prov.steps,
-            [step("gs://b/w/cos-customizer/gcs_files"), step("")]
-        );
+        assert_eq!(req.prov.steps, [step("/home/me/deps"), step("")]);
     }
 
     #[test]
@@ -613,21 +717,51 @@ mod tests {
         o.timeout = Duration::ZERO;
         o.oem_size = Some("3072M".into());
         o.disk_size_gb = Some(11);
-        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, QEMU);
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, &QEMU);
         assert!(r[0].contains("-timeout must be longer than 0"), "{r:?}");
         assert!(r[1].contains("-disk-size-gb=13"), "{r:?}");
         o.disk_size_gb = Some(u64::MAX / 2);
-        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, QEMU);
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, &QEMU);
         assert!(r.iter().any(|m| m.contains("too large")), "{r:?}");
     }
 
     #[test]
     fn plan_checks_like_a_build_and_keeps_the_state() {
         let (_home, dir) = started();
-        let (text, refusals) = plan(&dir, &options(), QEMU, vec!["no qemu".into()]).unwrap();
+        let (text, refusals) = plan(
+            &dir,
+            dir.load().unwrap(),
+            &options(),
+            &QEMU,
+            vec!["no qemu".into()],
+        )
+        .unwrap();
         assert!(text.starts_with("Backend: qemu\n"), "{text}");
         assert_eq!(refusals, ["no qemu"]);
         assert!(dir.load().is_ok(), "the state is kept");
+    }
+
+    #[test]
+    fn a_local_build_names_its_image_after_the_output_file() {
+        let (_home, dir) = started();
+        let s = dir.load().unwrap();
+        let image = |name: ImageName, file: Option<&str>| ImageOptions {
+            name,
+            local_file: file.map(|f| (PathBuf::from(f), ImageFormat::Raw)),
+            ..options().image
+        };
+        let name = |i: ImageOptions| output_image(&i, &s).name;
+        assert_eq!(name(image(ImageName::Name("n".into()), None)), "n");
+        assert_eq!(name(image(ImageName::Suffix("-x".into()), None)), "cos-1-x");
+        for (file, want) in [
+            ("/o/my-cos.img", "my-cos"),
+            ("/o/my-cos.QCOW2", "my-cos"),
+            ("/o/my-cos.tar.gz", "my-cos"),
+            ("/o/my.cos", "my.cos"),
+            ("/o/.img", ".img"),
+        ] {
+            assert_eq!(name(image(ImageName::Unnamed, Some(file))), want, "{file}");
+        }
     }
 
     #[test]

@@ -1,22 +1,27 @@
-//! `finish-image-build`: turns the flags into [`FinishOptions`], picks the backend and
-//! hands both to [`cos_customizer_core::finish`].
+//! `finish-image-build`: turns the flags into [`FinishOptions`], opens the backend they
+//! pick and hands both to [`cos_customizer_core::finish`], which does the rest.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::{duration, env};
-use cos_customizer_core::backend::ImageFormat;
+use cos_customizer_core::backend::{Backend, BackendType, ImageFormat};
 use cos_customizer_core::finish::{
-    self, FinishOptions, ImageName, ImageOptions, Outcome, VmOptions,
+    self, FinishOptions, ImageName, ImageOptions, SbomOptions, VmOptions,
 };
 use cos_customizer_core::preload::LogLine;
 use cos_customizer_core::state::{BuildState, StateDir};
+use cos_customizer_gce::backend::{Gce, GceBackend, GceOptions, POLL_INTERVAL};
+use cos_customizer_gce::connect::{self, SbomStorage};
+use cos_customizer_gce::housekeeping::Housekeeping;
+use cos_customizer_gce::names;
+use cos_customizer_qemu::{Accel, DiskBus, Qemu, QemuBackend, QemuOptions};
 
-use crate::cli::{BackendKind, FinishOpts};
-use crate::commands::gce_build::GceBuild;
-use crate::commands::sbom::Sbom;
-use crate::commands::{anthos_check, backend};
+use crate::cli::{AccelKind, BackendKind, DiskInterfaceKind, FinishOpts};
+use crate::commands::anthos_check;
 
 /// Flag checks that need no state, as the original's `validate`.
 fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
@@ -123,8 +128,11 @@ fn options(o: &FinishOpts) -> Result<FinishOptions> {
         },
         provisioner: o.provisioner.clone(),
         allow_backing_file: o.allow_backing_file,
-        gpu_deps_url: None,
         storage_endpoint: None,
+        sbom: given(&o.sbom_input_path).map(|input_path| SbomOptions {
+            input_path,
+            output_path: o.sbom_output_path.clone(),
+        }),
     })
 }
 
@@ -154,6 +162,105 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
+/// What `kind` is and can do, without opening it (for `-dry-run`).
+fn backend_type(kind: BackendKind) -> &'static dyn BackendType {
+    match kind {
+        BackendKind::Qemu => &Qemu,
+        BackendKind::Gce => &Gce,
+    }
+}
+
+/// What keeps this machine from running `kind`'s VMs, for `-dry-run` (a real run finds
+/// the same when it opens the backend).
+fn host_problems(kind: BackendKind, o: &FinishOpts) -> Vec<String> {
+    let checked = match kind {
+        BackendKind::Qemu => qemu_options(o).and_then(|o| cos_customizer_qemu::check_host(&o)),
+        BackendKind::Gce => Ok(()),
+    };
+    checked
+        .err()
+        .map(|e| format!("{e:#}"))
+        .into_iter()
+        .collect()
+}
+
+/// Opens the backend `kind` for the build `s` (inside a Tokio runtime: GCE's credentials
+/// start their refresher there).
+fn open(
+    kind: BackendKind,
+    o: &FinishOpts,
+    opts: &FinishOptions,
+    s: &BuildState,
+    compute_endpoint: &str,
+    storage_endpoint: &str,
+) -> Result<Arc<dyn Backend>> {
+    if kind == BackendKind::Qemu {
+        let backend = QemuBackend::new(qemu_options(o)?)?;
+        eprintln!(
+            "QEMU backend: accelerator {}, work folder {}",
+            backend.accel(),
+            backend.work_dir().display()
+        );
+        return Ok(Arc::new(backend));
+    }
+    if s.build.gcs_bucket.is_empty() {
+        bail!("the build state has no Cloud Storage bucket: give -gcs-bucket and -gcs-workdir to start-image-build");
+    }
+    let endpoint = if compute_endpoint.is_empty() {
+        &s.build.gce_endpoint
+    } else {
+        compute_endpoint
+    };
+    let compute = connect::compute(endpoint)?;
+    let gcs = connect::storage(storage_endpoint)?;
+    let backend = GceBackend::new(
+        compute,
+        gcs,
+        GceOptions {
+            project: opts.vm.project.clone(),
+            zone: opts.vm.zone.clone(),
+            gcs_bucket: s.build.gcs_bucket.clone(),
+            gcs_dir: s.build.gcs_dir.clone(),
+            build_id: names::build_id(),
+            external_ip: !o.no_external_ip,
+            op_timeout: opts.timeout,
+            poll_interval: POLL_INTERVAL,
+            in_use_backoff: Duration::from_secs(2),
+        },
+    )
+    .with_housekeeping(Housekeeping {
+        sweep_old: o.enable_cleanup,
+        deprecate_old_images: o.deprecate_old_images,
+        old_image_ttl: u64::try_from(o.old_image_ttl)
+            .ok()
+            .filter(|&s| s > 0)
+            .map(Duration::from_secs),
+    });
+    Ok(Arc::new(backend))
+}
+
+fn qemu_options(o: &FinishOpts) -> Result<QemuOptions> {
+    let exe = std::env::current_exe().context("finding this program for the metadata relay")?;
+    Ok(QemuOptions {
+        accel: match o.accel {
+            AccelKind::Auto => Accel::Auto,
+            AccelKind::Kvm => Accel::Kvm,
+            AccelKind::Tcg => Accel::Tcg,
+        },
+        // QEMU's guestfwd runs this per guest connection to 169.254.169.254:80.
+        metadata_proxy: vec![
+            exe.to_string_lossy().into_owned(),
+            "__metadata-proxy".into(),
+        ],
+        disk_bus: match o.disk_interface {
+            Some(DiskInterfaceKind::Virtio) => DiskBus::Virtio,
+            Some(DiskInterfaceKind::Scsi) | None => DiskBus::Scsi,
+        },
+        hermetic: o.hermetic,
+        ..Default::default()
+    })
+}
+
 pub fn run(
     state: &StateDir,
     compute_endpoint: &str,
@@ -161,23 +268,17 @@ pub fn run(
     o: FinishOpts,
 ) -> Result<()> {
     let _lock = state.lock("finish-image-build", false)?;
-    let kind = backend_kind(&o, &state.load()?);
+    let s = state.load()?;
+    let kind = backend_kind(&o, &s);
     // Bad flags keep the recorded steps: fix the flag and run finish again.
     validate(&o, kind)?;
     let mut opts = options(&o)?;
     opts.storage_endpoint = own_storage_endpoint(storage_endpoint);
-    anthos_check::check(&state.load()?.prov, storage_endpoint, &mut |l| {
-        eprintln!("{l}")
-    })?;
-    // Before the build, so that a mistake in the SBOM input costs no build.
-    let sbom = Sbom::prepare(state, &o, &opts, storage_endpoint)?;
+    anthos_check::check(&s.prov, storage_endpoint, &mut |l| eprintln!("{l}"))?;
     if o.dry_run {
-        let host = backend::host_problems(kind, &o);
-        let (text, refusals) = finish::plan(state, &opts, backend::info(kind), host)?;
+        let host = host_problems(kind, &o);
+        let (text, refusals) = finish::plan(state, s, &opts, backend_type(kind), host)?;
         print!("{text}");
-        if let Some(sbom) = &sbom {
-            println!("{}", sbom.plan());
-        }
         if !refusals.is_empty() {
             bail!(
                 "a real run would be refused: {} (the build state is kept)",
@@ -196,18 +297,10 @@ pub fn run(
         LogLine::Guest(l) | LogLine::Host(l) => println!("{l}"),
         LogLine::Note(l) => eprintln!("{l}"),
     };
-    if kind == BackendKind::Gce {
-        return rt.block_on(async {
-            let gce = GceBuild::open(state, &o, &opts, compute_endpoint, storage_endpoint)?;
-            gce.run(state, opts, sbom.as_ref(), &mut log).await
-        });
-    }
-    let backend = backend::open_qemu(&o)?;
     rt.block_on(async {
-        let outcome = finish::finish(state, &opts, backend, &mut log).await?;
-        if let (Outcome::Built, Some(sbom)) = (outcome, &sbom) {
-            sbom.write(&mut log).await?;
-        }
+        let backend = open(kind, &o, &opts, &s, compute_endpoint, storage_endpoint)?;
+        let storage = SbomStorage::new(storage_endpoint);
+        finish::finish(state, s, &opts, backend, &storage, &mut log).await?;
         Ok(())
     })
 }

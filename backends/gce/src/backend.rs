@@ -14,9 +14,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use async_trait::async_trait;
 
+use cos_customizer_common::config::SourceImage;
 use cos_customizer_core::backend::{
-    Backend, BackendInfo, DiskId, DiskSource, DiskSpec, OutputImage, SerialChunk, VmId, VmSpec,
-    VmStatus,
+    Backend, BackendInfo, BackendType, DiskId, DiskSource, DiskSpec, OutputImage, Report,
+    SerialChunk, SourceFacts, VmId, VmSpec, VmStatus,
 };
 
 use crate::compute::body::{self, Gpu, ImageSpec, InstanceSpec};
@@ -24,16 +25,56 @@ use crate::compute::in_use::InUseRetry;
 use crate::compute::model::{MetadataItem, Operation};
 use crate::compute::Compute;
 use crate::error::{kind_of, ApiError, ErrorKind};
-use crate::names::{build_labels, daisy_name, WORKFLOW};
+use crate::housekeeping::{self, Housekeeping};
+use crate::names::{self, build_labels, daisy_name, WORKFLOW};
 use crate::raw_disk;
 use crate::storage::{raw_disk_url, Gcs};
 
-/// What a GCE build VM can do.
-pub const INFO: BackendInfo = BackendInfo {
-    name: "gce",
-    attaches_gpus: true,
-    host_from_guest: None,
-};
+/// How often the build VM is polled: a marker is seen within this, at about 36 API reads a
+/// minute while the VM is quiet (see the contract test `polling_is_prompt_and_sparing`).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The GCE backend before it is opened: its VM can have a GPU, it builds from GCE images
+/// only, and its image names and labels follow GCE's rules.
+pub struct Gce;
+
+impl BackendType for Gce {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "gce",
+            attaches_gpus: true,
+            host_from_guest: None,
+            stages_files: true,
+        }
+    }
+
+    fn inspect_source(
+        &self,
+        source: &SourceImage,
+        _allow_backing: bool,
+    ) -> Result<Option<SourceFacts>> {
+        refuse_local(source)?;
+        Ok(None)
+    }
+
+    fn check_output(&self, out: &OutputImage) -> Result<()> {
+        names::check_name(&out.name).context("checking the output image's name")?;
+        names::check_labels(&out.labels).context("checking -labels")
+    }
+}
+
+/// A GCE build cannot start from a file on this machine.
+fn refuse_local(source: &SourceImage) -> Result<()> {
+    if !source.local_file.is_empty() {
+        bail!(
+            "the build's source image is the local file {}: a GCE build needs a GCE image; \
+             start the build again with -image-name, -image-family or -image-milestone, or \
+             build locally with -backend=qemu -output-file=PATH",
+            source.local_file
+        );
+    }
+    Ok(())
+}
 
 /// How often a metadata update is retried when another writer changed the metadata first.
 const METADATA_ATTEMPTS: u32 = 5;
@@ -91,6 +132,7 @@ pub struct GceBackend {
     compute: Compute,
     gcs: Gcs,
     opts: GceOptions,
+    housekeeping: Housekeeping,
     owned: Mutex<Vec<Owned>>,
 }
 
@@ -101,7 +143,16 @@ impl GceBackend {
             compute,
             gcs,
             opts,
+            housekeeping: Housekeeping::default(),
             owned: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The same backend, also doing `h` around the build.
+    pub fn with_housekeeping(self, h: Housekeeping) -> GceBackend {
+        GceBackend {
+            housekeeping: h,
+            ..self
         }
     }
 
@@ -143,14 +194,8 @@ impl GceBackend {
     }
 
     /// The image a disk of `source` starts from, as `projects/P/global/images/N`.
-    fn source_image(source: &cos_customizer_common::config::SourceImage) -> Result<String> {
-        if !source.local_file.is_empty() {
-            bail!(
-                "the source image is the local file {}: build it with -backend=qemu, or start \
-                 the build again with -image-name, -image-family or -image-milestone for GCE",
-                source.local_file
-            );
-        }
+    fn source_image(source: &SourceImage) -> Result<String> {
+        refuse_local(source)?;
         if source.name.is_empty() || source.project.is_empty() {
             bail!(
                 "the build state names no resolved GCE source image: run start-image-build \
@@ -259,10 +304,47 @@ fn vm_status(status: &str, message: Option<&str>) -> VmStatus {
     }
 }
 
+impl BackendType for GceBackend {
+    fn info(&self) -> BackendInfo {
+        Gce.info()
+    }
+
+    fn inspect_source(
+        &self,
+        source: &SourceImage,
+        allow_backing: bool,
+    ) -> Result<Option<SourceFacts>> {
+        Gce.inspect_source(source, allow_backing)
+    }
+
+    fn check_output(&self, out: &OutputImage) -> Result<()> {
+        Gce.check_output(out)
+    }
+}
+
 #[async_trait]
 impl Backend for GceBackend {
-    fn info(&self) -> BackendInfo {
-        INFO
+    async fn before_build(&self) -> Result<Vec<Report>> {
+        if !self.housekeeping.sweep_old {
+            return Ok(Vec::new());
+        }
+        housekeeping::sweep(&self.compute, &self.opts.project, &self.opts.zone).await
+    }
+
+    async fn after_image(&self, out: &OutputImage) -> Result<Vec<Report>> {
+        if !self.housekeeping.deprecate_old_images {
+            return Ok(Vec::new());
+        }
+        housekeeping::deprecate(&self.compute, out, self.housekeeping.old_image_ttl).await
+    }
+
+    async fn end_run(&self) -> Result<()> {
+        let (bucket, prefix) = (&self.opts.gcs_bucket, self.opts.gcs_prefix());
+        self.gcs
+            .delete_prefix(bucket, &prefix)
+            .await
+            .with_context(|| format!("could not delete gs://{bucket}/{prefix}"))?;
+        Ok(())
     }
 
     async fn image_exists(&self, out: &OutputImage) -> Result<bool> {

@@ -72,6 +72,36 @@ pub fn public_storage(endpoint: &str) -> Result<Gcs> {
     Gcs::new(&endpoint, Auth::None).context("-storage-endpoint")
 }
 
+/// Cloud Storage at `-storage-endpoint` as the SBOM uses it: each call opens the client it
+/// needs, so a build that reads or writes nothing there asks for no credentials.
+pub struct SbomStorage {
+    endpoint: String,
+}
+
+impl SbomStorage {
+    /// Cloud Storage at `endpoint`, as [`storage`] reads it.
+    pub fn new(endpoint: &str) -> SbomStorage {
+        SbomStorage {
+            endpoint: endpoint.to_string(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl cos_customizer_core::sbom::Storage for SbomStorage {
+    async fn read_public(&self, bucket: &str, object: &str) -> Result<Vec<u8>> {
+        public_storage(&self.endpoint)?
+            .download(bucket, object)
+            .await
+    }
+
+    async fn write(&self, bucket: &str, object: &str, data: Vec<u8>) -> Result<()> {
+        storage(&self.endpoint)?
+            .upload_bytes(bucket, object, data)
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use cos_customizer_gce_emulator::{Emulator, Options};

@@ -17,6 +17,7 @@ pub mod connect;
 pub mod deprecate;
 pub mod drivers;
 pub mod error;
+pub mod housekeeping;
 pub mod http;
 pub mod names;
 pub mod raw_disk;

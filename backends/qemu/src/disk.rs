@@ -16,6 +16,16 @@ pub struct ImageInfo {
     pub format: String,
     #[serde(rename = "virtual-size")]
     pub virtual_size: u64,
+    #[serde(rename = "actual-size", default)]
+    pub actual_size: u64,
+    #[serde(rename = "backing-filename")]
+    pub backing_filename: Option<String>,
+}
+
+/// Parses `qemu-img info --output=json` of `path`.
+pub fn parse_info(json: &[u8], path: &Path) -> Result<ImageInfo> {
+    serde_json::from_slice(json)
+        .with_context(|| format!("parsing qemu-img info of {}", path.display()))
 }
 
 pub async fn image_info(path: &Path) -> Result<ImageInfo> {
@@ -26,8 +36,7 @@ pub async fn image_info(path: &Path) -> Result<ImageInfo> {
             .arg(path),
     )
     .await?;
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("parsing qemu-img info for {}", path.display()))
+    parse_info(&out.stdout, path)
 }
 
 /// Extracts `disk.raw` from a GCE image archive into `dir`, holes kept where the

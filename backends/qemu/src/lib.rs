@@ -16,6 +16,7 @@ mod backend_tests;
 mod disk;
 mod export;
 mod host;
+mod inspect;
 mod machine;
 mod metadata_server;
 mod paused;
@@ -31,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
+use cos_customizer_common::config::SourceImage;
 use cos_customizer_common::protocol::{ACK_METADATA_KEY, ACK_METADATA_VALUE};
 use cos_customizer_core::backend::{
-    Backend, BackendInfo, DiskId, DiskSource, DiskSpec, ImageFormat, OutputImage, SerialChunk,
-    VmId, VmSpec, VmStatus,
+    Backend, BackendInfo, BackendType, DiskId, DiskSource, DiskSpec, ImageFormat, OutputImage,
+    SerialChunk, SourceFacts, VmId, VmSpec, VmStatus,
 };
 use cos_customizer_core::workdir;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -254,20 +256,49 @@ fn local_file(out: &OutputImage) -> Result<(&Path, ImageFormat)> {
     }
 }
 
-/// What the QEMU backend is: it attaches no GPU, and its VMs reach this machine's loopback
-/// at the user network's host address.
-pub const INFO: BackendInfo = BackendInfo {
-    name: "qemu",
-    attaches_gpus: false,
-    host_from_guest: Some(args::HOST_FROM_GUEST),
-};
+/// The QEMU backend before it is opened: it attaches no GPU, and builds from a local file,
+/// which it reads here.
+pub struct Qemu;
+
+impl BackendType for Qemu {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "qemu",
+            attaches_gpus: false,
+            host_from_guest: Some(args::HOST_FROM_GUEST),
+            stages_files: false,
+        }
+    }
+
+    fn inspect_source(
+        &self,
+        source: &SourceImage,
+        allow_backing: bool,
+    ) -> Result<Option<SourceFacts>> {
+        if source.local_file.is_empty() {
+            // create_disk names what is missing; a dry run shows the plan.
+            return Ok(None);
+        }
+        inspect::inspect_file(Path::new(&source.local_file), allow_backing).map(Some)
+    }
+}
+
+impl BackendType for QemuBackend {
+    fn info(&self) -> BackendInfo {
+        Qemu.info()
+    }
+
+    fn inspect_source(
+        &self,
+        source: &SourceImage,
+        allow_backing: bool,
+    ) -> Result<Option<SourceFacts>> {
+        Qemu.inspect_source(source, allow_backing)
+    }
+}
 
 #[async_trait]
 impl Backend for QemuBackend {
-    fn info(&self) -> BackendInfo {
-        INFO
-    }
-
     async fn image_exists(&self, out: &OutputImage) -> Result<bool> {
         let (path, _) = local_file(out)?;
         tokio::fs::try_exists(path)
@@ -294,7 +325,7 @@ impl Backend for QemuBackend {
         let given = tokio::fs::canonicalize(&given)
             .await
             .with_context(|| format!("resolving source image {}", given.display()))?;
-        let (source, unpacked, backing) = if cos_customizer_core::preflight::is_gzip(&given)? {
+        let (source, unpacked, backing) = if inspect::is_gzip(&given)? {
             let dir = self.work_dir.join(format!("{}-source", spec.name));
             (disk::extract_disk_raw(&given, &dir).await?, Some(dir), None)
         } else {

@@ -10,12 +10,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::{Created, LogLine, Preloader, Request, CLEANUP_LABEL, VM_NAME};
 use crate::backend::{DiskId, DiskSource, DiskSpec, VmId, VmSpec, VmStatus};
 use crate::{cidata, scratch};
+use cos_customizer_common::config::Step;
 use cos_customizer_common::duration;
 use cos_customizer_common::protocol::{
     BUILD_CONTEXT_TAR, FAILURE_MARKER, RELOCATION_END, RELOCATION_FAILED, RELOCATION_START,
     RESIZE_TRIGGER, STATUS_PORT, STATUS_PREFIX, SUCCESS_MARKER, USER_CONTEXT,
 };
 use cos_customizer_common::sizing::{initial_disk_gb, resize_to_gb};
+
+/// The folder `install-gpu -deps-dir`'s files are staged in, as the original names it.
+const GPU_DEPS_FOLDER: &str = "gcs_files";
 
 /// The instance metadata of the build VM, as the original's workflow sets it.
 fn vm_metadata(user_data: &str) -> BTreeMap<String, String> {
@@ -283,6 +287,16 @@ impl Preloader {
             prov.build_contexts.insert(USER_CONTEXT.to_string(), url);
             None
         };
+        if !req.build.gcs_files.is_empty() {
+            let url = self.stage_gpu_deps(&req.build.gcs_files, log).await?;
+            for step in &mut prov.steps {
+                if let Step::InstallGpu(gpu) = step {
+                    if !gpu.gcs_deps_prefix.is_empty() {
+                        gpu.gcs_deps_prefix = url.clone();
+                    }
+                }
+            }
+        }
         let files = cidata::cidata_files(
             &prov,
             &req.user_data,
@@ -298,6 +312,46 @@ impl Preloader {
             serde_json::to_string(&prov).context("encoding the provisioner config")?
         )));
         Ok(image)
+    }
+
+    /// Stages `install-gpu -deps-dir`'s files as one folder the VM fetches them from, as a
+    /// build context too large for the CIDATA disk; returns the folder's URL, which replaces
+    /// the `-deps-dir` recorded in the steps.
+    async fn stage_gpu_deps(
+        &self,
+        files: &[String],
+        log: &mut dyn FnMut(LogLine),
+    ) -> Result<String> {
+        let mut folder = None;
+        for file in files {
+            let path = Path::new(file);
+            let name = path
+                .file_name()
+                .with_context(|| format!("install-gpu dependency {file} names no file"))?
+                .to_string_lossy();
+            let url = self
+                .backend
+                .stage_file(path, &format!("{GPU_DEPS_FOLDER}/{name}"))
+                .await
+                .with_context(|| format!("staging install-gpu dependency {file}"))?
+                .with_context(|| {
+                    format!(
+                        "install-gpu -deps-dir files need a place the build VM fetches them \
+                         from, which the {} backend lacks: build on GCE (-backend=gce)",
+                        self.backend.info().name.to_uppercase()
+                    )
+                })?;
+            let dir = url.strip_suffix(&format!("/{name}")).with_context(|| {
+                format!("the backend staged {file} as {url}, not under its name")
+            })?;
+            folder.get_or_insert_with(|| dir.to_string());
+        }
+        let folder = folder.context("no install-gpu dependency to stage")?;
+        log(LogLine::Host(&format!(
+            "Staged {} install-gpu dependencies in {folder}",
+            files.len()
+        )));
+        Ok(folder)
     }
 
     /// The SCRATCH disk of a GPU build, attached between the boot and CIDATA disks as
@@ -477,9 +531,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::super::sample_request;
-    use crate::backend::{Backend, BackendInfo, OutputImage, SerialChunk};
+    use crate::backend::{
+        Backend, BackendInfo, BackendType, OutputImage, SerialChunk, SourceFacts,
+    };
     use async_trait::async_trait;
-    use cos_customizer_common::config::{InstallGpuArgs, Step};
+    use cos_customizer_common::config::{InstallGpuArgs, SourceImage, Step};
 
     /// Records every call and plays a scripted serial log.
     #[derive(Default)]
@@ -505,15 +561,22 @@ mod tests {
         }
     }
 
-    #[async_trait]
-    impl Backend for Fake {
+    impl BackendType for Fake {
         fn info(&self) -> BackendInfo {
             BackendInfo {
                 name: "fake",
                 attaches_gpus: false,
                 host_from_guest: None,
+                stages_files: false,
             }
         }
+        fn inspect_source(&self, _: &SourceImage, _: bool) -> Result<Option<SourceFacts>> {
+            Ok(None)
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Fake {
         async fn image_exists(&self, _: &OutputImage) -> Result<bool> {
             Ok(false)
         }
@@ -653,6 +716,15 @@ mod tests {
         );
     }
 
+    /// The provisioner config the CIDATA disk got, as the log notes it.
+    fn provisioner_config(lines: &[String]) -> serde_json::Value {
+        let config = lines
+            .iter()
+            .find_map(|l| l.split_once("provisioner config: ").map(|(_, c)| c))
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        serde_json::from_str(config).unwrap()
+    }
+
     #[tokio::test]
     async fn a_context_too_large_for_cidata_is_staged_by_the_backend() {
         let dir = tempfile::tempdir().unwrap();
@@ -680,15 +752,68 @@ mod tests {
                 req.context_tar.display()
             )
         );
-        let config = lines
-            .iter()
-            .find_map(|l| l.split_once("provisioner config: ").map(|(_, c)| c))
-            .unwrap_or_else(|| panic!("{lines:?}"));
-        let config: serde_json::Value = serde_json::from_str(config).unwrap();
+        let config = provisioner_config(&lines);
         assert_eq!(
             config["BuildContexts"]["user"],
             "gs://b/w/user_build_context.tar"
         );
+    }
+
+    #[tokio::test]
+    async fn install_gpu_deps_are_staged_and_replace_the_recorded_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake {
+            stops_after_ack: true,
+            stages_to: Some("gs://b/w/cos-customizer/id".into()),
+            ..Default::default()
+        });
+        *fake.serial.lock().unwrap() = "BuildSucceeded: done\n".into();
+        let mut req = sample_request(dir.path(), Duration::from_secs(30));
+        let step = |deps: &str| {
+            Step::InstallGpu(InstallGpuArgs {
+                gcs_deps_prefix: deps.into(),
+                ..Default::default()
+            })
+        };
+        req.prov.steps = vec![step("/home/me/deps"), step("")];
+        let files: Vec<String> = ["driver.run", "toolchain.tar.xz"]
+            .iter()
+            .map(|f| {
+                let path = dir.path().join(f);
+                std::fs::write(&path, f).unwrap();
+                path.to_string_lossy().into_owned()
+            })
+            .collect();
+        req.build.gcs_files = files.clone();
+        let p = Preloader::new(fake.clone()).unwrap();
+        let mut lines = Vec::new();
+        p.run(&req, &mut |l| lines.push(l.text().to_string()))
+            .await
+            .unwrap();
+        assert!(p.cleanup().await.is_empty());
+        let calls = fake.calls();
+        assert_eq!(
+            calls[..2],
+            [
+                format!("stage_file {} gcs_files/driver.run", files[0]),
+                format!("stage_file {} gcs_files/toolchain.tar.xz", files[1]),
+            ]
+        );
+        let config = provisioner_config(&lines);
+        let prefixes: Vec<&str> = config["Steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["Args"]["GCSDepsPrefix"].as_str().unwrap())
+            .collect();
+        assert_eq!(prefixes, ["gs://b/w/cos-customizer/id/gcs_files", ""]);
+
+        // A backend with nowhere to stage them says so, before any disk exists.
+        let fake = Arc::new(Fake::default());
+        let p = Preloader::new(fake.clone()).unwrap();
+        let e = format!("{:#}", p.run(&req, &mut |_| {}).await.unwrap_err());
+        assert!(e.contains("-deps-dir") && e.contains("-backend=gce"), "{e}");
+        assert!(fake.calls().iter().all(|c| c.starts_with("stage_file")));
     }
 
     #[tokio::test]

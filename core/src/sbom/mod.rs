@@ -21,6 +21,7 @@
 mod generation;
 mod input;
 mod lookup;
+mod output;
 #[cfg(test)]
 mod testdata;
 mod types;
@@ -28,4 +29,5 @@ mod validation;
 
 pub use generation::generate;
 pub use lookup::{CosImageSbom, COS_TOOLS_BUCKET};
+pub use output::{Sbom, Storage};
 pub use types::{Document, Input, SbomPackage, Stamp};

@@ -1,23 +1,32 @@
-//! `finish-image-build -sbom-input-path/-sbom-output-path`: the output image's SPDX SBOM.
-//!
-//! Everything is read and checked before the build ([`Sbom::prepare`]), since the state
-//! folder, whose build context archive holds the input, goes once the build has run, and a
-//! mistake in the input should not cost a build. Once the image is built, [`Sbom::write`]
-//! makes the document and writes it to a `gs://` folder (as the original) or a local folder.
+//! The SBOM `finish-image-build` was asked for (`-sbom-input-path`/`-sbom-output-path`):
+//! read and checked before the build ([`Sbom::prepare`]), since the state folder, whose build
+//! context archive holds the input, goes once the build has run, and a mistake in the input
+//! should not cost a build. Once the image is built, [`Sbom::write`] makes the document and
+//! writes it to a `gs://` folder (as the original) or a local folder.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use cos_customizer_common::config::SourceImage;
 use cos_customizer_common::fsutil::write_atomic;
-use cos_customizer_core::finish::{FinishOptions, ImageName, ImageOptions};
-use cos_customizer_core::preload::LogLine;
-use cos_customizer_core::sbom::{self, CosImageSbom, Input, SbomPackage, Stamp, COS_TOOLS_BUCKET};
-use cos_customizer_core::state::StateDir;
-use cos_customizer_gce::connect;
 
-use crate::cli::FinishOpts;
+use super::generation::generate;
+use super::lookup::{CosImageSbom, COS_TOOLS_BUCKET};
+use super::types::{Input, SbomPackage, Stamp};
+use crate::preload::LogLine;
+
+/// Cloud Storage as the SBOM uses it.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// An object of a public bucket (`cos-tools`), read without credentials.
+    async fn read_public(&self, bucket: &str, object: &str) -> Result<Vec<u8>>;
+    /// Writes an object with the user's credentials.
+    async fn write(&self, bucket: &str, object: &str, data: Vec<u8>) -> Result<()>;
+}
 
 /// The SBOM asked for, checked and waiting for the image.
+#[derive(Debug)]
 pub struct Sbom {
     input: Input,
     input_path: String,
@@ -26,7 +35,6 @@ pub struct Sbom {
     cos: Result<Option<CosImageSbom>>,
     output_image: String,
     destination: Destination,
-    storage_endpoint: String,
 }
 
 /// Where the document goes.
@@ -79,68 +87,37 @@ impl Destination {
     }
 }
 
-/// The name the image gets: `-image-name`, the source's name with `-image-suffix`, or for a
-/// local build without either, the output file's name without its image extension.
-fn output_image_name(image: &ImageOptions, source_name: &str) -> String {
-    match &image.name {
-        ImageName::Unnamed => image
-            .local_file
-            .as_ref()
-            .map(|(path, _)| file_image_name(path))
-            .unwrap_or_default(),
-        named => named.resolve(source_name),
-    }
-}
-
-fn file_image_name(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let lower = name.to_ascii_lowercase();
-    [".tar.gz", ".tgz", ".qcow2", ".img", ".raw"]
-        .iter()
-        .find(|ext| lower.len() > ext.len() && lower.ends_with(*ext))
-        .map_or(name.clone(), |ext| {
-            name[..name.len() - ext.len()].to_string()
-        })
-}
-
 impl Sbom {
-    /// Reads and checks the input in the build context and the output folder, and checks that
-    /// the document can be made; `None` when no SBOM is asked for.
+    /// Reads and checks the input `input_path` in the build context archive `archive` and
+    /// the output folder `output_path`, and checks that the document for `output_image`,
+    /// built from `source`, can be made.
     pub fn prepare(
-        state: &StateDir,
-        o: &FinishOpts,
-        opts: &FinishOptions,
-        storage_endpoint: &str,
-    ) -> Result<Option<Sbom>> {
-        if o.sbom_input_path.is_empty() {
-            return Ok(None);
-        }
-        let source = state.load()?.source;
-        let input = Input::from_archive(&state.context_archive(), &o.sbom_input_path)?;
-        let destination = Destination::parse(&o.sbom_output_path)?;
-        let output_image = output_image_name(&opts.image, &source.name);
-        let cos = CosImageSbom::for_source(&source);
+        archive: &Path,
+        input_path: &str,
+        output_path: &str,
+        source: &SourceImage,
+        output_image: &str,
+    ) -> Result<Sbom> {
+        let input = Input::from_archive(archive, input_path)?;
+        let destination = Destination::parse(output_path)?;
+        let cos = CosImageSbom::for_source(source);
         // The same document as after the build, but for the base SBOM's checksum, so that
         // clashing IDs are found now.
         let base = cos.as_ref().ok().and_then(Option::as_ref);
-        sbom::generate(
+        generate(
             &input,
-            &output_image,
+            output_image,
             base.map(|b| b.reference(b"")).as_ref(),
             &Stamp::now(),
         )
-        .with_context(|| format!("checking -sbom-input-path {}", o.sbom_input_path))?;
-        Ok(Some(Sbom {
+        .with_context(|| format!("checking -sbom-input-path {input_path}"))?;
+        Ok(Sbom {
             input,
-            input_path: o.sbom_input_path.clone(),
+            input_path: input_path.to_string(),
             cos,
-            output_image,
+            output_image: output_image.to_string(),
             destination,
-            storage_endpoint: storage_endpoint.to_string(),
-        }))
+        })
     }
 
     /// One line for `-dry-run`.
@@ -154,9 +131,9 @@ impl Sbom {
     }
 
     /// Makes the document for the built image and writes it.
-    pub async fn write(&self, log: &mut dyn FnMut(LogLine)) -> Result<()> {
-        let base = self.base(log).await;
-        let doc = sbom::generate(
+    pub async fn write(&self, storage: &dyn Storage, log: &mut dyn FnMut(LogLine)) -> Result<()> {
+        let base = self.base(storage, log).await;
+        let doc = generate(
             &self.input,
             &self.output_image,
             base.as_ref(),
@@ -164,17 +141,14 @@ impl Sbom {
         )?;
         let json = doc.to_json()?;
         let target = self.destination.describe(doc.file_name());
-        let written = async {
-            match &self.destination {
-                Destination::Gcs { bucket, .. } => {
-                    let gcs = connect::storage(&self.storage_endpoint)?;
-                    gcs.upload_bytes(bucket, &self.destination.object(doc.file_name()), json)
-                        .await
-                }
-                Destination::Local(dir) => write_atomic(&dir.join(doc.file_name()), &json),
+        let written = match &self.destination {
+            Destination::Gcs { bucket, .. } => {
+                storage
+                    .write(bucket, &self.destination.object(doc.file_name()), json)
+                    .await
             }
-        }
-        .await;
+            Destination::Local(dir) => write_atomic(&dir.join(doc.file_name()), &json),
+        };
         written.with_context(|| {
             format!(
                 "the image {} is built, but its SBOM could not be written to {target}",
@@ -187,7 +161,11 @@ impl Sbom {
 
     /// The ref to the source image's published SBOM; as the original, a source without one
     /// is noted and the SBOM goes on without it.
-    async fn base(&self, log: &mut dyn FnMut(LogLine)) -> Option<SbomPackage> {
+    async fn base(
+        &self,
+        storage: &dyn Storage,
+        log: &mut dyn FnMut(LogLine),
+    ) -> Option<SbomPackage> {
         let without = "the SBOM goes on without it: add the base image to the SBOM input's \
                        SBOMPackages if it should be there";
         let cos = match &self.cos {
@@ -202,12 +180,7 @@ impl Sbom {
         log(LogLine::Note(&format!(
             "The source is a cos-cloud image: reading its SBOM {url}"
         )));
-        let read = async {
-            connect::public_storage(&self.storage_endpoint)?
-                .download(COS_TOOLS_BUCKET, cos.object())
-                .await
-        };
-        match read.await {
+        match storage.read_public(COS_TOOLS_BUCKET, cos.object()).await {
             Ok(data) => Some(cos.reference(&data)),
             Err(e) => {
                 log(LogLine::Note(&format!(
@@ -222,7 +195,6 @@ impl Sbom {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cos_customizer_core::backend::ImageFormat;
 
     #[test]
     fn destinations_are_gcs_folders_or_local_folders() {
@@ -257,34 +229,5 @@ mod tests {
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
         assert!(Destination::parse(file.to_str().unwrap()).is_err());
-    }
-
-    #[test]
-    fn a_local_build_names_its_image_after_the_output_file() {
-        let image = |name: ImageName, file: Option<&str>| ImageOptions {
-            name,
-            project: String::new(),
-            family: String::new(),
-            labels: Default::default(),
-            inherit_labels: false,
-            licenses: vec![],
-            local_file: file.map(|f| (PathBuf::from(f), ImageFormat::Raw)),
-            overwrite: false,
-        };
-        let name = |i: ImageOptions| output_image_name(&i, "cos-dev");
-        assert_eq!(name(image(ImageName::Name("n".into()), None)), "n");
-        assert_eq!(
-            name(image(ImageName::Suffix("-x".into()), None)),
-            "cos-dev-x"
-        );
-        for (file, want) in [
-            ("/o/my-cos.img", "my-cos"),
-            ("/o/my-cos.QCOW2", "my-cos"),
-            ("/o/my-cos.tar.gz", "my-cos"),
-            ("/o/my.cos", "my.cos"),
-            ("/o/.img", ".img"),
-        ] {
-            assert_eq!(name(image(ImageName::Unnamed, Some(file))), want, "{file}");
-        }
     }
 }

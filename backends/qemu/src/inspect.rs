@@ -1,0 +1,312 @@
+//! Reading a local source image before anything is made: its format from its content (the
+//! one `qemu-img info` reading of a source, so the format is told to every later tool rather
+//! than guessed again), its sizes, a GCE `tar.gz` archive's first member, and the disk's
+//! first MiB for core's partition check.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use cos_customizer_common::cmd;
+use cos_customizer_core::backend::SourceFacts;
+use cos_customizer_core::preflight;
+
+use crate::disk;
+
+/// Reads a local source image: its format from its content, its sizes and its first MiB. A
+/// backing file (a host file that would be copied into the output) is refused unless
+/// `allow_backing`.
+pub fn inspect_file(path: &Path, allow_backing: bool) -> Result<SourceFacts> {
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!(
+            "reading the source image {}; was it moved or removed after start-image-build? Put it back, or start the build again",
+            path.display()
+        )
+    })?;
+    if !meta.is_file() {
+        bail!("the source image {} is not a regular file", path.display());
+    }
+    if meta.len() == 0 {
+        bail!(
+            "the source image {} is empty: give a COS disk image (raw, qcow2 or a GCE tar.gz)",
+            path.display()
+        );
+    }
+    if is_gzip(path)? {
+        tar_gz_head(path)
+    } else {
+        qemu_head(path, allow_backing)
+    }
+}
+
+/// Whether the file starts with the gzip magic (a GCE `tar.gz` image); a two-byte read.
+pub fn is_gzip(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 2];
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("opening the source image {}", path.display()))?;
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(magic == [0x1f, 0x8b]),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("reading the source image {}", path.display())),
+    }
+}
+
+/// A GCE image archive: the first member must be the regular file `disk.raw`.
+fn tar_gz_head(path: &Path) -> Result<SourceFacts> {
+    let what = || {
+        format!(
+            "reading the source image {} as a GCE image archive (a tar.gz holding disk.raw)",
+            path.display()
+        )
+    };
+    let file = std::fs::File::open(path).with_context(what)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let mut entries = archive.entries().with_context(what)?;
+    let mut entry = match entries.next() {
+        Some(e) => e.with_context(what)?,
+        None => bail!("{}: the archive is empty", what()),
+    };
+    let name = entry.path_bytes().into_owned();
+    let kind = entry.header().entry_type();
+    if name != b"disk.raw" || !(kind.is_file() || kind.is_gnu_sparse()) {
+        bail!(
+            "{}: its first member is {:?} ({kind:?}), not the regular file disk.raw; make it with `tar -czSf image.tar.gz disk.raw`",
+            what(),
+            String::from_utf8_lossy(&name)
+        );
+    }
+    let stored = entry.header().size().with_context(what)?;
+    let virtual_size = entry
+        .header()
+        .as_gnu()
+        .filter(|_| kind.is_gnu_sparse())
+        .map(|g| g.real_size())
+        .transpose()
+        .with_context(what)?
+        .unwrap_or(stored);
+    let mut head = Vec::new();
+    (&mut entry)
+        .take(preflight::HEAD)
+        .read_to_end(&mut head)
+        .with_context(what)?;
+    Ok(SourceFacts {
+        format: "tar.gz".into(),
+        virtual_size,
+        data_bytes: stored,
+        head,
+    })
+}
+
+/// Any image QEMU reads (raw, qcow2, …): its format as QEMU probes it, and its first MiB.
+fn qemu_head(path: &Path, allow_backing: bool) -> Result<SourceFacts> {
+    let out = cmd::run_stdout(
+        Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(path),
+    )
+    .with_context(|| {
+        format!(
+            "reading the source image {}: QEMU cannot open it (a broken or truncated image?)",
+            path.display()
+        )
+    })?;
+    let info = disk::parse_info(out.as_bytes(), path)?;
+    if let Some(backing) = info.backing_filename.filter(|_| !allow_backing) {
+        bail!(
+            "the source image {} is a {} image on top of the host file {backing}, which would be copied into the output: flatten it first (qemu-img convert -O qcow2 {} flat.qcow2) or pass -allow-backing-file",
+            path.display(),
+            info.format,
+            path.display()
+        );
+    }
+    let dir = tempfile::tempdir().context("creating a temporary folder")?;
+    let head_file = dir.path().join("head.raw");
+    let mut dd = Command::new("qemu-img");
+    dd.args([
+        "dd",
+        "-U",
+        "-f",
+        &info.format,
+        "-O",
+        "raw",
+        "bs=1M",
+        "count=1",
+    ])
+    .arg(format!("if={}", path.display()))
+    .arg(format!("of={}", head_file.display()));
+    cmd::run(&mut dd)
+        .with_context(|| format!("reading the start of the source image {}", path.display()))?;
+    let head =
+        std::fs::read(&head_file).with_context(|| format!("reading {}", head_file.display()))?;
+    Ok(SourceFacts {
+        data_bytes: if info.format == "raw" {
+            info.actual_size.min(info.virtual_size)
+        } else {
+            info.actual_size
+        },
+        format: info.format,
+        virtual_size: info.virtual_size,
+        head,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cos_customizer_common::cos_layout::{Partition, ALWAYS, FOR_RECLAIM, OEM};
+
+    const MIB: u64 = 1 << 20;
+
+    /// What core makes of a source: the backend's reading, then the partition check.
+    fn check_source(path: &Path, needs: &[Partition], allow_backing: bool) -> Result<SourceFacts> {
+        let facts = inspect_file(path, allow_backing)?;
+        preflight::check_partitions(path, &facts, needs)?;
+        Ok(facts)
+    }
+
+    fn cos_disk(dir: &Path, skip: Option<u32>) -> std::path::PathBuf {
+        let img = dir.join("cos.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 * MIB)
+            .unwrap();
+        let mut c = Command::new("sgdisk");
+        for (n, label, mib) in [
+            (1, "STATE", 8),
+            (2, "KERN-A", 1),
+            (3, "ROOT-A", 8),
+            (4, "KERN-B", 1),
+            (5, "ROOT-B", 8),
+            (8, "OEM", 4),
+            (12, "EFI-SYSTEM", 4),
+        ] {
+            if Some(n) != skip {
+                c.arg(format!("--new={n}:0:+{mib}M"))
+                    .arg(format!("--change-name={n}:{label}"));
+            }
+        }
+        cmd::run(c.arg(&img)).unwrap();
+        img
+    }
+
+    #[test]
+    fn a_cos_shaped_raw_disk_passes() {
+        let d = tempfile::tempdir().unwrap();
+        let img = cos_disk(d.path(), None);
+        let facts = check_source(&img, &[&ALWAYS[..], &FOR_RECLAIM[..]].concat(), false).unwrap();
+        assert_eq!(
+            (facts.format.as_str(), facts.virtual_size),
+            ("raw", 64 * MIB)
+        );
+    }
+
+    #[test]
+    fn missing_partitions_empty_and_plain_files_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let img = cos_disk(d.path(), Some(12));
+        let e = check_source(&img, &ALWAYS, false).unwrap_err().to_string();
+        assert!(e.contains("no partition 12 (EFI-SYSTEM)"), "{e}");
+        let empty = d.path().join("empty.img");
+        std::fs::write(&empty, "").unwrap();
+        let e = check_source(&empty, &ALWAYS, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is empty"), "{e}");
+        let plain = d.path().join("plain.img");
+        std::fs::write(&plain, vec![0u8; 4 * MIB as usize]).unwrap();
+        let e = check_source(&plain, &ALWAYS, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no valid GPT"), "{e}");
+        let gone = d.path().join("gone.img");
+        let e = format!("{:#}", check_source(&gone, &ALWAYS, false).unwrap_err());
+        assert!(
+            e.contains("moved or removed after start-image-build"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_disk_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let img = cos_disk(d.path(), None);
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.set_len(20 * MIB).unwrap();
+        let e = check_source(&img, &[OEM], false).unwrap_err().to_string();
+        assert!(e.contains("is truncated: partition 8 (OEM)"), "{e}");
+    }
+
+    #[test]
+    fn a_qcow2_backing_file_is_refused_unless_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let img = cos_disk(d.path(), None);
+        let top = d.path().join("top.qcow2");
+        cmd::run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&img)
+                .arg(&top),
+        )
+        .unwrap();
+        let e = check_source(&top, &ALWAYS, false).unwrap_err().to_string();
+        assert!(
+            e.contains("host file") && e.contains("-allow-backing-file"),
+            "{e}"
+        );
+        let facts = check_source(&top, &ALWAYS, true).unwrap();
+        assert_eq!(facts.format, "qcow2");
+    }
+
+    #[test]
+    fn a_tar_gz_must_start_with_a_regular_disk_raw() {
+        let d = tempfile::tempdir().unwrap();
+        let img = cos_disk(d.path(), None);
+        std::fs::rename(&img, d.path().join("disk.raw")).unwrap();
+        let good = d.path().join("good.tar.gz");
+        cmd::run(
+            Command::new("tar")
+                .arg("-czSf")
+                .arg(&good)
+                .arg("-C")
+                .arg(d.path())
+                .arg("disk.raw"),
+        )
+        .unwrap();
+        let facts = check_source(&good, &ALWAYS, false).unwrap();
+        assert_eq!(
+            (facts.format.as_str(), facts.virtual_size),
+            ("tar.gz", 64 * MIB)
+        );
+        let link_dir = d.path().join("link");
+        std::fs::create_dir(&link_dir).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", link_dir.join("disk.raw")).unwrap();
+        let bad = d.path().join("bad.tar.gz");
+        cmd::run(
+            Command::new("tar")
+                .arg("-czf")
+                .arg(&bad)
+                .arg("-C")
+                .arg(&link_dir)
+                .arg("disk.raw"),
+        )
+        .unwrap();
+        let e = check_source(&bad, &ALWAYS, false).unwrap_err().to_string();
+        assert!(e.contains("not the regular file disk.raw"), "{e}");
+        let garbage = d.path().join("garbage.tar.gz");
+        std::fs::write(&garbage, [0x1f, 0x8b, 0, 1, 2, 3]).unwrap();
+        assert!(check_source(&garbage, &ALWAYS, false).is_err());
+    }
+
+    #[test]
+    fn gzip_magic() {
+        let d = tempfile::tempdir().unwrap();
+        let gz = d.path().join("a.gz");
+        std::fs::write(&gz, [0x1f, 0x8b, 8, 0]).unwrap();
+        let one = d.path().join("one");
+        std::fs::write(&one, [0x1f]).unwrap();
+        assert!(is_gzip(&gz).unwrap());
+        assert!(!is_gzip(&one).unwrap());
+        assert!(is_gzip(&d.path().join("missing")).is_err());
+    }
+}
