@@ -47,11 +47,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::RunScript(o) => commands::run_script::run(&state()?, o),
         Cmd::InstallGpu(o) => commands::install_gpu::run(state, &cli.storage_endpoint, o),
-        Cmd::SealOem(_) => commands::simple_steps::seal_oem(&state()?),
-        Cmd::DisableAutoUpdate(_) => commands::simple_steps::disable_auto_update(&state()?),
-        Cmd::AnthosInstallerInstall(o) => {
-            commands::simple_steps::anthos_installer_install(&state()?, o)
-        }
+        Cmd::SealOem(_) => commands::seal_oem::run(&state()?),
+        Cmd::DisableAutoUpdate(_) => commands::disable_auto_update::run(&state()?),
+        Cmd::AnthosInstallerInstall(o) => commands::anthos_installer_install::run(&state()?, o),
         Cmd::FinishImageBuild(o) => commands::finish_image_build::run(
             &state()?,
             &cli.compute_endpoint,

@@ -290,6 +290,20 @@ impl StateDir {
         self.save("provisioner", prov)
     }
 
+    /// Appends `step` under the state lock (`command` names the subcommand in the lock);
+    /// `reclaim` marks ROOT-A's space for reclaiming, as both `seal-oem` and
+    /// `disable-auto-update` do upstream. Returns the step's number.
+    pub fn append_step(&self, command: &str, step: Step, reclaim: bool) -> Result<usize> {
+        let _lock = self.lock(command, false)?;
+        let mut s = self.load()?;
+        if reclaim {
+            s.prov.boot_disk.reclaim_sda3 = true;
+        }
+        let n = s.add_step(step);
+        self.save_provisioner(&s.prov)?;
+        Ok(n)
+    }
+
     /// Removes the build state (the original does this at the end of every finish): the
     /// files this tool writes, then the folder if nothing else is in it. A folder this
     /// tool did not make is left alone.

@@ -1,5 +1,5 @@
-//! The steps with few or no flags: `seal-oem`, `disable-auto-update` and
-//! `anthos-installer-install`.
+//! `anthos-installer-install`: adds the step that installs the packages an Anthos package
+//! spec names.
 
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::config::{InstallPackagesArgs, Step};
@@ -9,31 +9,7 @@ use cos_customizer_core::state::StateDir;
 
 use crate::cli::AnthosOpts;
 
-/// Appends a step under the state lock (`command` names the subcommand in the lock);
-/// `reclaim` marks ROOT-A's space for reclaiming, as both
-/// `seal-oem` and `disable-auto-update` do upstream.
-fn add(state: &StateDir, command: &str, step: Step, reclaim: bool) -> Result<()> {
-    let _lock = state.lock(command, false)?;
-    let mut s = state.load()?;
-    if reclaim {
-        s.prov.boot_disk.reclaim_sda3 = true;
-    }
-    let name = step.type_name();
-    let n = s.add_step(step);
-    state.save_provisioner(&s.prov)?;
-    eprintln!("Added step {n} ({name})");
-    Ok(())
-}
-
-pub fn seal_oem(state: &StateDir) -> Result<()> {
-    add(state, "seal-oem", Step::SealOem, true)
-}
-
-pub fn disable_auto_update(state: &StateDir) -> Result<()> {
-    add(state, "disable-auto-update", Step::DisableAutoUpdate, true)
-}
-
-pub fn anthos_installer_install(state: &StateDir, o: AnthosOpts) -> Result<()> {
+pub fn run(state: &StateDir, o: AnthosOpts) -> Result<()> {
     if o.pkgspec_url.is_empty() {
         bail!("-pkgspec-url is required: a path in the build context, or a gs://, http:// or https:// URL");
     }
@@ -55,7 +31,10 @@ pub fn anthos_installer_install(state: &StateDir, o: AnthosOpts) -> Result<()> {
         anthos_installer_version: "anthos_installer-linux-amd64-v0.0.1-bb7e04e.tar.gz".into(),
         anthos_installer_release_bucket: "cos-anthos-builds-us".into(),
     });
-    add(state, "anthos-installer-install", step, false)
+    let name = step.type_name();
+    let n = state.append_step("anthos-installer-install", step, false)?;
+    eprintln!("Added step {n} ({name})");
+    Ok(())
 }
 
 /// Whether `path` is a member of the build context archive, or a folder holding some.
