@@ -322,7 +322,8 @@ fn install_gpu_without_a_gpu_is_the_users_choice_and_dry_run_shows_it() {
     h.ok(&[&storage, "install-gpu", "-version=450.51.06"]);
     let (_, err) = h.fail(&["finish-image-build", "-output-file=out.img", "-dry-run"]);
     assert!(err.contains("install-gpu -no-verify"), "{err}");
-    let out = h.ok(&[
+    // The plan GCE would follow; this build's source is a local file, which GCE refuses.
+    let run = h.run(&[
         "finish-image-build",
         "-backend=gce",
         "-image-name=x",
@@ -331,10 +332,18 @@ fn install_gpu_without_a_gpu_is_the_users_choice_and_dry_run_shows_it() {
         "-gpu-type=nvidia-tesla-t4",
         "-dry-run",
     ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
     assert!(
         out.contains("GPU drivers: installed and checked with nvidia-smi on the VM's GPU")
             && out.contains("GPU nvidia-tesla-t4"),
         "{out}"
+    );
+    assert!(
+        !run.status.success() && err.contains("a GCE build needs a GCE image"),
+        "{err}"
     );
 }
 
