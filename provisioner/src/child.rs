@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Lines of output an installer's failure carries.
-pub const TAIL_LINES: usize = 30;
+/// Lines of output an installer's failure carries: few, so that the error line itself is
+/// still among the serial lines the host quotes when the build fails.
+pub const TAIL_LINES: usize = 10;
 
 /// How a forwarded program ended.
 #[derive(Debug)]
@@ -107,7 +108,7 @@ mod tests {
         let ended = sh("for i in $(seq 40); do echo out$i; done; exit 4");
         assert_eq!(ended.failure().unwrap(), "exited with status 4");
         assert_eq!(ended.tail.len(), TAIL_LINES);
-        assert_eq!(ended.tail.first().unwrap(), "out11");
+        assert_eq!(ended.tail.first().unwrap(), "out31");
         assert_eq!(ended.tail.last().unwrap(), "out40");
         let ended = sh("echo out; echo err >&2; kill -9 $$");
         assert_eq!(ended.failure().unwrap(), "was killed by signal 9");
