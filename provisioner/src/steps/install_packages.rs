@@ -93,7 +93,8 @@ fn pkgspec_location(spec: &str, context_dir: &Path) -> Result<String> {
 }
 
 /// The original's `anthos_installer_install.sh`. Unlike it, the build context folder is
-/// passed (the original's template left it empty) and `bin` is made before the copy.
+/// passed (the original's template left it empty), `bin` is made before the copy, and the
+/// installer runs from an exec mount when its folder is noexec.
 fn install_script(
     pkgspec: &str,
     dir: &Path,
@@ -128,6 +129,13 @@ install_packages() {{
 }}
 
 main() {{
+  # The installer folder is the state folder by default, on /var, which COS mounts
+  # noexec: run the installer from an exec bind mount of it, as setup_gpu.sh does.
+  if findmnt -n -o OPTIONS --target "${{ANTHOS_INSTALLER_DIR}}" | grep -qw noexec; then
+    mount --bind "${{ANTHOS_INSTALLER_DIR}}" "${{ANTHOS_INSTALLER_DIR}}"
+    trap 'umount "${{ANTHOS_INSTALLER_DIR}}"' EXIT
+    mount -o remount,exec "${{ANTHOS_INSTALLER_DIR}}"
+  fi
   install_anthos_installer
   install_packages
 }}
