@@ -27,4 +27,4 @@ cargo test --workspace
 cargo test -p cos-customizer-core --test cloud_init_schema
 cargo test -p cos-customizer-qemu --test vm
 cargo test -p cos-customizer --test e2e --test e2e_guest --test e2e_disk --test e2e_powercut \
-    --test faults --test e2e_containers --test e2e_gce
+    --test faults --test e2e_containers --test e2e_gpu --test e2e_gce

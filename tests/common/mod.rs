@@ -11,6 +11,8 @@ use cos_customizer_common::config::SourceImage;
 use cos_customizer_core::backend::{Backend, DiskSource, DiskSpec, VmSpec, VmStatus};
 use cos_customizer_qemu::{QemuBackend, QemuOptions};
 
+pub mod registry;
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
