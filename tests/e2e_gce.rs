@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 // Shared by the VM suites; each uses part of it.
 #[allow(dead_code)]
 mod common;
+use common::registry::{Image, Registry, HOST_FROM_GUEST};
 use common::{fixture, partitions, provisioner, read_file, vm_slots, Build};
 
 const BUCKET: &str = "builds";
@@ -127,7 +128,14 @@ impl Env {
     /// API) and `run-script` of `preload.sh`, which holds `script`.
     async fn with_preload(script: &str, serial_window: usize) -> Option<Env> {
         let env = Env::start(&[("preload.sh", script)], serial_window).await?;
-        env.ok(&[
+        env.start_with_script("preload.sh").await;
+        Some(env)
+    }
+
+    /// `start-image-build` from the source family (resolved through the API), then
+    /// `run-script` of `script` from the build context.
+    async fn start_with_script(&self, script: &str) {
+        self.ok(&[
             "start-image-build",
             "-build-context=ctx",
             "-image-project=cos-cloud",
@@ -136,8 +144,7 @@ impl Env {
             "-gcs-workdir=w",
         ])
         .await;
-        env.ok(&["run-script", "-script=preload.sh"]).await;
-        Some(env)
+        self.ok(&["run-script", &format!("-script={script}")]).await;
     }
 
     async fn finish(&self, name: &str, extra: &[&str]) -> Output {
@@ -420,4 +427,120 @@ async fn a_failing_script_leaves_no_image_and_nothing_else() {
     );
     assert!(env.emu.image(&image_path("my-cos-3")).is_none());
     env.assert_nothing_left(None);
+}
+
+/// The stand-in cos-gpu-installer for a build on a GPU VM: run with no arguments (its
+/// `install`), it checks the original's mounts, privileges and variables, with `-deps-dir`'s
+/// installer handed over as uploaded, and installs stand-in `nvidia-smi` and
+/// `nvidia-persistenced`, which setup_gpu.sh then runs.
+const GPU_INSTALLER: &str = r#"#!/bin/sh
+fail() { echo "fake-installer: $*"; exit 1; }
+val() { eval "printf %s \"\${$1}\""; }
+[ "$*" = install ] || fail "arguments '$*', expected the image's own 'install'"
+for kv in NVIDIA_DRIVER_VERSION=535.129.03 NVIDIA_INSTALL_DIR_HOST=/var/lib/nvidia \
+    NVIDIA_INSTALL_DIR_CONTAINER=/usr/local/nvidia ROOT_MOUNT_DIR=/root TOOLCHAIN_PKG_DIR=/toolchain \
+    COS_DOWNLOAD_GCS=@DEPS@ GPU_INSTALLER_DOWNLOAD_URL=@DEPS@/NVIDIA-Linux-x86_64-535.129.03.run; do
+  env | grep -qx "$kv" || fail "${kv%%=*} is '$(val "${kv%%=*}")', expected '${kv#*=}'"
+done
+grep -q ' /sys sysfs rw' /proc/mounts || fail "/sys is read-only: not --privileged"
+[ "$(cat /proc/1/comm)" = systemd ] || fail "PID 1 is $(cat /proc/1/comm): not --pid=host"
+[ "$(readlink /proc/1/ns/net)" = "$(readlink /proc/self/ns/net)" ] || fail "not --net=host"
+grep -q ' /root/mnt/disks/scratch ' /proc/mounts || fail "SCRATCH is not mounted"
+grep -q ' /toolchain ' /proc/mounts || fail "nothing at /toolchain"
+mkdir -p /usr/local/nvidia/bin
+for b in nvidia-smi nvidia-persistenced; do
+  printf '#!/bin/sh\necho "%s stand-in ran"\n' "$b" > /usr/local/nvidia/bin/$b
+  chmod 755 /usr/local/nvidia/bin/$b
+done
+echo "fake-installer: installed 535.129.03"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gpu_build_gets_its_gpu_scratch_disk_and_dependencies() {
+    let registry = tokio::task::block_in_place(Registry::start);
+    let trust = format!(
+        "#!/bin/bash\nset -euo pipefail\ncerts=/etc/docker/certs.d/{HOST_FROM_GUEST}:{port}\nmkdir -p \"$certs\"\ncp registry-ca.crt \"$certs/ca.crt\"\n",
+        port = registry.port
+    );
+    let ca = registry.ca_pem();
+    let Some(env) = Env::start(&[("trust.sh", &trust), ("registry-ca.crt", &ca)], 1 << 20).await
+    else {
+        return;
+    };
+    let deps_url = format!("{}/{BUCKET}/w/cos-customizer/gcs_files", env.gcs.endpoint());
+    let script = GPU_INSTALLER.replace("@DEPS@", &deps_url);
+    let files = [("cos-gpu-installer", script.as_str())];
+    let image = tokio::task::block_in_place(|| {
+        registry.push(
+            "gpu-installer",
+            &Image {
+                files: &files,
+                entrypoint: &["/cos-gpu-installer"],
+                cmd: &["install"],
+            },
+        )
+    });
+    let deps = env.build.home.path().join("deps");
+    std::fs::create_dir(&deps).unwrap();
+    std::fs::write(deps.join("NVIDIA-Linux-x86_64-535.129.03.run"), "stand-in").unwrap();
+    env.start_with_script("trust.sh").await;
+    env.ok(&[
+        "install-gpu",
+        "-version=NVIDIA-Linux-x86_64-535.129.03.run",
+        "-deps-dir=deps",
+        &format!("-installer-container={image}"),
+        "-gpu-type=nvidia-tesla-t4",
+    ])
+    .await;
+    let out = env.finish("my-cos-gpu", &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the build failed; registry log:\n{}",
+        registry.log()
+    );
+    for line in [
+        "fake-installer: installed 535.129.03",
+        "nvidia-smi stand-in ran",
+        "nvidia-persistenced stand-in ran",
+        "Done installing GPU drivers",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("BuildStatus:") && l.contains(line)),
+            "no {line:?} in the build log: {stdout}"
+        );
+    }
+    let inserts: Vec<Value> = env
+        .requests("POST", "/instances")
+        .into_iter()
+        .filter_map(|r| r.body)
+        .collect();
+    assert_eq!(inserts.len(), 1, "{inserts:?}");
+    let vm = &inserts[0];
+    assert!(
+        vm["guestAccelerators"][0]["acceleratorType"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("/zones/us-central1-a/acceleratorTypes/nvidia-tesla-t4"))
+            && vm["guestAccelerators"][0]["acceleratorCount"] == 1,
+        "{vm}"
+    );
+    assert_eq!(vm["scheduling"]["onHostMaintenance"], "TERMINATE", "{vm}");
+    assert_eq!(
+        vm["disks"].as_array().map(Vec::len),
+        Some(3),
+        "boot, SCRATCH, CIDATA: {vm}"
+    );
+
+    let path = image_path("my-cos-gpu");
+    let raw = env.raw_image(&path);
+    for f in ["bin/nvidia-smi", "bin/nvidia-persistenced", "setup_gpu.sh"] {
+        assert!(
+            read_file(&raw, "STATE", &format!("/var_overlay/lib/nvidia/{f}")).is_some(),
+            "no /var/lib/nvidia/{f} in the image"
+        );
+    }
+    std::fs::remove_file(&raw).unwrap();
+    env.assert_nothing_left(Some(&path));
 }
