@@ -579,6 +579,88 @@ fn existing_output_is_refused_and_the_state_kept() {
     }
 }
 
+/// A `tar.gz` whose first `disk.raw` is the regular file `disk` and a later member of the
+/// same name is a symlink to `target` (an extractor that keeps the last one reads the host file).
+fn tar_gz_with_a_second_disk_raw(path: &Path, disk: &Path, target: &Path) {
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut tar = tar::Builder::new(gz);
+    tar.append_path_with_name(disk, "disk.raw").unwrap();
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    link.set_mode(0o777);
+    tar.append_link(&mut link, "disk.raw", target).unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn a_source_that_reads_host_files_is_refused_before_anything_and_the_state_kept() {
+    let h = Home::new();
+    // The host file each source would pull in; COS-shaped, so only the new rule refuses.
+    let host_file = h.path().join("host-file.bin");
+    cos_shaped_disk(&host_file);
+    let vmdk = h.path().join("vmdk.img");
+    std::fs::write(
+        &vmdk,
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 131072 FLAT \"{}\" 0\n",
+            host_file.display()
+        ),
+    )
+    .unwrap();
+    let qcow2 = h.path().join("data-file.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o"])
+        .arg(format!(
+            "data_file={},data_file_raw=on",
+            host_file.display()
+        ))
+        .arg(&qcow2)
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tgz = h.path().join("two-members.tar.gz");
+    tar_gz_with_a_second_disk_raw(&tgz, &h.path().join("source.img"), &host_file);
+
+    for (source, why) in [(&vmdk, "vmdk"), (&qcow2, "data file"), (&tgz, "disk.raw")] {
+        let name = source.file_name().unwrap().to_str().unwrap();
+        let workdir = format!("-local-state-workdir=w-{name}");
+        h.ok(&[
+            &workdir,
+            "start-image-build",
+            "-build-context=ctx",
+            &format!("-image-file={name}"),
+        ]);
+        for dry in [true, false] {
+            let mut args = vec![&workdir[..], "finish-image-build", "-output-file=out.img"];
+            if dry {
+                args.push("-dry-run");
+            }
+            let (code, err) = h.fail(&args);
+            assert_eq!(code, 1, "{name} dry-run={dry}: {err}");
+            assert!(
+                err.contains(name) && err.contains(why),
+                "{name} dry-run={dry}: {err}"
+            );
+            assert!(!h.path().join("out.img").exists(), "{name}");
+            assert!(
+                h.state_dir(&format!("w-{name}"))
+                    .join("config/build")
+                    .is_file(),
+                "{name} dry-run={dry}: the state must be kept"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_script_name_that_is_not_utf8_is_named() {
     use std::os::unix::ffi::OsStrExt;

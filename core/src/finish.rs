@@ -18,6 +18,7 @@ use cos_customizer_common::{cos_layout, duration, sizing};
 
 use crate::backend::{Backend, BackendType, ImageFormat, OutputImage};
 use crate::cloud_config;
+use crate::output_lock::OutputLock;
 use crate::preload::{self, LogLine, Preloader, Request};
 use crate::sbom::{Sbom, Storage};
 use crate::state::{BuildState, StateDir};
@@ -178,6 +179,12 @@ pub async fn finish(
         }
         // A missing provisioner is a set-up mistake: say so and keep the state.
         req.provisioner = provisioner_bin::locate(opts.provisioner.as_deref())?;
+        // Held until the output is renamed into place: a second build naming the same file
+        // fails here, with its state kept, instead of replacing this one's image.
+        let _output_lock = match &opts.image.local_file {
+            Some((out, _)) => Some(OutputLock::acquire(out, state.root())?),
+            None => None,
+        };
         for r in backend.before_build().await? {
             log(r.line());
         }

@@ -20,6 +20,29 @@ pub struct ImageInfo {
     pub actual_size: u64,
     #[serde(rename = "backing-filename")]
     pub backing_filename: Option<String>,
+    #[serde(rename = "format-specific")]
+    pub format_specific: Option<FormatSpecific>,
+}
+
+/// The part of `format-specific` that names other host files the image reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FormatSpecific {
+    #[serde(default)]
+    pub data: FormatData,
+}
+
+/// qcow2's external data file, if it has one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct FormatData {
+    #[serde(rename = "data-file")]
+    pub data_file: Option<String>,
+}
+
+impl ImageInfo {
+    /// A host file the image reads its data from (qcow2's `data_file`), if any.
+    pub fn data_file(&self) -> Option<&str> {
+        self.format_specific.as_ref()?.data.data_file.as_deref()
+    }
 }
 
 /// Parses `qemu-img info --output=json` of `path`.

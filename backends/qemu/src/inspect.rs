@@ -52,7 +52,10 @@ pub fn is_gzip(path: &Path) -> Result<bool> {
     }
 }
 
-/// A GCE image archive: the first member must be the regular file `disk.raw`.
+/// A GCE image archive: exactly one member, the regular file `disk.raw`, and a gzip stream
+/// whole to its end (read through once, so a truncated download is refused now, not while
+/// the build unpacks it). A later member, a second `disk.raw` or a link would let an
+/// extractor put a host file in the output.
 fn tar_gz_head(path: &Path) -> Result<SourceFacts> {
     let what = || {
         format!(
@@ -60,6 +63,7 @@ fn tar_gz_head(path: &Path) -> Result<SourceFacts> {
             path.display()
         )
     };
+    let fix = "make it with `tar -czSf image.tar.gz disk.raw`";
     let file = std::fs::File::open(path).with_context(what)?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     let mut entries = archive.entries().with_context(what)?;
@@ -71,7 +75,7 @@ fn tar_gz_head(path: &Path) -> Result<SourceFacts> {
     let kind = entry.header().entry_type();
     if name != b"disk.raw" || !(kind.is_file() || kind.is_gnu_sparse()) {
         bail!(
-            "{}: its first member is {:?} ({kind:?}), not the regular file disk.raw; make it with `tar -czSf image.tar.gz disk.raw`",
+            "{}: its first member is {:?} ({kind:?}), not the regular file disk.raw; {fix}",
             what(),
             String::from_utf8_lossy(&name)
         );
@@ -90,11 +94,87 @@ fn tar_gz_head(path: &Path) -> Result<SourceFacts> {
         .take(preflight::HEAD)
         .read_to_end(&mut head)
         .with_context(what)?;
+    std::io::copy(&mut entry, &mut std::io::sink()).with_context(|| {
+        format!(
+            "{}: the archive is cut short (a truncated download?)",
+            what()
+        )
+    })?;
+    drop(entry);
+    if let Some(next) = entries.next() {
+        let next = next.with_context(|| format!("{}: the archive is cut short", what()))?;
+        bail!(
+            "{}: it holds more than disk.raw (also {:?}), which an extractor could take instead; {fix}",
+            what(),
+            String::from_utf8_lossy(&next.path_bytes())
+        );
+    }
+    // The end-of-archive blocks are read; the gzip stream must end whole after them.
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink())
+        .with_context(|| format!("{}: the gzip stream is cut short or corrupt", what()))?;
     Ok(SourceFacts {
         format: "tar.gz".into(),
         virtual_size,
         data_bytes: stored,
         head,
+    })
+}
+
+/// The image formats a build reads: raw and qcow2 hold their data in the one file (VMDK,
+/// VHD and the like can name other host files as extents, which would be read into the
+/// output).
+const FORMATS: [&str; 2] = ["raw", "qcow2"];
+
+/// Refuses an image that would read host files other than itself into the output: any
+/// format but raw and qcow2, and a qcow2 with an external data file (a backing file is
+/// checked on its own, since `-allow-backing-file` may allow it).
+pub fn refuse_host_files(path: &Path, info: &disk::ImageInfo) -> Result<()> {
+    if !FORMATS.contains(&info.format.as_str()) {
+        bail!(
+            "the source image {} is a {} image (told from its content, whatever its name), which may read other host files into the output: give a raw, qcow2 or GCE tar.gz image (qemu-img convert -O qcow2 {} cos.qcow2)",
+            path.display(),
+            info.format,
+            path.display()
+        );
+    }
+    if let Some(data_file) = info.data_file() {
+        bail!(
+            "the source image {} is a qcow2 image whose data is in the host file {data_file} (an external data file), which would be read into the output: convert it to a self-contained image (qemu-img convert -O qcow2 {} cos.qcow2)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `qemu-img check` of a qcow2 source, whole: a file cut short after its header, or
+/// corrupt, is refused before anything is made.
+fn check_qcow2(path: &Path) -> Result<()> {
+    let mut c = Command::new("qemu-img");
+    c.args(["check", "-U", "-f", "qcow2", "--output=json"])
+        .arg(path);
+    let line = cmd::render(c.get_program(), c.get_args());
+    let out = c
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("starting `{line}`"))?;
+    // 0: clean; 3: only leaked clusters, which lose no data. 2 is corruption, 1 no check.
+    let report: serde_json::Value = match out.status.code() {
+        Some(0 | 2 | 3) => serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    };
+    let count = |k: &str| report.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    if matches!(out.status.code(), Some(0 | 3)) && count("corruptions") == 0 {
+        return Ok(());
+    }
+    Err(cmd::failure(&line, &out)).with_context(|| {
+        format!(
+            "the source image {} is a damaged qcow2 image ({} corruptions, {} check errors: cut short, or written by a crashed program): copy or convert it again",
+            path.display(),
+            count("corruptions"),
+            count("check-errors")
+        )
     })
 }
 
@@ -112,7 +192,11 @@ fn qemu_head(path: &Path, allow_backing: bool) -> Result<SourceFacts> {
         )
     })?;
     let info = disk::parse_info(out.as_bytes(), path)?;
-    if let Some(backing) = info.backing_filename.filter(|_| !allow_backing) {
+    refuse_host_files(path, &info)?;
+    if info.format == "qcow2" {
+        check_qcow2(path)?;
+    }
+    if let Some(backing) = info.backing_filename.as_ref().filter(|_| !allow_backing) {
         bail!(
             "the source image {} is a {} image on top of the host file {backing}, which would be copied into the output: flatten it first (qemu-img convert -O qcow2 {} flat.qcow2) or pass -allow-backing-file",
             path.display(),
@@ -235,6 +319,110 @@ mod tests {
         f.set_len(20 * MIB).unwrap();
         let e = check_source(&img, &[OEM], false).unwrap_err().to_string();
         assert!(e.contains("is truncated: partition 8 (OEM)"), "{e}");
+    }
+
+    #[test]
+    fn a_source_reading_other_host_files_or_cut_short_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let host = cos_disk(d.path(), None);
+        // A VMDK descriptor named .img whose extent is a host file.
+        let vmdk = d.path().join("vmdk.img");
+        std::fs::write(
+            &vmdk,
+            format!(
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\nRW 131072 FLAT \"{}\" 0\n",
+                host.display()
+            ),
+        )
+        .unwrap();
+        let e = check_source(&vmdk, &ALWAYS, true).unwrap_err().to_string();
+        assert!(
+            e.contains("is a vmdk image") && e.contains("whatever its name"),
+            "{e}"
+        );
+        // A qcow2 whose data lives in a host file.
+        let external = d.path().join("external.qcow2");
+        cmd::run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-o"])
+                .arg(format!("data_file={},data_file_raw=on", host.display()))
+                .arg(&external)
+                .arg("64M"),
+        )
+        .unwrap();
+        let e = check_source(&external, &ALWAYS, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("external data file") && e.contains(&*host.to_string_lossy()),
+            "{e}"
+        );
+        // A qcow2 cut short after its header.
+        let fresh = tempfile::tempdir().unwrap();
+        let whole = d.path().join("whole.qcow2");
+        cmd::run(
+            Command::new("qemu-img")
+                .args([
+                    "convert",
+                    "-q",
+                    "-O",
+                    "qcow2",
+                    "-o",
+                    "preallocation=metadata",
+                ])
+                // A fresh disk: creating the image with a data file rewrote `host`.
+                .arg(cos_disk(fresh.path(), None))
+                .arg(&whole),
+        )
+        .unwrap();
+        check_source(&whole, &ALWAYS, false).unwrap();
+        let len = std::fs::metadata(&whole).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&whole)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let e = format!("{:#}", check_source(&whole, &ALWAYS, false).unwrap_err());
+        assert!(e.contains("damaged qcow2 image"), "{e}");
+    }
+
+    #[test]
+    fn a_tar_gz_must_hold_disk_raw_alone_and_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = cos_disk(d.path(), None);
+        let make = |name: &str, extra: Option<(&str, tar::EntryType)>| {
+            let path = d.path().join(name);
+            let gz = flate2::write::GzEncoder::new(
+                std::fs::File::create(&path).unwrap(),
+                flate2::Compression::fast(),
+            );
+            let mut tar = tar::Builder::new(gz);
+            tar.append_path_with_name(&disk, "disk.raw").unwrap();
+            if let Some((member, kind)) = extra {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(kind);
+                h.set_size(0);
+                h.set_mode(0o644);
+                tar.append_link(&mut h, member, "/etc/shadow").unwrap();
+            }
+            tar.into_inner().unwrap().finish().unwrap();
+            path
+        };
+        check_source(&make("ok.tar.gz", None), &ALWAYS, false).unwrap();
+        let two = make("two.tar.gz", Some(("disk.raw", tar::EntryType::Symlink)));
+        let e = check_source(&two, &ALWAYS, false).unwrap_err().to_string();
+        assert!(e.contains("holds more than disk.raw"), "{e}");
+        let ok = make("cut.tar.gz", None);
+        let len = std::fs::metadata(&ok).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&ok)
+            .unwrap()
+            .set_len(len - 100)
+            .unwrap();
+        let e = format!("{:#}", check_source(&ok, &ALWAYS, false).unwrap_err());
+        assert!(e.contains("cut short"), "{e}");
     }
 
     #[test]
