@@ -143,10 +143,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
     let id = state.new_id();
     json.insert("kind".into(), "compute#disk".into());
     json.insert("id".into(), id.clone().into());
-    json.insert(
-        "creationTimestamp".into(),
-        time::format(time::now_millis()).into(),
-    );
+    json.insert("creationTimestamp".into(), time::now().into());
     json.insert("name".into(), name.into());
     if let Some(d) = body.get("description") {
         json.insert("description".into(), d.clone());

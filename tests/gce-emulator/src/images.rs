@@ -100,7 +100,8 @@ fn newest_in_family(
                 && matches!(state, None | Some("ACTIVE"))
         })
         .max_by_key(|(_, image)| {
-            time::parse(image.json["creationTimestamp"].as_str().unwrap_or("")).unwrap_or(i64::MIN)
+            time::parse(image.json["creationTimestamp"].as_str().unwrap_or(""))
+                .unwrap_or(jiff::Timestamp::MIN)
         })
         .map(|(path, image)| (path.clone(), Value::Object(image.json.clone())))
         .ok_or_else(|| ApiError::not_found(&format!("{prefix}family/{family}")))
@@ -236,10 +237,7 @@ pub(crate) fn insert(
     let id = state.new_id();
     json.insert("kind".into(), "compute#image".into());
     json.insert("id".into(), id.clone().into());
-    json.insert(
-        "creationTimestamp".into(),
-        time::format(time::now_millis()).into(),
-    );
+    json.insert("creationTimestamp".into(), time::now().into());
     json.insert("name".into(), name.into());
     for field in ["description", "family", "storageLocations"] {
         if let Some(v) = body.get(field) {

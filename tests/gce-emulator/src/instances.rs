@@ -233,10 +233,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
     let mut json = Map::new();
     json.insert("kind".into(), "compute#instance".into());
     json.insert("id".into(), id.clone().into());
-    json.insert(
-        "creationTimestamp".into(),
-        time::format(time::now_millis()).into(),
-    );
+    json.insert("creationTimestamp".into(), time::now().into());
     json.insert("name".into(), name.into());
     json.insert(
         "machineType".into(),

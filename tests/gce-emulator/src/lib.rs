@@ -301,10 +301,9 @@ impl Handle {
             .and_then(serde_json::Value::as_str)
             .and_then(time::parse)
             .unwrap_or_else(|| panic!("{path}: creationTimestamp is not RFC 3339"));
-        let by = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         json.insert(
             "creationTimestamp".into(),
-            time::format(created.saturating_sub(by)).into(),
+            time::format(created.saturating_sub(by).unwrap_or(jiff::Timestamp::MIN)).into(),
         );
         true
     }

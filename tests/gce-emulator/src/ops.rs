@@ -89,8 +89,12 @@ pub(crate) fn start(
     target_id: &str,
     finish: Finish,
 ) -> Value {
-    let now = time::now_millis();
-    let name = format!("operation-{now}-{:012x}", state.next_u64() >> 16);
+    let now = jiff::Timestamp::now();
+    let name = format!(
+        "operation-{}-{:012x}",
+        now.as_millisecond(),
+        state.next_u64() >> 16
+    );
     let scope = match zone {
         Some(z) => format!("projects/{project}/zones/{z}"),
         None => format!("projects/{project}/global"),
@@ -180,7 +184,7 @@ fn step(state: &mut State, path: &str, count_hold: bool) -> Result<bool, ApiErro
         .ops
         .get_mut(path)
         .ok_or_else(|| ApiError::not_found(path))?;
-    let now = time::format(time::now_millis());
+    let now = time::now();
     match op.status {
         Status::Pending => {
             op.status = Status::Running;

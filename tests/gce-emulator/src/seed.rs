@@ -168,7 +168,7 @@ pub(crate) fn load_images(state: &mut State) -> anyhow::Result<()> {
         json.insert("sourceType".into(), "RAW".into());
         json.entry("diskSizeGb").or_insert("10".into());
         json.entry("creationTimestamp")
-            .or_insert(crate::time::format(crate::time::now_millis()).into());
+            .or_insert(crate::time::now().into());
         if let Some(licenses) = json.get("licenses").cloned() {
             let full = crate::images::full_licenses(&licenses, &Value::Null)
                 .map_err(|e| anyhow::anyhow!("seed: image {name}: {}", e.message))?;
