@@ -8,9 +8,11 @@ use serde_json::{Map, Value};
 
 use crate::boot::Job;
 use crate::images;
+use crate::links::{int64, link};
 use crate::listing;
-use crate::model::{int64, link, State};
-use crate::ops::{self, Finish};
+use crate::model::State;
+use crate::operation::Finish;
+use crate::ops;
 use crate::reply::{ApiError, Reply};
 use crate::time;
 use crate::validate::{self, DISK_TYPE};
@@ -27,36 +29,6 @@ const INSERT_FIELDS: &[&str] = &[
     "licenses",
     "architecture",
 ];
-
-/// The instances (full links) that have the disk at `path` attached.
-pub(crate) fn users(state: &State, path: &str) -> Vec<String> {
-    let full = link(path);
-    state
-        .store
-        .instances
-        .iter()
-        .filter(|(_, i)| {
-            i.json["disks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|d| d["source"] == full.as_str())
-        })
-        .map(|(p, _)| link(p))
-        .collect()
-}
-
-/// An instance that has the disk attached and is not TERMINATED, if any.
-pub(crate) fn running_user(state: &State, path: &str) -> Option<String> {
-    users(state, path).into_iter().find(|user| {
-        let p = crate::model::unlink(user);
-        state
-            .store
-            .instances
-            .get(p)
-            .is_some_and(|i| i.status != "TERMINATED")
-    })
-}
 
 fn disk_path(state: &State, project: &str, zone: &str, name: &str) -> Result<String, ApiError> {
     state.check_zone(project, zone)?;
@@ -198,7 +170,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
             size_gb: Some(u64::try_from(size).unwrap_or(1)),
             disk_type: disk_type.name,
         };
-        state.queue(&op, Job::CreateDisk { path, spec });
+        ops::queue(state, &op, Job::CreateDisk { path, spec });
     }
     Ok(op)
 }
@@ -206,7 +178,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
 /// The disk at `path` as GCE returns it, with `users` filled in.
 fn to_json(state: &State, path: &str) -> Value {
     let mut json = state.store.disks[path].clone();
-    let users = users(state, path);
+    let users = state.store.disk_users(path);
     if !users.is_empty() {
         json.insert("users".into(), users.into());
     }
@@ -266,11 +238,11 @@ pub(crate) fn resize(
         path: path.clone(),
         size_gb: u64::try_from(size).unwrap_or(0),
     });
-    for user in users(state, &path) {
-        if let Some(i) = state.store.instances.get_mut(crate::model::unlink(&user)) {
+    for user in state.store.disk_users(&path) {
+        if let Some(i) = state.store.instances.get_mut(crate::links::unlink(&user)) {
             if i.status == "RUNNING" {
                 let out = i.script.on_resize.clone();
-                i.serial[crate::serial::PORT_3].push(&out);
+                i.serial[crate::serial_buffer::PORT_3].push(&out);
             }
         }
     }
@@ -284,7 +256,7 @@ pub(crate) fn resize(
         Finish::Nothing,
     );
     if let Some(job) = grown.filter(|_| state.boot.is_some()) {
-        state.queue(&op, job);
+        ops::queue(state, &op, job);
     }
     Ok(op)
 }
@@ -293,7 +265,7 @@ pub(crate) fn resize(
 /// instance has it attached.
 pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
     let path = disk_path(state, project, zone, name)?;
-    if let Some(user) = users(state, &path).first() {
+    if let Some(user) = state.store.disk_users(&path).first() {
         return Err(ApiError::in_use(format!(
             "The disk resource '{path}' is already being used by '{user}'"
         )));
@@ -311,7 +283,7 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
     );
     if state.boot.is_some() {
         let disk = state.boot_disks.remove(&path);
-        state.queue(&op, Job::DeleteDisk { disk });
+        ops::queue(state, &op, Job::DeleteDisk { disk });
     }
     Ok(op)
 }

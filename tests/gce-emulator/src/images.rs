@@ -4,14 +4,17 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use anyhow::{bail, Context};
 use cos_customizer_core::backend::{ImageFormat, OutputImage};
 use serde_json::{json, Map, Value};
 
 use crate::boot::Job;
 use crate::gcs_fetch::{self, ImportError};
+use crate::links::{link, API_ROOT};
 use crate::listing;
-use crate::model::{link, Image, State, API_ROOT};
-use crate::ops::{self, Finish};
+use crate::model::{Image, State};
+use crate::operation::Finish;
+use crate::ops;
 use crate::reply::{ApiError, Reply};
 use crate::time;
 use crate::validate::{self, IMAGE, IMAGE_FAMILY, LICENSE};
@@ -180,7 +183,7 @@ pub(crate) fn insert(
             .get(&disk_path)
             .ok_or_else(|| ApiError::not_found(&disk_path))?
             .clone();
-        if let Some(user) = crate::disks::running_user(state, &disk_path) {
+        if let Some(user) = state.store.running_user(&disk_path) {
             if !force {
                 return Err(ApiError::in_use(format!(
                     "The disk resource '{disk_path}' is already being used by '{user}'"
@@ -303,7 +306,7 @@ pub(crate) fn insert(
             description: String::new(),
             local_file: Some((boot.image_file(name, "qcow2"), ImageFormat::Qcow2)),
         };
-        state.queue(&op, Job::CreateImage { path, disk, out });
+        ops::queue(state, &op, Job::CreateImage { path, disk, out });
     }
     Ok(op)
 }
@@ -422,4 +425,59 @@ pub(crate) fn delete(state: &mut State, project: &str, name: &str) -> Reply {
         &id,
         Finish::Nothing,
     ))
+}
+
+/// Puts the seed's images into the state, shaped as GCE returns them.
+pub(crate) fn load_seeded(state: &mut State) -> anyhow::Result<()> {
+    for entry in state.seed.images.clone() {
+        let mut json = entry.clone();
+        let project = json
+            .remove("project")
+            .and_then(|p| p.as_str().map(str::to_string))
+            .context("seed: an image has no project")?;
+        if !state.seed.projects.contains(&project) {
+            bail!("seed: image project {project} is not among the projects");
+        }
+        let file = match json.remove("file") {
+            None => None,
+            Some(Value::String(f)) => Some(std::path::PathBuf::from(f)),
+            Some(other) => bail!("seed: image file {other} is not a path"),
+        };
+        let name = json["name"].as_str().unwrap_or_default().to_string();
+        if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
+            bail!(
+                "seed: the file of image {name}, {}, does not exist (build the fixture with scripts/make-fixture.sh)",
+                f.display()
+            );
+        }
+        let path = format!("projects/{project}/global/images/{name}");
+        json.insert("kind".into(), "compute#image".into());
+        json.insert("id".into(), state.new_id().into());
+        json.insert("selfLink".into(), link(&path).into());
+        json.insert("status".into(), "READY".into());
+        json.insert("sourceType".into(), "RAW".into());
+        json.entry("diskSizeGb").or_insert("10".into());
+        json.entry("creationTimestamp")
+            .or_insert(time::now().into());
+        if let Some(licenses) = json.get("licenses").cloned() {
+            let full = full_licenses(&licenses, &Value::Null)
+                .map_err(|e| anyhow::anyhow!("seed: image {name}: {}", e.message))?;
+            json.insert("licenses".into(), full);
+        }
+        if let Some(Value::Object(dep)) = json.get_mut("deprecated") {
+            if let Some(r) = dep.get("replacement").and_then(Value::as_str) {
+                let full = full_image_link(r);
+                dep.insert("replacement".into(), full.into());
+            }
+        }
+        state.store.images.insert(
+            path,
+            Image {
+                json,
+                seeded: true,
+                file,
+            },
+        );
+    }
+    Ok(())
 }

@@ -10,14 +10,16 @@ use cos_customizer_core::backend::VmSpec;
 use serde_json::{json, Map, Value};
 
 use crate::boot::Job;
+use crate::links::link;
 use crate::listing;
 use crate::metadata;
-use crate::model::{link, Instance, State};
-use crate::ops::{self, Finish};
+use crate::model::{Instance, State};
+use crate::operation::Finish;
+use crate::ops;
 use crate::reply::{ApiError, Reply};
 use crate::script::Script;
 use crate::seed::MachineType;
-use crate::serial::SerialBuffer;
+use crate::serial_buffer::SerialBuffer;
 use crate::time;
 use crate::validate::{self, DISK, MACHINE_TYPE, NETWORK, SUBNETWORK};
 
@@ -114,7 +116,7 @@ fn attached_disks(
             .get(&disk_path)
             .ok_or_else(|| ApiError::not_found(&disk_path))?;
         let mode = d["mode"].as_str().unwrap_or("READ_WRITE");
-        if let Some(user) = crate::disks::users(state, &disk_path).first() {
+        if let Some(user) = state.store.disk_users(&disk_path).first() {
             return Err(ApiError::in_use(format!(
                 "The disk resource '{disk_path}' is already being used by '{user}'"
             )));
@@ -298,7 +300,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         Finish::InstanceRunning(path.clone()),
     );
     if let Some(job) = job {
-        state.queue(&op, job);
+        ops::queue(state, &op, job);
     }
     Ok(op)
 }
@@ -330,7 +332,7 @@ fn boot_job(path: &str, json: &Map<String, Value>, shape: Option<&MachineType>) 
             .to_string(),
     };
     // GCE stops an instance at its maxRunDuration; without one it runs until deleted.
-    let max_lifetime = crate::model::int64(json["scheduling"]["maxRunDuration"].get("seconds"))
+    let max_lifetime = crate::links::int64(json["scheduling"]["maxRunDuration"].get("seconds"))
         .and_then(|s| u64::try_from(s).ok())
         .map_or(Duration::from_secs(24 * 3600), Duration::from_secs);
     let disks = json["disks"]
@@ -338,7 +340,7 @@ fn boot_job(path: &str, json: &Map<String, Value>, shape: Option<&MachineType>) 
         .into_iter()
         .flatten()
         .filter_map(|d| d["source"].as_str())
-        .map(|s| crate::model::unlink(s).to_string())
+        .map(|s| crate::links::unlink(s).to_string())
         .collect();
     Job::CreateVm {
         path: path.to_string(),
@@ -402,7 +404,7 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
     let mut vm_disks = Vec::new();
     for d in instance.json["disks"].as_array().into_iter().flatten() {
         if d["autoDelete"] == true {
-            let disk = crate::model::unlink(d["source"].as_str().unwrap_or_default());
+            let disk = crate::links::unlink(d["source"].as_str().unwrap_or_default());
             state.store.disks.remove(disk);
             vm_disks.extend(state.boot_disks.remove(disk));
         }
@@ -422,7 +424,7 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
             vm: instance.vm,
             disks: vm_disks,
         };
-        state.queue(&op, job);
+        ops::queue(state, &op, job);
     }
     Ok(op)
 }
@@ -446,7 +448,7 @@ pub(crate) fn stop(state: &mut State, project: &str, zone: &str, name: &str) -> 
         Finish::Nothing,
     );
     if state.boot.is_some() {
-        state.queue(&op, Job::StopVm { path });
+        ops::queue(state, &op, Job::StopVm { path });
     }
     Ok(op)
 }

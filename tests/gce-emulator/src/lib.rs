@@ -15,24 +15,38 @@
 //! # Ok(()) }
 //! ```
 
+// In layers, each using only the ones before it (tests/import_graph.rs checks there is no
+// circle). Data and rules: the API's links, replies, faults, routes, scripts, timestamps, the
+// discovery document and the seed, serial buffers, operations, boot mode's jobs; then the state
+// that holds them;
 mod boot;
 mod discovery;
-mod disks;
 mod faults;
 mod gcs_fetch;
-mod images;
-mod instances;
-mod listing;
-mod metadata;
-mod model;
-mod ops;
+mod links;
+mod operation;
 mod reply;
-mod router;
+mod route;
 mod script;
 mod seed;
-mod serial;
+mod serial_buffer;
 mod time;
 mod validate;
+
+mod model;
+
+// then what acts on the state: operations, listing, boot mode's runner, the resources' handlers;
+// and last the router over them all.
+mod disks;
+mod images;
+mod instances;
+mod jobs;
+mod listing;
+mod metadata;
+mod ops;
+mod serial;
+
+mod router;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,7 +65,7 @@ pub use discovery::{Discovery, Method, Side};
 pub use faults::Fault;
 pub use model::RequestRecord;
 pub use reply::ApiError;
-pub use router::Route;
+pub use route::Route;
 pub use script::Script;
 pub use seed::{DiskType, MachineType, Seed};
 
@@ -116,12 +130,9 @@ impl Emulator {
             Some(b) => Some(Arc::new(boot::Boot::new(b)?)),
             None => None,
         };
-        let state = Arc::new(Mutex::new(State::new(
-            opts.seed,
-            settings,
-            opts.rng_seed,
-            boot,
-        )?));
+        let mut state = State::new(opts.seed, settings, opts.rng_seed, boot);
+        images::load_seeded(&mut state)?;
+        let state = Arc::new(Mutex::new(state));
         let listener = TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("binding {}", opts.listen))?;

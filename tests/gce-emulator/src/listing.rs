@@ -195,7 +195,7 @@ pub(crate) fn page(
     let mut out = Map::new();
     out.insert("kind".into(), kind.into());
     // GCE's list id is the collection's path, not its URL.
-    out.insert("id".into(), crate::model::unlink(&self_link).into());
+    out.insert("id".into(), crate::links::unlink(&self_link).into());
     if end > offset {
         out.insert("items".into(), json!(items[offset..end]));
     }

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 use crate::boot::Job;
 use crate::model::State;
-use crate::ops::{self, Finish};
+use crate::operation::Finish;
+use crate::ops;
 use crate::reply::{ApiError, Reply};
 
 /// The largest value GCE takes for one item.
@@ -128,7 +129,7 @@ pub(crate) fn set(state: &mut State, project: &str, zone: &str, path: &str, body
             path: path.to_string(),
             items: changed,
         };
-        state.queue(&op, job);
+        ops::queue(state, &op, job);
     }
     Ok(op)
 }

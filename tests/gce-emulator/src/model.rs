@@ -13,25 +13,13 @@ use serde_json::{Map, Value};
 
 use crate::boot::{Boot, Job};
 use crate::faults::Fault;
-use crate::ops::Operation;
+use crate::links::{link, unlink};
+use crate::operation::Operation;
 use crate::reply::ApiError;
-use crate::router::Route;
+use crate::route::Route;
 use crate::script::Script;
 use crate::seed::Seed;
-use crate::serial::SerialBuffer;
-
-/// Where GCE's `selfLink`s live.
-pub(crate) const API_ROOT: &str = "https://www.googleapis.com/compute/v1/";
-
-/// The full URL of a resource path such as `projects/p/zones/z/disks/d`.
-pub(crate) fn link(path: &str) -> String {
-    format!("{API_ROOT}{path}")
-}
-
-/// The resource path of a full URL (the inverse of [`link`]); a path is returned as it is.
-pub(crate) fn unlink(url: &str) -> &str {
-    url.strip_prefix(API_ROOT).unwrap_or(url)
-}
+use crate::serial_buffer::SerialBuffer;
 
 /// One request as the emulator received it.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +103,34 @@ pub(crate) struct Store {
     pub images: BTreeMap<String, Image>,
 }
 
+impl Store {
+    /// The instances (full links) that have the disk at `path` attached.
+    pub fn disk_users(&self, path: &str) -> Vec<String> {
+        let full = link(path);
+        self.instances
+            .iter()
+            .filter(|(_, i)| {
+                i.json["disks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d["source"] == full.as_str())
+            })
+            .map(|(p, _)| link(p))
+            .collect()
+    }
+
+    /// An instance that has the disk attached and is not TERMINATED, if any.
+    pub fn running_user(&self, path: &str) -> Option<String> {
+        self.disk_users(path).into_iter().find(|user| {
+            let p = unlink(user);
+            self.instances
+                .get(p)
+                .is_some_and(|i| i.status != "TERMINATED")
+        })
+    }
+}
+
 /// Everything the emulator holds.
 pub(crate) struct State {
     /// Projects, zones, disk and machine types.
@@ -143,14 +159,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// A state holding the seed's images.
-    pub fn new(
-        seed: Seed,
-        settings: Settings,
-        rng_seed: u64,
-        boot: Option<Arc<Boot>>,
-    ) -> anyhow::Result<State> {
-        let mut state = State {
+    /// A state with no resources yet (`images::load_seeded` adds the seed's images).
+    pub fn new(seed: Seed, settings: Settings, rng_seed: u64, boot: Option<Arc<Boot>>) -> State {
+        State {
             seed,
             settings,
             store: Store::default(),
@@ -163,9 +174,7 @@ impl State {
             boot_disks: HashMap::new(),
             pending: Vec::new(),
             rng: rng_seed | 1,
-        };
-        crate::seed::load_images(&mut state)?;
-        Ok(state)
+        }
     }
 
     /// The next pseudo-random number (xorshift64*).
@@ -184,14 +193,6 @@ impl State {
     /// A new opaque fingerprint: base64 of 8 random bytes.
     pub fn fingerprint(&mut self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.next_u64().to_be_bytes())
-    }
-
-    /// Queues boot-mode work and keeps the operation of `op` (a mutating call's answer)
-    /// RUNNING until the work is done.
-    pub fn queue(&mut self, op: &Value, job: Job) {
-        let path = crate::ops::path_of(op);
-        crate::ops::block(self, &path);
-        self.pending.push((path, job));
     }
 
     /// 404 unless the project is seeded.
@@ -213,14 +214,5 @@ impl State {
                 "projects/{project}/zones/{zone}"
             )))
         }
-    }
-}
-
-/// An int64 field that GCE sends as a string and accepts as either form.
-pub(crate) fn int64(value: Option<&Value>) -> Option<i64> {
-    match value? {
-        Value::String(s) => s.parse().ok(),
-        Value::Number(n) => n.as_i64(),
-        _ => None,
     }
 }

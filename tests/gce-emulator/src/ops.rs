@@ -4,79 +4,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use crate::model::{link, State};
+use crate::boot::Job;
+use crate::links::link;
+use crate::model::State;
+use crate::operation::{Finish, Operation, Status};
 use crate::reply::{ApiError, Reply};
 use crate::time;
-
-/// What becomes true when an operation is DONE without an error.
-#[derive(Clone, Debug)]
-pub(crate) enum Finish {
-    /// Nothing more.
-    Nothing,
-    /// The instance at this path goes RUNNING.
-    InstanceRunning(String),
-    /// The image at this path goes READY.
-    ImageReady(String),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Status {
-    Pending,
-    Running,
-    Done,
-}
-
-/// One operation.
-#[derive(Clone, Debug)]
-pub(crate) struct Operation {
-    json: Map<String, Value>,
-    status: Status,
-    running_left: u32,
-    /// Boot-mode work (a VM starting, a disk being made) keeps it RUNNING until it ends.
-    busy: bool,
-    finish: Finish,
-    error: Option<(String, String, u16)>,
-}
-
-impl Operation {
-    fn to_json(&self) -> Value {
-        let mut json = self.json.clone();
-        let (status, progress) = match self.status {
-            Status::Pending => ("PENDING", 0),
-            Status::Running => ("RUNNING", 50),
-            Status::Done => ("DONE", 100),
-        };
-        json.insert("status".into(), status.into());
-        json.insert("progress".into(), progress.into());
-        if self.status == Status::Done {
-            if let Some((code, message, http)) = &self.error {
-                json.insert(
-                    "error".into(),
-                    json!({"errors": [{"code": code, "message": message}]}),
-                );
-                json.insert("httpErrorStatusCode".into(), (*http).into());
-                json.insert("httpErrorMessage".into(), http_reason(*http).into());
-            }
-        }
-        Value::Object(json)
-    }
-}
-
-/// The reason phrase GCE puts in `httpErrorMessage`.
-fn http_reason(status: u16) -> &'static str {
-    match status {
-        400 => "BAD REQUEST",
-        403 => "FORBIDDEN",
-        404 => "NOT FOUND",
-        409 => "CONFLICT",
-        412 => "PRECONDITION FAILED",
-        429 => "TOO MANY REQUESTS",
-        503 => "SERVICE UNAVAILABLE",
-        _ => "ERROR",
-    }
-}
 
 /// Starts an operation on `target` (a resource path) in the zone, or globally without one, and
 /// returns it as the mutating call answers it (PENDING).
@@ -126,9 +61,17 @@ pub(crate) fn start(
     out
 }
 
+/// Queues boot-mode work and keeps the operation of `op` (a mutating call's answer)
+/// RUNNING until the work is done.
+pub(crate) fn queue(state: &mut State, op: &Value, job: Job) {
+    let path = path_of(op);
+    block(state, &path);
+    state.pending.push((path, job));
+}
+
 /// The operation path in a mutating call's answer.
 pub(crate) fn path_of(op: &Value) -> String {
-    crate::model::unlink(op["selfLink"].as_str().unwrap_or_default()).to_string()
+    crate::links::unlink(op["selfLink"].as_str().unwrap_or_default()).to_string()
 }
 
 /// Makes the operation end DONE with this error, doing nothing else.

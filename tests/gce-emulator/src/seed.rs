@@ -6,7 +6,6 @@ use anyhow::{bail, Context};
 use serde_json::{Map, Value};
 
 use crate::discovery::{Discovery, Side};
-use crate::model::{link, Image, State};
 use crate::validate;
 
 /// The built-in seed.
@@ -80,7 +79,7 @@ impl Seed {
                     .as_str()
                     .context("seed: disk type without name")?
                     .into(),
-                default_size_gb: crate::model::int64(t.get("defaultDiskSizeGb")).unwrap_or(10),
+                default_size_gb: crate::links::int64(t.get("defaultDiskSizeGb")).unwrap_or(10),
             });
         }
         let mut machine_types = Vec::new();
@@ -135,61 +134,6 @@ impl Seed {
         }
         Ok(seed)
     }
-}
-
-/// Puts the seed's images into the state, shaped as GCE returns them.
-pub(crate) fn load_images(state: &mut State) -> anyhow::Result<()> {
-    for entry in state.seed.images.clone() {
-        let mut json = entry.clone();
-        let project = json
-            .remove("project")
-            .and_then(|p| p.as_str().map(str::to_string))
-            .context("seed: an image has no project")?;
-        if !state.seed.projects.contains(&project) {
-            bail!("seed: image project {project} is not among the projects");
-        }
-        let file = match json.remove("file") {
-            None => None,
-            Some(Value::String(f)) => Some(std::path::PathBuf::from(f)),
-            Some(other) => bail!("seed: image file {other} is not a path"),
-        };
-        let name = json["name"].as_str().unwrap_or_default().to_string();
-        if let Some(f) = file.as_ref().filter(|f| !f.is_file()) {
-            bail!(
-                "seed: the file of image {name}, {}, does not exist (build the fixture with scripts/make-fixture.sh)",
-                f.display()
-            );
-        }
-        let path = format!("projects/{project}/global/images/{name}");
-        json.insert("kind".into(), "compute#image".into());
-        json.insert("id".into(), state.new_id().into());
-        json.insert("selfLink".into(), link(&path).into());
-        json.insert("status".into(), "READY".into());
-        json.insert("sourceType".into(), "RAW".into());
-        json.entry("diskSizeGb").or_insert("10".into());
-        json.entry("creationTimestamp")
-            .or_insert(crate::time::now().into());
-        if let Some(licenses) = json.get("licenses").cloned() {
-            let full = crate::images::full_licenses(&licenses, &Value::Null)
-                .map_err(|e| anyhow::anyhow!("seed: image {name}: {}", e.message))?;
-            json.insert("licenses".into(), full);
-        }
-        if let Some(Value::Object(dep)) = json.get_mut("deprecated") {
-            if let Some(r) = dep.get("replacement").and_then(Value::as_str) {
-                let full = crate::images::full_image_link(r);
-                dep.insert("replacement".into(), full.into());
-            }
-        }
-        state.store.images.insert(
-            path,
-            Image {
-                json,
-                seeded: true,
-                file,
-            },
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::model::API_ROOT;
+use crate::links::API_ROOT;
 use crate::reply::ApiError;
 
 /// Checks a resource name: `[a-z]([-a-z0-9]{0,61}[a-z0-9])?`.
@@ -85,7 +85,7 @@ pub(crate) fn reference(field: &str, value: &str, shape: &[&str]) -> Result<Vec<
 
 /// [`reference`] without the error: `None` if `value` has another form.
 pub(crate) fn try_reference(value: &str, shape: &[&str]) -> Option<Vec<String>> {
-    let path = crate::model::unlink(value);
+    let path = crate::links::unlink(value);
     let parts: Vec<&str> = path.split('/').collect();
     if parts.len() != shape.len() {
         return None;
