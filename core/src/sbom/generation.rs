@@ -9,12 +9,11 @@ use super::types::{
     CreationInfo, Document, ExternalDocumentRef, Input, Package, Relationship, SbomPackage, Stamp,
     VerificationCode,
 };
-use super::validation::idstring;
+use super::validation::{idstring, NOASSERTION};
 
 const SPDX_VERSION: &str = "SPDX-2.2";
 const DATA_LICENSE: &str = "CC0-1.0";
 const DOCUMENT_ID: &str = "SPDXRef-DOCUMENT";
-pub(super) const NOASSERTION: &str = "NOASSERTION";
 pub(super) const DOC_NAME_SUFFIX: &str = "sbom.spdx.json";
 /// The creator the original names; kept so that consumers see the same tool.
 const CREATOR_TOOL: &str = "gcr.io/cos-cloud/cos-customizer";

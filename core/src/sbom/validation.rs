@@ -3,7 +3,9 @@
 
 use serde::{de, Deserialize, Deserializer, Serializer};
 
-use super::generation::NOASSERTION;
+/// What SPDX writes for a value that is not asserted; the generation fills mandatory fields
+/// with it too.
+pub(super) const NOASSERTION: &str = "NOASSERTION";
 
 /// The checksum algorithms SPDX 2.2 names.
 const ALGORITHMS: [&str; 17] = [
