@@ -7,6 +7,9 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use cos_customizer_common::goflags::parse_bool;
 
+/// The program's name, in its help, man pages and completions.
+pub const BIN: &str = "cos-customizer";
+
 /// Turns a Container-Optimized OS image into a customized image.
 ///
 /// start-image-build and the steps only record intent in a local state folder;
@@ -54,7 +57,7 @@ pub enum Cmd {
     Completions {
         /// The shell the script is for.
         #[arg(value_enum)]
-        shell: crate::completions::Shell,
+        shell: Shell,
     },
     /// Writes the man pages (cos-customizer.1 and one per subcommand) into a folder.
     #[command(hide = true)]
@@ -316,4 +319,15 @@ mod tests {
     fn clap_self_check() {
         Cli::command().debug_assert();
     }
+}
+
+/// The shells a completion script is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
 }

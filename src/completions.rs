@@ -4,22 +4,12 @@
 use std::io::Write;
 
 use anyhow::Context;
-use clap::{Arg, ArgAction, Command, ValueEnum};
+use clap::{Arg, ArgAction, Command};
 
 use cos_customizer_common::goflags::is_bool;
 
+use crate::cli::{Shell, BIN};
 use crate::help;
-
-/// The shells a completion script is written for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Shell {
-    /// bash.
-    Bash,
-    /// zsh.
-    Zsh,
-    /// fish.
-    Fish,
-}
 
 /// The completion script for `shell`.
 pub fn script(shell: Shell) -> String {
@@ -31,7 +21,7 @@ pub fn script(shell: Shell) -> String {
         Shell::Zsh => clap_complete::Shell::Zsh,
         Shell::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(generator, &mut cmd, crate::BIN, &mut buf);
+    clap_complete::generate(generator, &mut cmd, BIN, &mut buf);
     let text = String::from_utf8_lossy(&buf);
     match shell {
         // fish spells a single-dash long flag `-o name` ("old style") where clap writes `-l name`.
@@ -46,10 +36,8 @@ pub fn script(shell: Shell) -> String {
         // (`cos__customizer__subcmd__x` where it walks the words, `cos__subcmd__customizer__
         // subcmd__x` where it matches them: clap-rs/clap#6421), so no subcommand's flags
         // would complete: use the first spelling throughout.
-        Shell::Bash => help::single_dash(&text, &longs, "-").replace(
-            &crate::BIN.replace('-', "__subcmd__"),
-            &crate::BIN.replace('-', "__"),
-        ),
+        Shell::Bash => help::single_dash(&text, &longs, "-")
+            .replace(&BIN.replace('-', "__subcmd__"), &BIN.replace('-', "__")),
         Shell::Zsh => help::single_dash(&text, &longs, "-"),
     }
 }

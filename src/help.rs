@@ -10,7 +10,7 @@ use clap::{Arg, ArgAction, Command, CommandFactory};
 
 use cos_customizer_common::goflags::is_bool;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, BIN};
 
 /// Where help text wraps, as a terminal's width.
 const WIDTH: usize = 80;
@@ -80,7 +80,7 @@ fn go_value(a: Arg) -> Arg {
 
 /// `cos-customizer [global flags] <subcommand> [flags]`, or one subcommand's usage.
 fn usage(cmd: &Command, sub: bool) -> String {
-    let bin = crate::BIN;
+    let bin = BIN;
     if !sub {
         format!("{bin} [global flags] <subcommand> [flags]")
     } else if visible_flags(cmd).next().is_none() {
@@ -146,7 +146,7 @@ fn render(cmd: &Command, sub: bool) -> String {
         let _ = writeln!(
             out,
             "Run \"{} <subcommand> -h\" for a subcommand's flags.",
-            crate::BIN
+            BIN
         );
     }
     out.truncate(out.trim_end().len());

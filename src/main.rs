@@ -14,9 +14,6 @@ use cos_customizer_common::goflags;
 
 use cli::{Cli, Cmd};
 
-/// The program's name, in its help, man pages and completions.
-const BIN: &str = "cos-customizer";
-
 fn main() -> ExitCode {
     let cli = match goflags::parse_with::<Cli>(help::command(), std::env::args_os()) {
         Ok(cli) => cli,
