@@ -12,10 +12,10 @@ use anyhow::{bail, Result};
 use cos_customizer_common::cmd::shell_quote;
 use cos_customizer_common::config::InstallGpuArgs;
 
+use super::script_file::write_script;
 use crate::child::run_forwarded;
 use crate::context::Context;
 use crate::gcs;
-use crate::steps::write_script;
 
 const DEFAULT_INSTALL_DIR: &str = "/var/lib/nvidia";
 /// Set in the script's environment by a build that preloads without a GPU; unset when the

@@ -10,10 +10,10 @@ use anyhow::{bail, Context as _, Result};
 use cos_customizer_common::cmd::shell_quote;
 use cos_customizer_common::config::InstallPackagesArgs;
 
+use super::script_file::write_script;
 use crate::child::run_forwarded;
 use crate::context::Context;
 use crate::gcs::Gcs;
-use crate::steps::write_script;
 
 /// Installs the packages; `storage_endpoint` is the build's (empty for Cloud Storage).
 pub fn run(ctx: &Context, args: &InstallPackagesArgs, storage_endpoint: &str) -> Result<()> {

@@ -4,12 +4,8 @@ mod disable_auto_update;
 mod install_gpu;
 mod install_packages;
 mod run_script;
+mod script_file;
 mod seal_oem;
-
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use cos_customizer_common::config::Step;
@@ -40,21 +36,4 @@ fn run_step(ctx: &Context, state: &State, step: &Step) -> Result<()> {
             install_packages::run(ctx, args, &state.config.storage_endpoint)
         }
     }
-}
-
-/// Writes a step's script (mode 0744, as the original), making its folder first.
-fn write_script(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o744)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
 }
