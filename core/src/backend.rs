@@ -14,8 +14,6 @@ use async_trait::async_trait;
 use cos_customizer_common::config::SourceImage;
 use cos_customizer_common::protocol::{ACK_METADATA_KEY, ACK_METADATA_VALUE};
 
-use crate::preload::LogLine;
-
 /// A disk the backend created: a file path for QEMU, a disk name for GCE.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DiskId(pub String);
@@ -340,5 +338,25 @@ mod tests {
             ImageFormat::Raw
         );
         assert!("vmdk".parse::<ImageFormat>().is_err());
+    }
+}
+
+/// A line for the build log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLine<'a> {
+    /// What the provisioner reported on serial port 3 (`BuildStatus:` and the end marker).
+    Guest(&'a str),
+    /// What the preloader does, step by step (the build's progress, with the guest's).
+    Host(&'a str),
+    /// A note on the run beside the progress: timings, warnings.
+    Note(&'a str),
+}
+
+impl LogLine<'_> {
+    /// The line's text.
+    pub fn text(&self) -> &str {
+        match self {
+            LogLine::Guest(t) | LogLine::Host(t) | LogLine::Note(t) => t,
+        }
     }
 }

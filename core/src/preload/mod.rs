@@ -32,25 +32,7 @@ pub const WORK_DIR_PREFIX: &str = "cos-customizer-cidata-";
 /// The label on every build VM, so leftovers can be found and removed.
 pub const CLEANUP_LABEL: &str = "cos-customizer-cleanup";
 
-/// A line for the build log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogLine<'a> {
-    /// What the provisioner reported on serial port 3 (`BuildStatus:` and the end marker).
-    Guest(&'a str),
-    /// What the preloader does, step by step (the build's progress, with the guest's).
-    Host(&'a str),
-    /// A note on the run beside the progress: timings, warnings.
-    Note(&'a str),
-}
-
-impl LogLine<'_> {
-    /// The line's text.
-    pub fn text(&self) -> &str {
-        match self {
-            LogLine::Guest(t) | LogLine::Host(t) | LogLine::Note(t) => t,
-        }
-    }
-}
+pub use crate::backend::LogLine;
 
 /// Everything one build needs.
 #[derive(Debug, Clone)]
