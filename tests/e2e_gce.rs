@@ -438,10 +438,16 @@ fail() { echo "fake-installer: $*"; exit 1; }
 val() { eval "printf %s \"\${$1}\""; }
 [ "$*" = install ] || fail "arguments '$*', expected the image's own 'install'"
 for kv in NVIDIA_DRIVER_VERSION=535.129.03 NVIDIA_INSTALL_DIR_HOST=/var/lib/nvidia \
-    NVIDIA_INSTALL_DIR_CONTAINER=/usr/local/nvidia ROOT_MOUNT_DIR=/root TOOLCHAIN_PKG_DIR=/toolchain \
-    COS_DOWNLOAD_GCS=@DEPS@ GPU_INSTALLER_DOWNLOAD_URL=@DEPS@/NVIDIA-Linux-x86_64-535.129.03.run; do
+    NVIDIA_INSTALL_DIR_CONTAINER=/usr/local/nvidia ROOT_MOUNT_DIR=/root TOOLCHAIN_PKG_DIR=/toolchain; do
   env | grep -qx "$kv" || fail "${kv%%=*} is '$(val "${kv%%=*}")', expected '${kv#*=}'"
 done
+# -deps-dir's files are staged under the build's own folder, named by its build id.
+case "$COS_DOWNLOAD_GCS" in
+  @DEPS@/*/gcs_files) ;;
+  *) fail "COS_DOWNLOAD_GCS is '$COS_DOWNLOAD_GCS', expected '@DEPS@/<build id>/gcs_files'" ;;
+esac
+[ "$GPU_INSTALLER_DOWNLOAD_URL" = "$COS_DOWNLOAD_GCS/NVIDIA-Linux-x86_64-535.129.03.run" ] ||
+  fail "GPU_INSTALLER_DOWNLOAD_URL is '$GPU_INSTALLER_DOWNLOAD_URL', expected the installer in '$COS_DOWNLOAD_GCS'"
 grep -q ' /sys sysfs rw' /proc/mounts || fail "/sys is read-only: not --privileged"
 [ "$(cat /proc/1/comm)" = systemd ] || fail "PID 1 is $(cat /proc/1/comm): not --pid=host"
 [ "$(readlink /proc/1/ns/net)" = "$(readlink /proc/self/ns/net)" ] || fail "not --net=host"
@@ -467,7 +473,7 @@ async fn a_gpu_build_gets_its_gpu_scratch_disk_and_dependencies() {
     else {
         return;
     };
-    let deps_url = format!("{}/{BUCKET}/w/cos-customizer/gcs_files", env.gcs.endpoint());
+    let deps_url = format!("{}/{BUCKET}/w/cos-customizer", env.gcs.endpoint());
     let script = GPU_INSTALLER.replace("@DEPS@", &deps_url);
     let files = [("cos-gpu-installer", script.as_str())];
     let image = tokio::task::block_in_place(|| {

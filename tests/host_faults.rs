@@ -106,6 +106,13 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Whether the stand-in QEMU runs: the checks before it (`qemu-img` reading the
+    /// source's first MiB into TMPDIR) also name TMPDIR, and a kill then would land before
+    /// the build made anything.
+    fn qemu_runs(&self) -> bool {
+        self.processes().lines().any(|l| l.contains("qemu-system"))
+    }
+
     fn wait_for(&self, what: &str, mut done: impl FnMut() -> bool) {
         let until = Instant::now() + Duration::from_secs(30);
         while !done() {
@@ -143,7 +150,7 @@ fn sigkill_takes_qemu_along_and_a_later_build_sweeps_what_was_left() {
     h.fake_qemu("while :; do sleep 1; done");
 
     let mut first = h.finish();
-    h.wait_for("the stand-in QEMU", || !h.processes().is_empty());
+    h.wait_for("the stand-in QEMU", || h.qemu_runs());
     kill(&first, "-KILL");
     first.wait().unwrap();
     h.wait_for("QEMU to die with the CLI", || h.processes().is_empty());
@@ -161,7 +168,7 @@ fn sigkill_takes_qemu_along_and_a_later_build_sweeps_what_was_left() {
     // The next build removes them, says so, and cleans up after itself on SIGHUP
     // (a closed terminal) as on SIGTERM.
     let second = h.finish();
-    h.wait_for("the second stand-in QEMU", || !h.processes().is_empty());
+    h.wait_for("the second stand-in QEMU", || h.qemu_runs());
     kill(&second, "-HUP");
     let out = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -188,7 +195,7 @@ fn sigterm_cleans_up_everything() {
     let h = Host::new();
     h.fake_qemu("while :; do sleep 1; done");
     let child = h.finish();
-    h.wait_for("the stand-in QEMU", || !h.processes().is_empty());
+    h.wait_for("the stand-in QEMU", || h.qemu_runs());
     kill(&child, "-TERM");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
