@@ -1,12 +1,18 @@
 //! `finish-image-build -backend=gce` end to end through the CLI against the Compute emulator
 //! (scripted build VM) and fake-gcs-server: the image is made, the older image of its family is
 //! deprecated, and nothing of the build is left in Compute or Cloud Storage, on success and on
-//! a failed build.
+//! a failed build. Against Compute endpoints that are not what they should be (nothing
+//! listening, a silent server, 404 or 503 to everything, answers that are not JSON) the build
+//! fails before it makes anything, within a minute, naming the endpoint, and keeps the
+//! recorded steps; `-dry-run` names the same problems.
 
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use cos_customizer_gce_emulator::{Emulator, Handle, Options, Script};
 use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
+use cos_customizer_testkit::testserver::{Reply, TestServer};
+use serde_json::json;
 
 const BUCKET: &str = "builds";
 
@@ -36,8 +42,13 @@ impl Env {
     }
 
     async fn run(&self, args: &[&str]) -> Output {
+        self.run_at(&self.emu.compute_base(), args).await
+    }
+
+    /// The program with `args`, sent to the Compute API at `compute`.
+    async fn run_at(&self, compute: &str, args: &[&str]) -> Output {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
-            .arg(format!("-compute-endpoint={}", self.emu.compute_base()))
+            .arg(format!("-compute-endpoint={compute}"))
             .arg(format!("-storage-endpoint={}", self.gcs.endpoint()))
             .args(args)
             .env("HOME", self.home.path())
@@ -70,6 +81,10 @@ impl Env {
     }
 
     async fn finish(&self, extra: &[&str]) -> Output {
+        self.finish_at(&self.emu.compute_base(), extra).await
+    }
+
+    async fn finish_at(&self, compute: &str, extra: &[&str]) -> Output {
         let mut args = vec![
             "finish-image-build",
             "-backend=gce",
@@ -82,7 +97,7 @@ impl Env {
             "-provisioner=/bin/busybox",
         ];
         args.extend_from_slice(extra);
-        self.run(&args).await
+        self.run_at(compute, &args).await
     }
 
     fn assert_clean(&self) {
@@ -413,4 +428,124 @@ async fn a_bad_sbom_input_is_named_before_the_build_and_keeps_the_state() {
         .path()
         .join(".cos-customizer-workdir/user_build_context.tar")
         .exists());
+}
+
+impl Env {
+    /// The recorded build is still there: a dry run against the emulator plans it, and
+    /// nothing was made.
+    async fn assert_state_kept(&self) {
+        let out = self.finish(&["-dry-run"]).await;
+        assert!(out.status.success(), "the state is gone: {}", text(&out));
+        self.assert_clean();
+        assert!(self.emu.resources().images.is_empty());
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A finish against `compute` fails within `within`, its message holding each of `says`,
+/// and the state is kept.
+async fn fails_and_keeps(env: &Env, compute: &str, within: Duration, says: &[&str]) {
+    let start = Instant::now();
+    let out = env.finish_at(compute, &[]).await;
+    let took = start.elapsed();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(took < within, "took {took:?}: {all}");
+    for s in says.iter().chain(&["the build state is kept", compute]) {
+        assert!(all.contains(s), "no {s:?} in: {all}");
+    }
+    env.assert_state_kept().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_listening_fails_fast_and_keeps_the_state() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    env.steps().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let compute = format!("http://127.0.0.1:{port}/compute/v1/");
+    fails_and_keeps(&env, &compute, Duration::from_secs(45), &["gave up after"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_never_answers_fails_within_a_minute() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    env.steps().await;
+    let server = TestServer::answering_all(|| Reply::Silent).await;
+    let compute = format!("{}/compute/v1/", server.origin);
+    fails_and_keeps(
+        &env,
+        &compute,
+        Duration::from_secs(60),
+        &["no answer within"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_404_for_everything_is_not_read_as_a_missing_image() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    env.steps().await;
+    let server =
+        TestServer::answering_all(|| Reply::Text(404, "<html>Not Found</html>".into())).await;
+    let compute = format!("{}/compute/v1/", server.origin);
+    fails_and_keeps(
+        &env,
+        &compute,
+        Duration::from_secs(20),
+        &["without Compute's error body"],
+    )
+    .await;
+    // Nothing was sent that would create anything.
+    assert!(server.seen().iter().all(|s| s.method == "GET"));
+    let out = env.finish_at(&compute, &["-dry-run"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("a real run would be refused"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_and_garbage_keep_the_state() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    env.steps().await;
+    let busy = TestServer::answering_all(|| {
+        Reply::Json(
+            503,
+            json!({"error": {"code": 503, "message": "backendError", "errors": [{"reason": "backendError"}]}}),
+        )
+    })
+    .await;
+    let compute = format!("{}/compute/v1/", busy.origin);
+    fails_and_keeps(&env, &compute, Duration::from_secs(50), &["gave up after"]).await;
+
+    let garbage = TestServer::answering_all(|| Reply::Text(200, "hello".into())).await;
+    let compute = format!("{}/compute/v1/", garbage.origin);
+    fails_and_keeps(
+        &env,
+        &compute,
+        Duration::from_secs(20),
+        &["is the endpoint the Compute API?"],
+    )
+    .await;
 }

@@ -103,6 +103,9 @@ pub enum VmStatus {
     Stopped,
     /// The VM ended some other way (a crash, a panic, a forced stop); the reason says which.
     Failed(String),
+    /// A status this version does not know (a cloud added one): the flow says so once and
+    /// waits on, as for [`VmStatus::Running`], until a known status or its timeout.
+    Unrecognized(String),
 }
 
 /// The file format of a local output image.
@@ -256,6 +259,12 @@ pub trait BackendType: Send + Sync {
 /// Deleting something that is already gone is not an error.
 #[async_trait]
 pub trait Backend: BackendType {
+    /// Checks, creating nothing, that what the build needs answers (GCE: the Compute and
+    /// Storage endpoints answer as those APIs do, the source image is READY, the bucket
+    /// exists). Runs before anything is made, and for `-dry-run`; an error keeps the state.
+    async fn check_reachable(&self, _source: &SourceImage) -> Result<Vec<Report>> {
+        Ok(Vec::new())
+    }
     /// Runs once the build's options are checked, before anything is made (GCE: the
     /// `-enable-cleanup` sweep of old build resources). An error stops the build.
     async fn before_build(&self) -> Result<Vec<Report>> {

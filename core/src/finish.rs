@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use cos_customizer_common::config::Step;
 use cos_customizer_common::protocol::{cidata_url, BUILD_CONTEXT_TAR, USER_CONTEXT};
 use cos_customizer_common::{cos_layout, duration, sizing};
@@ -158,6 +158,10 @@ pub fn plan(
     Ok((text, refusals))
 }
 
+/// What a failure before anything was made adds: the recorded build can be run again.
+const KEPT: &str = "nothing was created and the build state is kept: mend the cause and run \
+                    finish-image-build again";
+
 /// Builds the output image of the build `s` recorded in `state` on `backend`; `storage`
 /// carries the SBOM to and from Cloud Storage. Bad options keep the state, so the user can
 /// fix the flag and run again; once the build has run, the state is removed whatever the
@@ -185,10 +189,19 @@ pub async fn finish(
             Some((out, _)) => Some(OutputLock::acquire(out, state.root())?),
             None => None,
         };
-        for r in backend.before_build().await? {
+        for r in backend.check_reachable(&req.source).await.context(KEPT)? {
             log(r.line());
         }
-        let result = build(&req, backend.clone(), log).await;
+        for r in backend.before_build().await.context(KEPT)? {
+            log(r.line());
+        }
+        let (result, used) = build(&req, backend.clone(), log).await;
+        if !used {
+            // Failed before anything was made (an endpoint down, Ctrl-C while the CIDATA
+            // disk was built): the recorded build is still good for another try.
+            let e = result.expect_err("a build that made nothing failed");
+            return Err(e.context(KEPT));
+        }
         let removed = state.remove();
         let outcome = result?;
         removed?;
@@ -469,26 +482,40 @@ fn licenses(values: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Runs the preloader, and cleans up whether it succeeds, fails or is interrupted.
+/// Runs the preloader, and cleans up whether it succeeds, fails or is interrupted. Also says
+/// whether the build got as far as creating anything (else it may be run again as recorded).
 async fn build(
     req: &Request,
     backend: Arc<dyn Backend>,
     log: &mut dyn FnMut(LogLine),
-) -> Result<Outcome> {
+) -> (Result<Outcome>, bool) {
     // A local output was checked up front (it exists only with -overwrite); a GCE image
     // that exists means the build is done, as the original.
-    if req.output.local_file.is_none() && backend.image_exists(&req.output).await? {
-        log(LogLine::Note(&format!(
-            "Result image {} already exists. Exiting.",
-            req.output.display_name()
-        )));
-        return Ok(Outcome::AlreadyExisted(req.output.clone()));
+    if req.output.local_file.is_none() {
+        let exists = tokio::select! {
+            r = backend.image_exists(&req.output) => r,
+            s = interrupted() => Err(s),
+        };
+        match exists {
+            Ok(false) => {}
+            Ok(true) => {
+                log(LogLine::Note(&format!(
+                    "Result image {} already exists. Exiting.",
+                    req.output.display_name()
+                )));
+                return (Ok(Outcome::AlreadyExisted(req.output.clone())), true);
+            }
+            Err(e) => return (Err(e), false),
+        }
     }
     let started = std::time::Instant::now();
     for removed in workdir::sweep(&std::env::temp_dir(), preload::WORK_DIR_PREFIX) {
         log(LogLine::Note(&removed.to_string()));
     }
-    let preloader = Preloader::new(backend)?;
+    let preloader = match Preloader::new(backend) {
+        Ok(p) => p,
+        Err(e) => return (Err(e), false),
+    };
     let result = tokio::select! {
         r = preloader.run(req, log) => r,
         s = interrupted() => Err(s),
@@ -496,7 +523,8 @@ async fn build(
     for l in preloader.cleanup().await {
         log(LogLine::Note(&format!("warning: {l}")));
     }
-    match result {
+    let used = preloader.began_creating();
+    let result = match result {
         Ok(()) => {
             log(LogLine::Note(&format!(
                 "Image {} created in {}s",
@@ -505,8 +533,10 @@ async fn build(
             )));
             Ok(Outcome::Built(req.output.clone()))
         }
-        Err(e) => Err(e.context("the image build failed; no output image was made")),
-    }
+        Err(e) if used => Err(e.context("the image build failed; no output image was made")),
+        Err(e) => Err(e),
+    };
+    (result, used)
 }
 
 /// Resolves on Ctrl-C, SIGTERM or SIGHUP, so the build's resources are removed before

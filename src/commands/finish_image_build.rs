@@ -261,6 +261,36 @@ fn qemu_options(o: &FinishOpts) -> Result<QemuOptions> {
     })
 }
 
+/// What `-dry-run` checks of GCE, creating nothing: that the endpoints answer as the APIs do,
+/// the source image is there and the bucket exists (the notes to print on success).
+fn check_gce_reachable(
+    o: &FinishOpts,
+    opts: &FinishOptions,
+    s: &BuildState,
+    compute_endpoint: &str,
+    storage_endpoint: &str,
+) -> Result<Vec<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let backend = open(
+            BackendKind::Gce,
+            o,
+            opts,
+            s,
+            compute_endpoint,
+            storage_endpoint,
+        )?;
+        let reports = backend.check_reachable(&s.source).await?;
+        Ok(reports
+            .iter()
+            .map(|r| r.line().text().to_string())
+            .collect())
+    })
+}
+
 pub fn run(
     state: &StateDir,
     compute_endpoint: &str,
@@ -276,7 +306,13 @@ pub fn run(
     opts.storage_endpoint = own_storage_endpoint(storage_endpoint);
     anthos_check::check(&s.prov, storage_endpoint, &mut |l| eprintln!("{l}"))?;
     if o.dry_run {
-        let host = host_problems(kind, &o);
+        let mut host = host_problems(kind, &o);
+        if kind == BackendKind::Gce {
+            match check_gce_reachable(&o, &opts, &s, compute_endpoint, storage_endpoint) {
+                Ok(notes) => notes.iter().for_each(|n| eprintln!("{n}")),
+                Err(e) => host.push(format!("{e:#}")),
+            }
+        }
         let (text, refusals) = finish::plan(state, s, &opts, backend_type(kind), host)?;
         print!("{text}");
         if !refusals.is_empty() {

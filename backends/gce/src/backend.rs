@@ -28,6 +28,8 @@ use crate::error::{kind_of, ApiError, ErrorKind};
 use crate::housekeeping::{self, Housekeeping};
 use crate::names::{self, build_labels, daisy_name, WORKFLOW};
 use crate::raw_disk;
+use crate::retry::{Failure, RetryPolicy};
+use crate::status::{self, Phase};
 use crate::storage::{raw_disk_url, Gcs};
 
 /// How often the build VM is polled: a marker is seen within this, at about 36 API reads a
@@ -260,6 +262,84 @@ impl GceBackend {
         Ok(())
     }
 
+    /// Waits until disk `name` is READY (GCE's insert may be DONE while the source's data is
+    /// still being restored), failing on a status that will not get there.
+    async fn disk_ready(&self, name: &str) -> Result<()> {
+        let (project, zone) = (&self.opts.project, &self.opts.zone);
+        let read = || async {
+            let disk = self.compute.disks_get(project, zone, name).await?;
+            Ok(Some(disk.status))
+        };
+        match self.settle(status::DISK, "disk", read).await? {
+            Some(s) if s == "READY" => Ok(()),
+            Some(s) => bail!("disk {name} is {s}"),
+            None => bail!("disk {name} vanished after it was created"),
+        }
+    }
+
+    /// The status image `name` of `project` settles in (READY, FAILED, DELETING, or one this
+    /// version does not know once the operation timeout has passed), or `None` if there is no
+    /// such image; an image being deleted is waited out, as it is about to be none.
+    async fn settled_image(&self, project: &str, name: &str) -> Result<Option<String>> {
+        let read = || async {
+            match self.compute.images_get(project, name).await {
+                Ok(image) => Ok(Some(image.status)),
+                Err(e) if kind_of(&e) == Some(ErrorKind::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let table: Vec<status::Status> = status::IMAGE
+            .iter()
+            .map(|s| match s.value {
+                "DELETING" => status::Status {
+                    phase: Phase::Going,
+                    ..*s
+                },
+                _ => *s,
+            })
+            .collect();
+        self.settle(&table, "image", read).await
+    }
+
+    /// Reads a resource's status with `read` until `table` says it is no longer going (or it
+    /// is gone: `None`), polling for at most the operation timeout. An unknown status is
+    /// waited on; if the time runs out in one, it is returned, for the caller to name.
+    async fn settle<F, Fut>(
+        &self,
+        table: &[status::Status],
+        what: &str,
+        read: F,
+    ) -> Result<Option<String>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<String>>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.opts.op_timeout;
+        loop {
+            let current = read().await?;
+            let Some(value) = current else {
+                return Ok(None);
+            };
+            let phase = status::phase(table, &value);
+            if phase != Some(Phase::Going) && phase.is_some() {
+                return Ok(Some(value));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                if phase.is_none() {
+                    return Ok(Some(format!(
+                        "still {value} (a {what} status this version does not know) after {}s",
+                        self.opts.op_timeout.as_secs()
+                    )));
+                }
+                bail!(
+                    "the {what} is still {value} after {}s",
+                    self.opts.op_timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(self.opts.poll_interval.min(Duration::from_secs(2))).await;
+        }
+    }
+
     /// Reads the instance's metadata, sets `key` in it and writes it back with the fingerprint
     /// it was read with; a fingerprint race (HTTP 412, or an operation that fails on it) starts
     /// over from the read.
@@ -290,17 +370,14 @@ fn not_found_is_done(e: anyhow::Error) -> Result<()> {
     }
 }
 
-/// The flow's status of a GCE instance status. GCE has no failed state: a guest that panics
-/// stays RUNNING (the watch's timeout catches it) or reboots.
-fn vm_status(status: &str, message: Option<&str>) -> VmStatus {
-    match status {
-        "TERMINATED" | "STOPPED" | "SUSPENDED" => VmStatus::Stopped,
-        "PROVISIONING" | "STAGING" | "RUNNING" | "STOPPING" | "SUSPENDING" | "REPAIRING"
-        | "PENDING_STOP" => VmStatus::Running,
-        other => VmStatus::Failed(format!(
-            "the instance is {other}{}",
-            message.map(|m| format!(": {m}")).unwrap_or_default()
-        )),
+/// The flow's status of a GCE instance status (see [`status::INSTANCE`]).
+fn vm_status(value: &str) -> VmStatus {
+    match status::phase(status::INSTANCE, value) {
+        Some(Phase::Going) => VmStatus::Running,
+        Some(Phase::Settled) => VmStatus::Stopped,
+        // No instance status means failure; a table that grows one says why here.
+        Some(Phase::Failed) => VmStatus::Failed(format!("the instance is {value}")),
+        None => VmStatus::Unrecognized(value.to_string()),
     }
 }
 
@@ -324,6 +401,44 @@ impl BackendType for GceBackend {
 
 #[async_trait]
 impl Backend for GceBackend {
+    async fn check_reachable(&self, source: &SourceImage) -> Result<Vec<Report>> {
+        let path = Self::source_image(source)?;
+        let compute = self.compute.base();
+        let image = match self.compute.images_get(&source.project, &source.name).await {
+            Ok(image) => image,
+            Err(e) if kind_of(&e) == Some(ErrorKind::NotFound) => {
+                return Err(e.context(format!(
+                    "the source image {path} does not exist or the caller cannot see it: \
+                     start the build again (start-image-build) with an image that exists, or \
+                     check -compute-endpoint ({compute})"
+                )))
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "the Compute API at {compute} did not answer for the source image {path}"
+                )))
+            }
+        };
+        let mut reports = Vec::new();
+        match status::phase(status::IMAGE, &image.status) {
+            Some(Phase::Settled) => {}
+            Some(Phase::Failed) => bail!(
+                "the source image {path} is {}: start the build again with another image",
+                image.status
+            ),
+            _ => reports.push(Report::Note(format!(
+                "the source image {path} is {}, not READY yet: GCE waits for it when the boot \
+                 disk is made",
+                image.status
+            ))),
+        }
+        self.gcs
+            .check_bucket(&self.opts.gcs_bucket)
+            .await
+            .context("checking the build's bucket (-gcs-bucket)")?;
+        Ok(reports)
+    }
+
     async fn before_build(&self) -> Result<Vec<Report>> {
         if !self.housekeeping.sweep_old {
             return Ok(Vec::new());
@@ -348,10 +463,20 @@ impl Backend for GceBackend {
     }
 
     async fn image_exists(&self, out: &OutputImage) -> Result<bool> {
-        match self.compute.images_get(&out.project, &out.name).await {
-            Ok(_) => Ok(true),
-            Err(e) if kind_of(&e) == Some(ErrorKind::NotFound) => Ok(false),
-            Err(e) => Err(e.context(format!("looking for image {}", out.display_name()))),
+        let name = out.display_name();
+        let found = self
+            .settled_image(&out.project, &out.name)
+            .await
+            .with_context(|| format!("looking for image {name}"))?;
+        match found.as_deref() {
+            None => Ok(false),
+            Some("READY") => Ok(true),
+            Some(other) => bail!(
+                "image {name} exists but is {other}, so it cannot be the build's result: delete \
+                 it (gcloud compute images delete {} --project {}) or pick another -image-name",
+                out.name,
+                out.project
+            ),
         }
     }
 
@@ -388,6 +513,9 @@ impl Backend for GceBackend {
             .await
             .with_context(|| format!("creating disk {name} from {source}"))?;
         self.wait(op)
+            .await
+            .with_context(|| format!("creating disk {name} from {source}"))?;
+        self.disk_ready(&name)
             .await
             .with_context(|| format!("creating disk {name} from {source}"))?;
         // The disk holds its own copy: the imported image and its object can go at once.
@@ -485,19 +613,28 @@ impl Backend for GceBackend {
     }
 
     async fn set_metadata(&self, vm: &VmId, key: &str, value: &str) -> Result<()> {
-        let mut attempt = 1;
-        loop {
-            match self.set_metadata_once(&vm.0, key, value).await {
-                Ok(()) => return Ok(()),
-                Err(e)
-                    if kind_of(&e) == Some(ErrorKind::Precondition)
-                        && attempt < METADATA_ATTEMPTS =>
-                {
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.context(format!("setting metadata {key} on instance {vm}"))),
-            }
-        }
+        // A fingerprint race is mended by reading again at once.
+        let policy = RetryPolicy {
+            attempts: METADATA_ATTEMPTS,
+            base_delay: Duration::from_millis(100),
+            attempt_timeout: self.opts.op_timeout,
+            budget: self.opts.op_timeout * METADATA_ATTEMPTS,
+            ..RetryPolicy::default()
+        };
+        policy
+            .run(|_| async {
+                self.set_metadata_once(&vm.0, key, value)
+                    .await
+                    .map_err(|e| Failure {
+                        retryable: kind_of(&e) == Some(ErrorKind::Precondition),
+                        error: e,
+                    })
+            })
+            .await
+            .map_err(|f| {
+                f.error
+                    .context(format!("setting metadata {key} on instance {vm}"))
+            })
     }
 
     async fn vm_status(&self, vm: &VmId) -> Result<VmStatus> {
@@ -506,7 +643,7 @@ impl Backend for GceBackend {
             .instances_get(&self.opts.project, &self.opts.zone, &vm.0)
             .await
         {
-            Ok(i) => Ok(vm_status(&i.status, i.status_message.as_deref())),
+            Ok(i) => Ok(vm_status(&i.status)),
             Err(e) if kind_of(&e) == Some(ErrorKind::NotFound) => Ok(VmStatus::Failed(format!(
                 "instance {vm} no longer exists (deleted by someone else, or by GCE at its \
                  maximum run duration)"
@@ -530,7 +667,11 @@ impl Backend for GceBackend {
         self.compute
             .wait(&out.project, op, self.opts.op_timeout)
             .await?;
-        Ok(())
+        match self.settled_image(&out.project, &out.name).await? {
+            Some(s) if s == "READY" => Ok(()),
+            Some(s) => bail!("image {} ended {s}", out.display_name()),
+            None => bail!("image {} vanished as it was made", out.display_name()),
+        }
     }
 
     async fn delete_vm(&self, vm: &VmId) -> Result<()> {
@@ -604,13 +745,15 @@ mod tests {
 
     #[test]
     fn instance_statuses() {
-        assert_eq!(vm_status("RUNNING", None), VmStatus::Running);
-        assert_eq!(vm_status("STAGING", None), VmStatus::Running);
-        assert_eq!(vm_status("STOPPING", None), VmStatus::Running);
-        assert_eq!(vm_status("TERMINATED", None), VmStatus::Stopped);
+        assert_eq!(vm_status("RUNNING"), VmStatus::Running);
+        assert_eq!(vm_status("STAGING"), VmStatus::Running);
+        assert_eq!(vm_status("DEPROVISIONING"), VmStatus::Running);
+        assert_eq!(vm_status("PENDING"), VmStatus::Running);
+        assert_eq!(vm_status("TERMINATED"), VmStatus::Stopped);
+        assert_eq!(vm_status("SUSPENDED"), VmStatus::Stopped);
         assert_eq!(
-            vm_status("SOMETHING_NEW", Some("why")),
-            VmStatus::Failed("the instance is SOMETHING_NEW: why".into())
+            vm_status("SOMETHING_NEW"),
+            VmStatus::Unrecognized("SOMETHING_NEW".into())
         );
     }
 

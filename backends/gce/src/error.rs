@@ -50,6 +50,10 @@ pub struct ApiError {
     pub placement: Option<(String, String)>,
 }
 
+/// The reason given to an answer that cannot be Compute's (see
+/// [`ApiError::from_compute_response`]); no GCE reason has a colon.
+pub const NOT_AN_API_ANSWER: &str = "cos-customizer:notAnApiAnswer";
+
 #[derive(Deserialize)]
 struct Envelope {
     error: EnvelopeError,
@@ -97,6 +101,24 @@ impl ApiError {
         }
     }
 
+    /// [`ApiError::from_response`] for Compute, which answers every error with its envelope:
+    /// a 404 without one comes from something that is not the API (a wrong
+    /// `-compute-endpoint`, a proxy), so it is not "not found", which would read as "the image
+    /// does not exist yet".
+    pub fn from_compute_response(status: u16, body: &str) -> ApiError {
+        let mut err = ApiError::from_response(status, body);
+        if status == 404 && err.reasons.is_empty() {
+            err.reasons.push(NOT_AN_API_ANSWER.to_string());
+            err.message = format!(
+                "the endpoint answered 404 without Compute's error body ({:?}): is \
+                 -compute-endpoint the Compute API's base path (such as \
+                 https://compute.googleapis.com/compute/v1/)?",
+                err.message
+            );
+        }
+        err
+    }
+
     /// The error of a DONE operation, or `None` when it succeeded. DONE alone says nothing
     /// about success: the operation's `error.errors[]` does.
     pub fn from_operation(op: &Operation) -> Option<ApiError> {
@@ -126,7 +148,9 @@ impl ApiError {
     /// What kind of error this is.
     pub fn kind(&self) -> ErrorKind {
         let has = |names: &[&str]| self.reasons.iter().any(|r| names.contains(&r.as_str()));
-        if has(&[
+        if has(&[NOT_AN_API_ANSWER]) {
+            ErrorKind::Other
+        } else if has(&[
             "ZONE_RESOURCE_POOL_EXHAUSTED",
             "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
         ]) {
@@ -260,6 +284,17 @@ mod tests {
         assert!(!envelope(403, "quota_exceeded.json").is_retryable());
         assert!(!envelope(403, "forbidden.json").is_retryable());
         assert!(!operation("op_stockout.json").is_retryable());
+    }
+
+    #[test]
+    fn a_compute_404_without_an_envelope_is_not_not_found() {
+        let err = ApiError::from_compute_response(404, "<html>Not Found</html>");
+        assert_eq!(err.kind(), ErrorKind::Other);
+        assert!(err.message.contains("-compute-endpoint"), "{}", err.message);
+        assert_eq!(
+            ApiError::from_compute_response(404, &fixture("not_found.json")).kind(),
+            ErrorKind::NotFound
+        );
     }
 
     #[test]

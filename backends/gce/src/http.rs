@@ -14,47 +14,11 @@ use serde::Serialize;
 
 use crate::auth::Auth;
 use crate::error::ApiError;
+pub use crate::retry::RetryPolicy;
+use crate::retry::{Failure, CONNECT_TIMEOUT};
 
 /// Compute's public base path, upstream's `-compute-endpoint` default.
 pub const DEFAULT_COMPUTE_BASE: &str = "https://compute.googleapis.com/compute/v1/";
-
-/// How often and how patiently a failed call is sent again.
-///
-/// Retried: 429, 5xx, 403 `rateLimitExceeded`/`userRateLimitExceeded`, and calls that never got
-/// an answer (a reset or closed connection, a timeout). Attempt `n` (from 1) waits
-/// `base_delay × n × (1 + a random fraction)`, at most `max_delay`: Daisy's (1–2 s) × attempt,
-/// jittered so parallel builds do not retry in step.
-#[derive(Clone, Debug)]
-pub struct RetryPolicy {
-    /// How many times a call is sent in all, at least once.
-    pub attempts: u32,
-    /// The first wait before the random part.
-    pub base_delay: Duration,
-    /// The longest wait.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 6,
-            base_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The wait after failed attempt `attempt` (from 1).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        // A uuid's random bits are the one source of randomness already in the tree.
-        let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
-        self.base_delay
-            .saturating_mul(attempt.max(1))
-            .mul_f64(1.0 + jitter)
-            .min(self.max_delay)
-    }
-}
 
 /// A fresh `requestId` for a mutation. The same id is sent with every retry of one call, so GCE
 /// answers a retried insert with the first one's operation instead of `alreadyExists`.
@@ -81,10 +45,9 @@ impl Api {
         if base.cannot_be_a_base() || base.query().is_some() || base.fragment().is_some() {
             bail!("endpoint {base} must be a base path, without query or fragment");
         }
+        // Each attempt's deadline comes from the retry policy.
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            // Above GCE's `/wait` deadline (about 2 minutes), so a wait is never cut short.
-            .timeout(Duration::from_secs(300))
+            .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .context("building the HTTP client")?;
         Ok(Api {
@@ -99,6 +62,11 @@ impl Api {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Api {
         self.retry = retry;
         self
+    }
+
+    /// The base path, as given.
+    pub fn base(&self) -> &Url {
+        &self.base
     }
 
     /// The URL of `segments` under the base path, each segment percent-encoded.
@@ -140,10 +108,34 @@ impl Api {
             .await
     }
 
-    /// Sends one call, retrying as [`RetryPolicy`] says, and reads its JSON answer. A GCE error
-    /// comes back as an [`ApiError`] under a context naming the method and URL.
+    /// `POST` to a method the server may hold open until its own deadline (an operation's
+    /// `/wait`, about 2 minutes on GCE), so an attempt may last `hold`.
+    pub async fn post_long_poll<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        hold: Duration,
+    ) -> Result<T> {
+        let policy = self.retry.long_poll(hold);
+        self.send_with(&policy, Method::POST, segments, &[], Some(&()))
+            .await
+    }
+
     async fn send<T: DeserializeOwned, B: Serialize>(
         &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<T> {
+        self.send_with(&self.retry, method, segments, query, body)
+            .await
+    }
+
+    /// Sends one call under `policy` and reads its JSON answer. A GCE error comes back as an
+    /// [`ApiError`] under a context naming the method and URL.
+    async fn send_with<T: DeserializeOwned, B: Serialize>(
+        &self,
+        policy: &RetryPolicy,
         method: Method,
         segments: &[&str],
         query: &[(&str, String)],
@@ -153,50 +145,46 @@ impl Api {
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let what = || format!("{method} {url}");
-        let attempts = self.retry.attempts.max(1);
-        for attempt in 1..=attempts {
-            let last = attempt == attempts;
-            let mut request = self
-                .client
-                .request(method.clone(), url.clone())
-                .headers(self.auth.headers(&url).await?);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let response = match request.send().await {
-                Ok(response) => response,
-                // Never answered (reset, closed, timed out): safe to resend, since mutations
-                // carry a requestId.
-                Err(err) if !last && !err.is_builder() => {
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
-                    continue;
-                }
-                Err(err) => return Err(err).with_context(what),
-            };
-            let status = response.status();
-            let text = match response.text().await {
-                Ok(text) => text,
-                Err(_) if !last => {
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
-                    continue;
-                }
-                Err(err) => return Err(err).with_context(what),
-            };
-            if status.is_success() {
-                return serde_json::from_str(&text).with_context(|| {
-                    let start: String = text.chars().take(200).collect();
-                    format!("{}: unexpected answer {start:?}", what())
-                });
-            }
-            let err = ApiError::from_response(status.as_u16(), &text);
-            if !last && err.is_retryable() {
-                tokio::time::sleep(self.retry.delay(attempt)).await;
-                continue;
-            }
-            return Err(anyhow::Error::new(err).context(what()));
+        let what = format!("{method} {url}");
+        let text = policy
+            .run(|_| self.attempt(method.clone(), &url, body))
+            .await
+            .map_err(|f| f.error.context(what.clone()))?;
+        serde_json::from_str(&text).with_context(|| {
+            let start: String = text.chars().take(200).collect();
+            format!("{what}: unexpected answer {start:?} (is the endpoint the Compute API?)")
+        })
+    }
+
+    /// One try of a call: the answer's text on success.
+    async fn attempt<B: Serialize>(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<&B>,
+    ) -> Result<String, Failure> {
+        let headers = self.auth.headers(url).await.map_err(Failure::fatal)?;
+        let mut request = self.client.request(method, url.clone()).headers(headers);
+        if let Some(body) = body {
+            request = request.json(body);
         }
-        unreachable!("the last attempt returns")
+        // Never answered (reset, closed, timed out): safe to resend, since mutations carry a
+        // requestId.
+        let unanswered = |e: reqwest::Error| Failure {
+            retryable: !e.is_builder(),
+            error: anyhow::Error::new(e),
+        };
+        let response = request.send().await.map_err(unanswered)?;
+        let status = response.status();
+        let text = response.text().await.map_err(unanswered)?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        let err = ApiError::from_compute_response(status.as_u16(), &text);
+        Err(Failure {
+            retryable: err.is_retryable(),
+            error: anyhow::Error::new(err),
+        })
     }
 }
 
@@ -208,19 +196,11 @@ mod tests {
     use crate::error::{kind_of, ErrorKind};
     use cos_customizer_testkit::testserver::{Reply, TestServer};
 
-    fn fast() -> RetryPolicy {
-        RetryPolicy {
-            attempts: 4,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
-        }
-    }
-
     async fn api(replies: Vec<Reply>) -> (Api, TestServer) {
         let server = TestServer::start(replies).await;
         let api = Api::new(&format!("{}/compute/v1/", server.origin), Auth::None)
             .unwrap()
-            .with_retry(fast());
+            .with_retry(RetryPolicy::quick());
         (api, server)
     }
 
@@ -265,22 +245,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn delays_grow_with_the_attempt_are_jittered_and_capped() {
-        let policy = RetryPolicy::default();
-        for attempt in 1..=3u32 {
-            let d = policy.delay(attempt);
-            assert!(d >= Duration::from_secs(attempt.into()), "{attempt}: {d:?}");
-            assert!(
-                d < Duration::from_secs((2 * attempt).into()),
-                "{attempt}: {d:?}"
-            );
-        }
-        assert_eq!(policy.delay(100), policy.max_delay);
-        let samples: std::collections::BTreeSet<_> = (0..20).map(|_| policy.delay(1)).collect();
-        assert!(samples.len() > 1, "no jitter");
-    }
-
     #[tokio::test]
     async fn rate_limits_server_errors_and_resets_are_retried() {
         let (api, server) = api(vec![
@@ -293,7 +257,7 @@ mod tests {
         .await;
         let api = api.with_retry(RetryPolicy {
             attempts: 5,
-            ..fast()
+            ..RetryPolicy::quick()
         });
         let value: Value = api.get(&["projects", "p"], &[]).await.unwrap();
         assert_eq!(value, json!({"ok": true}));

@@ -2,7 +2,7 @@
 //! disks, VM and image on GCE, with the CIDATA disk imported through Cloud Storage
 //! ([`storage`], [`raw_disk`]); the source image's resolution ([`source`]), the family's
 //! deprecation ([`deprecate`]) and the `-enable-cleanup` sweep ([`sweep`]); over a hand-written REST layer on `reqwest`
-//! (`http`), Application Default Credentials (`auth`), GCE's errors by reason (`error`), the
+//! (`http`) under one retry policy (`retry`), Application Default Credentials (`auth`), GCE's errors by reason (`error`), the
 //! Compute calls the preload flow makes and their request bodies (`compute`), and the URL and
 //! naming rules those bodies follow (`urls`, `names`).
 //!
@@ -21,7 +21,9 @@ pub mod housekeeping;
 pub mod http;
 pub mod names;
 pub mod raw_disk;
+pub mod retry;
 pub mod source;
+pub mod status;
 pub mod storage;
 pub mod sweep;
 pub mod urls;

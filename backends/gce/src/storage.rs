@@ -6,11 +6,10 @@
 //! takes any endpoint and rides on the crate's own `reqwest`. Tokens come from [`Auth`] through
 //! the crate's token-source trait, and only for an `https://` endpoint; an `http://` endpoint
 //! (fake-gcs-server) is called anonymously. The crate does not retry, so every call here goes
-//! through the Compute side's [`RetryPolicy`], and it does not check what it uploaded, so every
+//! through the backend's one [`RetryPolicy`], and it does not check what it uploaded, so every
 //! upload compares the object's `crc32c` with the local data's.
 
 use std::fmt;
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::RetryPolicy;
+use crate::retry::{Failure, RetryPolicy, CONNECT_TIMEOUT};
 
 /// Cloud Storage's public endpoint.
 pub const DEFAULT_STORAGE_ENDPOINT: &str = "https://storage.googleapis.com";
@@ -116,9 +115,10 @@ impl Gcs {
         }
         let endpoint = endpoint.trim_end_matches('/').to_string();
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            // Generous for one 8 MiB chunk on a slow link; a stalled call is retried.
-            .timeout(Duration::from_secs(300))
+            .connect_timeout(CONNECT_TIMEOUT)
+            // One request carries at most one 8 MiB chunk: a request this slow has stalled,
+            // and is retried. The retry policy bounds each call as a whole.
+            .timeout(Duration::from_secs(120))
             .build()
             .context("building the HTTP client for Cloud Storage")?;
         let tokens: Option<Box<dyn token_source::TokenSourceProvider>> = match &auth {
@@ -178,17 +178,18 @@ impl Gcs {
             object: object.to_string(),
             ..Default::default()
         };
-        self.retrying(|| async {
-            Ok(self
-                .client
-                .download_object(&request, &Range::default())
-                .await?)
-        })
-        .await
-        .map_err(|f| {
-            f.error
-                .context(format!("downloading gs://{bucket}/{object}"))
-        })
+        self.retry
+            .run(|_| async {
+                Ok(self
+                    .client
+                    .download_object(&request, &Range::default())
+                    .await?)
+            })
+            .await
+            .map_err(|f| {
+                f.error
+                    .context(format!("downloading gs://{bucket}/{object}"))
+            })
     }
 
     /// Names of objects under prefix, every page.
@@ -223,6 +224,21 @@ impl Gcs {
         Ok(folders.into_iter().collect())
     }
 
+    /// Checks, writing nothing, that `bucket` exists and the caller may list it: one listing
+    /// of at most one object.
+    pub async fn check_bucket(&self, bucket: &str) -> Result<()> {
+        let request = ListObjectsRequest {
+            bucket: bucket.to_string(),
+            max_results: Some(1),
+            ..Default::default()
+        };
+        self.retry
+            .run(|_| async { Ok(self.client.list_objects(&request).await?) })
+            .await
+            .map_err(|f| f.explain(Op::List, bucket, &format!("gs://{bucket}")))?;
+        Ok(())
+    }
+
     /// Hands every page of the listing of `prefix` (folded at `delimiter`) to `each`.
     async fn pages(
         &self,
@@ -242,7 +258,8 @@ impl Gcs {
                 ..Default::default()
             };
             let mut page = self
-                .retrying(|| async { Ok(self.client.list_objects(&request).await?) })
+                .retry
+                .run(|_| async { Ok(self.client.list_objects(&request).await?) })
                 .await?;
             let next = page.next_page_token.take();
             each(page);
@@ -261,7 +278,8 @@ impl Gcs {
             ..Default::default()
         };
         match self
-            .retrying(|| async { Ok(self.client.delete_object(&request).await?) })
+            .retry
+            .run(|_| async { Ok(self.client.delete_object(&request).await?) })
             .await
         {
             Ok(()) => Ok(()),
@@ -288,8 +306,8 @@ impl Gcs {
         source: &Source<'_>,
         size: u64,
     ) -> Result<()> {
-        let (stored, crc) = self
-            .retrying(|| self.upload_once(bucket, object, source, size))
+        let (stored, crc) = transfer_policy(&self.retry, size)
+            .run(|_| self.upload_once(bucket, object, source, size))
             .await
             .map_err(|f| f.explain(Op::Upload, bucket, &format!("gs://{bucket}/{object}")))?;
         verify(bucket, object, &stored, size, crc)
@@ -353,24 +371,16 @@ impl Gcs {
             }
         }
     }
+}
 
-    /// Runs `call` until it succeeds, fails for good, or runs out of attempts.
-    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, Failure>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
-    {
-        let attempts = self.retry.attempts.max(1);
-        let mut attempt = 1;
-        loop {
-            match call().await {
-                Err(f) if f.retryable && attempt < attempts => {
-                    tokio::time::sleep(self.retry.delay(attempt)).await;
-                    attempt += 1;
-                }
-                done => return done,
-            }
-        }
+/// `policy` for an upload of `size` bytes, sent whole again on a retry: each attempt may
+/// take a minute plus a second a MiB (a link this slow is broken), the call three of those.
+fn transfer_policy(policy: &RetryPolicy, size: u64) -> RetryPolicy {
+    let attempt = Duration::from_secs(60 + size / (1 << 20));
+    RetryPolicy {
+        attempt_timeout: attempt,
+        budget: attempt * 3,
+        ..policy.clone()
     }
 }
 
@@ -473,20 +483,7 @@ impl Op {
     }
 }
 
-/// A failed call, and whether sending it again may help.
-struct Failure {
-    error: anyhow::Error,
-    retryable: bool,
-}
-
 impl Failure {
-    fn fatal(error: anyhow::Error) -> Failure {
-        Failure {
-            error,
-            retryable: false,
-        }
-    }
-
     fn api(error: ApiError) -> Failure {
         Failure {
             retryable: error.is_retryable(),
@@ -572,11 +569,7 @@ mod tests {
 
     fn fast(gcs: Gcs) -> Gcs {
         Gcs {
-            retry: RetryPolicy {
-                attempts: 4,
-                base_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(5),
-            },
+            retry: RetryPolicy::quick(),
             ..gcs
         }
     }

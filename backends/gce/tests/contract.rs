@@ -53,6 +53,7 @@ impl Env {
             attempts: 4,
             base_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(100),
+            ..RetryPolicy::default()
         };
         let api = Api::new(&emu.compute_base(), Auth::None)
             .unwrap()

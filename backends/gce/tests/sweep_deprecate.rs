@@ -500,7 +500,9 @@ async fn a_disk_still_in_use_is_retried_then_reported_and_swept_next_time() {
     assert_eq!(swept.failures.len(), 1, "{swept:?}");
     let failure = &swept.failures[0];
     assert!(
-        failure.starts_with("disk boot-disk-build-image-old01: still in use after 4 attempts"),
+        failure.starts_with(
+            "disk boot-disk-build-image-old01: still in use: gave up after 4 attempts"
+        ),
         "{failure}"
     );
     assert!(

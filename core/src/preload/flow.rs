@@ -41,10 +41,11 @@ const LOG_TAIL_LINES: usize = 15;
 const MAX_KEPT_LOG: usize = 64 << 20;
 /// An idle watch reads the VM's status once in this many polls of its serial port.
 const STATUS_EVERY_POLLS: u32 = 5;
-/// Failed serial reads in a row after which the watch gives up (as Daisy does).
-const MAX_FAILED_READS: u32 = 3;
+/// How long serial reads may fail in a row before the watch gives up. Daisy rides out
+/// minutes of failed reads (an API hiccup, the VM between two boots) and so does the watch,
+/// reading the VM's status after each failure so that a VM that stopped ends it at once.
+const SERIAL_FAILURE_BUDGET: Duration = Duration::from_secs(300);
 
-/// The last `n` lines of `text`, without terminal escape sequences and carriage returns.
 /// What to add to an error when serial port 3 shows a relocation at shutdown that never
 /// ended: the VM lost power or crashed while it moved the partitions.
 fn interrupted_relocation(status: &str) -> Option<String> {
@@ -65,6 +66,7 @@ fn interrupted_relocation(status: &str) -> Option<String> {
     ))
 }
 
+/// The last `n` lines of `text`, without terminal escape sequences and carriage returns.
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<String> = text
         .lines()
@@ -115,7 +117,8 @@ impl Preloader {
         let b = &self.backend;
         let timeout_text = duration::format(req.timeout);
         let cidata_image = self.build_cidata(req, log).await?;
-        let cidata = b
+        let cidata = self
+            .creating()
             .create_disk(&DiskSpec {
                 name: "cidata-disk".into(),
                 source: DiskSource::RawFile(cidata_image),
@@ -188,7 +191,7 @@ impl Preloader {
             .await
             .context("acknowledging the build (metadata DaisyEnd)")?;
         log(LogLine::Host("Build succeeded; waiting for the VM to stop"));
-        self.wait_stopped(vm, req.timeout).await?;
+        self.wait_stopped(vm, req.timeout, log).await?;
 
         log(LogLine::Host(&format!(
             "Creating image {}",
@@ -267,7 +270,7 @@ impl Preloader {
             Some(req.context_tar.as_path())
         } else {
             let url = self
-                .backend
+                .creating()
                 .stage_file(&req.context_tar, BUILD_CONTEXT_TAR)
                 .await
                 .context("staging the build context for the VM")?
@@ -330,7 +333,7 @@ impl Preloader {
                 .with_context(|| format!("install-gpu dependency {file} names no file"))?
                 .to_string_lossy();
             let url = self
-                .backend
+                .creating()
                 .stage_file(path, &format!("{GPU_DEPS_FOLDER}/{name}"))
                 .await
                 .with_context(|| format!("staging install-gpu dependency {file}"))?
@@ -396,13 +399,13 @@ impl Preloader {
         let mut partial = String::new();
         let mut last_report = Instant::now();
         let mut polls_since_status = 0;
-        let mut failed_reads = 0;
+        let mut failing_since: Option<(Instant, u32)> = None;
         loop {
             let mut got_output = false;
             let mut check_status = polls_since_status + 1 >= STATUS_EVERY_POLLS;
             match self.backend.serial_output(vm, STATUS_PORT, offset).await {
                 Ok(chunk) => {
-                    failed_reads = 0;
+                    failing_since = None;
                     if chunk.start > offset {
                         log(LogLine::Note(&format!(
                             "{} bytes of serial port 3 output were lost before they could be read",
@@ -416,10 +419,13 @@ impl Preloader {
                     partial.push_str(&chunk.contents);
                 }
                 Err(e) => {
-                    failed_reads += 1;
-                    if failed_reads >= MAX_FAILED_READS {
+                    let (since, reads) = failing_since.get_or_insert((Instant::now(), 0));
+                    *reads += 1;
+                    if since.elapsed() >= SERIAL_FAILURE_BUDGET {
                         return Err(e.context(format!(
-                            "reading serial port 3 of the build VM failed {failed_reads} times in a row"
+                            "reading serial port 3 of the build VM failed {reads} times in a row \
+                             over {}s",
+                            since.elapsed().as_secs()
                         )));
                     }
                     // A VM that stopped has no serial output to read: the status says which.
@@ -454,6 +460,7 @@ impl Preloader {
                 polls_since_status = 0;
                 match self.backend.vm_status(vm).await? {
                     VmStatus::Running => {}
+                    VmStatus::Unrecognized(s) => self.note_unrecognized(s, log),
                     VmStatus::Stopped => bail!(
                         "the build VM stopped before reporting success or failure on serial port 3"
                     ),
@@ -482,13 +489,19 @@ impl Preloader {
         }
     }
 
-    async fn wait_stopped(&self, vm: &VmId, timeout: Duration) -> Result<()> {
+    async fn wait_stopped(
+        &self,
+        vm: &VmId,
+        timeout: Duration,
+        log: &mut dyn FnMut(LogLine),
+    ) -> Result<()> {
         let start = Instant::now();
         loop {
             match self.backend.vm_status(vm).await? {
                 VmStatus::Stopped => return Ok(()),
                 VmStatus::Failed(why) => bail!("the build VM failed while shutting down: {why}"),
                 VmStatus::Running => {}
+                VmStatus::Unrecognized(s) => self.note_unrecognized(s, log),
             }
             if start.elapsed() > timeout {
                 bail!(
@@ -550,6 +563,10 @@ mod tests {
         lost_before: usize,
         /// Where `stage_file` puts a file; `None`: the backend cannot stage.
         stages_to: Option<String>,
+        /// How many reads of port 3 fail before the port answers again.
+        failing_reads: Mutex<u32>,
+        /// Statuses `vm_status` gives, one a call, before the usual answer.
+        statuses: Mutex<std::collections::VecDeque<VmStatus>>,
     }
 
     impl Fake {
@@ -589,6 +606,13 @@ mod tests {
             Ok(VmId(s.name.clone()))
         }
         async fn serial_output(&self, _: &VmId, port: u8, offset: u64) -> Result<SerialChunk> {
+            if port == 3 {
+                let mut failing = self.failing_reads.lock().unwrap();
+                if *failing > 0 {
+                    *failing -= 1;
+                    bail!("HTTP 503 backendError");
+                }
+            }
             let console = "[\x1b[0;32m  OK  \x1b[0m] Reached target Multi-User System.\r\n";
             let s = match port {
                 1 => console.to_string(),
@@ -619,6 +643,9 @@ mod tests {
             Ok(())
         }
         async fn vm_status(&self, _: &VmId) -> Result<VmStatus> {
+            if let Some(status) = self.statuses.lock().unwrap().pop_front() {
+                return Ok(status);
+            }
             Ok(if self.stops_after_ack && *self.acked.lock().unwrap() {
                 VmStatus::Stopped
             } else {
@@ -685,6 +712,54 @@ mod tests {
                 "delete_disk cidata-disk",
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn serial_reads_that_fail_for_a_while_are_ridden_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake {
+            stops_after_ack: true,
+            failing_reads: Mutex::new(6),
+            ..Default::default()
+        });
+        *fake.serial.lock().unwrap() = "BuildSucceeded: done\n".into();
+        let (r, _, calls) = run(fake, &sample_request(dir.path(), Duration::from_secs(30))).await;
+        r.unwrap();
+        assert!(calls.contains(&"create_image boot-disk out".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_of_a_stopped_vm_ends_the_watch_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake {
+            failing_reads: Mutex::new(u32::MAX),
+            statuses: Mutex::new([VmStatus::Stopped].into()),
+            ..Default::default()
+        });
+        let started = Instant::now();
+        let (r, _, _) = run(fake, &sample_request(dir.path(), Duration::from_secs(30))).await;
+        let err = format!("{:#}", r.unwrap_err());
+        assert!(err.contains("stopped before reporting"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn statuses_this_version_does_not_know_are_waited_out_and_said_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake {
+            stops_after_ack: true,
+            ..Default::default()
+        });
+        let odd = || VmStatus::Unrecognized("SOMETHING_NEW".into());
+        *fake.statuses.lock().unwrap() = [odd(), odd(), odd()].into();
+        *fake.serial.lock().unwrap() = format!("{}BuildSucceeded: done\n", "x\n".repeat(40));
+        let (r, lines, _) = run(fake, &sample_request(dir.path(), Duration::from_secs(30))).await;
+        r.unwrap();
+        let notes: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains("SOMETHING_NEW"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{lines:?}");
     }
 
     #[tokio::test]

@@ -13,7 +13,9 @@ mod plan;
 
 #[cfg(test)]
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +76,11 @@ pub struct Preloader {
     work_dir: tempfile::TempDir,
     /// A build context larger than this is staged by the backend instead of going on CIDATA.
     cidata_file_limit: u64,
+    /// Whether a call that may create something was made (from then on a failure may have
+    /// left resources behind, and the recorded steps have been used).
+    began_creating: AtomicBool,
+    /// VM statuses the backend did not know, said once each.
+    unrecognized: Mutex<BTreeSet<String>>,
 }
 
 impl Preloader {
@@ -87,6 +94,8 @@ impl Preloader {
             created: Mutex::new(Vec::new()),
             work_dir,
             cidata_file_limit: cidata::MAX_FILE,
+            began_creating: AtomicBool::new(false),
+            unrecognized: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -95,6 +104,34 @@ impl Preloader {
     pub fn with_cidata_file_limit(mut self, bytes: u64) -> Self {
         self.cidata_file_limit = bytes.min(cidata::MAX_FILE);
         self
+    }
+
+    /// The backend, for a call that may create something: from the first such call on, a
+    /// failure may have left something to clean up and has used the recorded build.
+    fn creating(&self) -> &dyn Backend {
+        self.began_creating.store(true, Ordering::SeqCst);
+        &*self.backend
+    }
+
+    /// Whether the build got as far as creating anything (a staged file, a disk). A failure
+    /// before that cost nothing, so the caller may keep the recorded build for another try.
+    pub fn began_creating(&self) -> bool {
+        self.began_creating.load(Ordering::SeqCst)
+    }
+
+    /// Says once per value that the VM is in a status the backend did not know.
+    fn note_unrecognized(&self, status: String, log: &mut dyn FnMut(LogLine)) {
+        if self
+            .unrecognized
+            .lock()
+            .expect("status list lock")
+            .insert(status.clone())
+        {
+            log(LogLine::Note(&format!(
+                "the build VM is in status {status:?}, which this version does not know: \
+                 waiting on as if it were running"
+            )));
+        }
     }
 
     fn record(&self, c: Created) {

@@ -235,7 +235,7 @@ pub(crate) async fn refresh(shared: &Mutex<State>, only: Option<&str>) {
         }
         instance.vm_read = read;
         match status {
-            Ok(VmStatus::Running) | Err(_) => {}
+            Ok(VmStatus::Running | VmStatus::Unrecognized(_)) | Err(_) => {}
             Ok(VmStatus::Stopped) => instance.status = "TERMINATED",
             Ok(VmStatus::Failed(why)) => {
                 instance.status = "TERMINATED";

@@ -13,9 +13,16 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Reply {
     /// Answer with this status and JSON body.
     Json(u16, Value),
+    /// Answer with this status and a body that is not JSON (a proxy's page).
+    Text(u16, String),
     /// Close the connection without answering, as a reset or a dying proxy does.
     Reset,
+    /// Read the request and never answer, holding the connection open.
+    Silent,
 }
+
+/// What the server answers once the scripted replies are used up.
+type Fallback = Arc<dyn Fn() -> Reply + Send + Sync>;
 
 /// One request the server received.
 #[derive(Clone, Debug)]
@@ -56,6 +63,21 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server that gives `replies` in order, then 501 to anything more.
     pub async fn start(replies: Vec<Reply>) -> TestServer {
+        let no_more = || {
+            Reply::Json(
+                501,
+                serde_json::json!({"error": {"code": 501, "message": "no reply scripted"}}),
+            )
+        };
+        TestServer::start_with(replies, Arc::new(no_more)).await
+    }
+
+    /// Starts a server that gives every request what `reply` makes.
+    pub async fn answering_all(reply: impl Fn() -> Reply + Send + Sync + 'static) -> TestServer {
+        TestServer::start_with(Vec::new(), Arc::new(reply)).await
+    }
+
+    async fn start_with(replies: Vec<Reply>, fallback: Fallback) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -63,8 +85,8 @@ impl TestServer {
         let log = seen.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (log, replies) = (log.clone(), replies.clone());
-                tokio::spawn(async move { serve(stream, log, replies).await });
+                let (log, replies, fallback) = (log.clone(), replies.clone(), fallback.clone());
+                tokio::spawn(async move { serve(stream, log, replies, fallback).await });
             }
         });
         TestServer { origin, seen }
@@ -80,6 +102,7 @@ async fn serve(
     mut stream: TcpStream,
     log: Arc<Mutex<Vec<Seen>>>,
     replies: Arc<Mutex<VecDeque<Reply>>>,
+    fallback: Fallback,
 ) {
     let mut buf = Vec::new();
     let head_end = loop {
@@ -117,19 +140,20 @@ async fn serve(
         method: request_line.next().unwrap_or_default().to_string(),
         target: request_line.next().unwrap_or_default().to_string(),
         authorization: header("authorization"),
-        body: (!body.is_empty()).then(|| serde_json::from_slice(body).unwrap()),
+        body: (!body.is_empty()).then(|| serde_json::from_slice(body).unwrap_or(Value::Null)),
     });
     let reply = replies.lock().unwrap().pop_front();
-    let (status, body) = match reply {
-        Some(Reply::Reset) => return,
-        Some(Reply::Json(status, body)) => (status, body.to_string()),
-        None => (
-            501,
-            r#"{"error":{"code":501,"message":"no reply scripted"}}"#.to_string(),
-        ),
+    let (status, kind, body) = match reply.unwrap_or_else(|| fallback()) {
+        Reply::Reset => return,
+        Reply::Silent => {
+            let _held = stream;
+            return std::future::pending().await;
+        }
+        Reply::Json(status, body) => (status, "application/json", body.to_string()),
+        Reply::Text(status, body) => (status, "text/html", body),
     };
     let response = format!(
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} X\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(response.as_bytes()).await;

@@ -8,13 +8,15 @@ use anyhow::Result;
 
 use super::Compute;
 use crate::error::{kind_of, ErrorKind};
+use crate::retry::{Failure, RetryPolicy};
 
 /// How often, and how patiently, a delete is retried while its resource is in use.
 #[derive(Debug, Clone, Copy)]
 pub struct InUseRetry {
     /// Attempts in all, the first included.
     pub attempts: u32,
-    /// The wait after the first failed attempt; the n-th wait is n times this.
+    /// The wait after the first failed attempt; the n-th wait is n times this (and up to
+    /// twice that, jittered).
     pub backoff: Duration,
 }
 
@@ -30,22 +32,30 @@ impl Compute {
         op_timeout: Duration,
         retry: InUseRetry,
     ) -> Result<()> {
-        let mut attempt = 1;
-        loop {
-            let result = match self.disks_delete(project, zone, disk).await {
-                Ok(op) => self.wait(project, op, op_timeout).await.map(drop),
-                Err(e) => Err(e),
-            };
-            match result {
-                Err(e) if kind_of(&e) == Some(ErrorKind::InUse) => {
-                    if attempt >= retry.attempts {
-                        return Err(e.context(format!("still in use after {attempt} attempts")));
-                    }
-                    tokio::time::sleep(retry.backoff * attempt).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        // Each attempt waits for its operation, so attempts and budget come from the
+        // operation's timeout, the pauses from `retry`.
+        let policy = RetryPolicy {
+            attempts: retry.attempts,
+            base_delay: retry.backoff,
+            max_delay: retry.backoff * retry.attempts,
+            attempt_timeout: op_timeout,
+            budget: op_timeout * retry.attempts,
+        };
+        policy
+            .run(|_| async {
+                let result = match self.disks_delete(project, zone, disk).await {
+                    Ok(op) => self.wait(project, op, op_timeout).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                result.map_err(|e| Failure {
+                    retryable: kind_of(&e) == Some(ErrorKind::InUse),
+                    error: e,
+                })
+            })
+            .await
+            .map_err(|f| match kind_of(&f.error) {
+                Some(ErrorKind::InUse) => f.error.context("still in use"),
+                _ => f.error,
+            })
     }
 }

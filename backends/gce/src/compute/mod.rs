@@ -104,6 +104,11 @@ impl Compute {
         }
     }
 
+    /// The API's base path, for messages.
+    pub fn base(&self) -> &str {
+        self.api.base().as_str()
+    }
+
     /// The same, polling operations every `interval` instead.
     pub fn with_poll_interval(mut self, interval: Duration) -> Compute {
         self.poll_interval = interval;
@@ -344,8 +349,7 @@ mod tests {
             .unwrap()
             .with_retry(RetryPolicy {
                 attempts: 3,
-                base_delay: Duration::from_millis(1),
-                max_delay: Duration::from_millis(2),
+                ..RetryPolicy::quick()
             });
         (
             Compute::new(api).with_poll_interval(Duration::from_millis(1)),

@@ -19,6 +19,11 @@ use super::{
 use crate::error::ApiError;
 use crate::urls;
 
+/// How long one `/wait` may be held open: GCE answers at its deadline, "about 2 minutes"
+/// (https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait), whether or
+/// not the operation is DONE.
+const WAIT_HOLD: Duration = Duration::from_secs(150);
+
 impl Compute {
     /// The current state of `op`, read in its scope.
     pub async fn operation_get(&self, project: &str, op: &Operation) -> Result<Operation> {
@@ -36,17 +41,13 @@ impl Compute {
 
     /// `op` after `/wait` in its scope: DONE, or not yet when the server's deadline came first.
     async fn operation_wait(&self, project: &str, op: &Operation) -> Result<Operation> {
-        match &op.zone {
+        let segments = match &op.zone {
             Some(zone) => {
-                let args = [project, urls::name(zone), op.name.as_str()];
-                self.call(&ZONE_OPERATIONS_WAIT, &args, vec![], None).await
+                ZONE_OPERATIONS_WAIT.segments(&[project, urls::name(zone), op.name.as_str()])
             }
-            None => {
-                let args = [project, op.name.as_str()];
-                self.call(&GLOBAL_OPERATIONS_WAIT, &args, vec![], None)
-                    .await
-            }
-        }
+            None => GLOBAL_OPERATIONS_WAIT.segments(&[project, op.name.as_str()]),
+        };
+        self.api.post_long_poll(&segments, WAIT_HOLD).await
     }
 
     /// Waits until `op` (of `project`) is DONE, at most `timeout`, and returns it; a failed
