@@ -208,7 +208,8 @@ pub struct FinishOpts {
     /// Timeout of each wait, a Go duration (1h, 90m, 1m30s), as Daisy's -default_timeout.
     #[arg(long, help_heading = BUILD, default_value = "1h")]
     pub timeout: String,
-    /// Machine type of the build VM (QEMU maps it to vCPUs and memory).
+    /// Machine type of the build VM (QEMU maps GCE's predefined and custom types to vCPUs
+    /// and memory, and refuses any other name).
     #[arg(long, help_heading = BUILD, default_value = "n1-standard-1")]
     pub machine_type: String,
     /// Static provisioner binary to put on the CIDATA disk (default: $COS_CUSTOMIZER_PROVISIONER,

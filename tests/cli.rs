@@ -579,6 +579,41 @@ fn existing_output_is_refused_and_the_state_kept() {
     }
 }
 
+#[test]
+fn an_unknown_machine_type_is_refused_before_anything_and_the_state_kept() {
+    let h = Home::new();
+    h.start_local();
+    for dry in [true, false] {
+        let mut args = vec![
+            "finish-image-build",
+            "-output-file=out.img",
+            "-machine-type=garbage",
+        ];
+        if dry {
+            args.push("-dry-run");
+        }
+        let (code, err) = h.fail(&args);
+        assert_eq!(code, 1, "dry-run={dry}: {err}");
+        assert!(
+            err.contains(r#"-machine-type="garbage""#)
+                && err.contains("<family>-standard-N")
+                && err.contains("custom-N-MIB"),
+            "dry-run={dry}: {err}"
+        );
+        assert!(!h.path().join("out.img").exists());
+        assert!(h
+            .state_dir(".cos-customizer-workdir")
+            .join("config/build")
+            .is_file());
+    }
+    h.ok(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-machine-type=e2-custom-2-4096",
+        "-dry-run",
+    ]);
+}
+
 /// A `tar.gz` whose first `disk.raw` is the regular file `disk` and a later member of the
 /// same name is a symlink to `target` (an extractor that keeps the last one reads the host file).
 fn tar_gz_with_a_second_disk_raw(path: &Path, disk: &Path, target: &Path) {

@@ -260,6 +260,9 @@ fn prepare(
     if vm.gpu_type.is_some() {
         b.gpu_type = vm.gpu_type.clone();
     }
+    if let Err(e) = backend.check_machine_type(&vm.machine_type) {
+        refuse(e);
+    }
     let info = backend.info();
     let gpu_step = s.prov.steps.iter().find_map(|st| match st {
         Step::InstallGpu(a) => Some(a.no_verify),
@@ -566,7 +569,10 @@ mod tests {
             timeout: Duration::from_secs(60),
             disk_size_gb: None,
             oem_size: None,
-            vm: VmOptions::default(),
+            vm: VmOptions {
+                machine_type: "n1-standard-1".into(),
+                ..VmOptions::default()
+            },
             image: ImageOptions {
                 name: ImageName::Suffix("-custom".into()),
                 project: "p".into(),
@@ -730,6 +736,22 @@ mod tests {
         o.disk_size_gb = Some(u64::MAX / 2);
         let (_, r) = prepare(&dir, dir.load().unwrap(), &o, &QEMU);
         assert!(r.iter().any(|m| m.contains("too large")), "{r:?}");
+    }
+
+    #[test]
+    fn a_machine_type_the_backend_cannot_take_is_refused() {
+        let (_home, dir) = started();
+        let mut o = options();
+        o.vm.machine_type = "N1 Standard".into();
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, &GCE);
+        assert!(
+            r.len() == 1 && r[0].contains(r#"-machine-type="N1 Standard""#),
+            "{r:?}"
+        );
+        // GCE says itself whether a well-formed name exists.
+        o.vm.machine_type = "zones/z/machineTypes/n9-huge-7".into();
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, &GCE);
+        assert!(r.is_empty(), "{r:?}");
     }
 
     #[test]
