@@ -249,7 +249,8 @@ pub struct FinishOpts {
     /// OEM partition size: N 512-byte sectors, or N with B, K, M or G; at least 16M.
     #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "")]
     pub oem_size: String,
-    /// Output disk size in GB (0 = 10); checked against the OEM size as the original does.
+    /// Output disk size in GB (0 = 10); no smaller than the source image, and checked against
+    /// the OEM size as the original does.
     #[arg(long, help_heading = OUTPUT_IMAGE, default_value_t = 0, value_name = "GB")]
     pub disk_size_gb: i64,
     /// Project of the output image.

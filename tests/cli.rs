@@ -12,10 +12,12 @@ use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 /// A sparse 64 MiB raw disk with COS's partition numbers and labels (no file systems):
 /// enough for every check made before a VM starts.
 fn cos_shaped_disk(path: &Path) {
-    std::fs::File::create(path)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    cos_shaped_disk_of(path, 64 << 20);
+}
+
+/// [`cos_shaped_disk`] of `bytes` (sparse).
+fn cos_shaped_disk_of(path: &Path, bytes: u64) {
+    std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
     let mut c = Command::new("sgdisk");
     for (n, label) in [
         (1, "STATE"),
@@ -92,6 +94,30 @@ impl Home {
 
     fn state_dir(&self, workdir: &str) -> PathBuf {
         self.path().join(workdir)
+    }
+
+    /// `finish-image-build` with `args` (and `-output-file=out.img`) in the state folder
+    /// `workdir`, with and without `-dry-run`: both fail with exit 1, naming each of `why`,
+    /// and leave no output and the state in place.
+    fn finish_refused(&self, workdir: &str, args: &[&str], why: &[&str]) {
+        let flag = format!("-local-state-workdir={workdir}");
+        for dry in [true, false] {
+            let mut all = vec![&flag[..], "finish-image-build", "-output-file=out.img"];
+            all.extend(args);
+            if dry {
+                all.push("-dry-run");
+            }
+            let (code, err) = self.fail(&all);
+            assert_eq!(code, 1, "{all:?}: {err}");
+            for w in why {
+                assert!(err.contains(w), "{all:?}: no {w:?} in {err}");
+            }
+            assert!(!self.path().join("out.img").exists(), "{all:?}");
+            assert!(
+                self.state_dir(workdir).join("config/build").is_file(),
+                "{all:?}: the state must be kept"
+            );
+        }
     }
 
     fn start_local(&self) {
@@ -583,33 +609,54 @@ fn existing_output_is_refused_and_the_state_kept() {
 fn an_unknown_machine_type_is_refused_before_anything_and_the_state_kept() {
     let h = Home::new();
     h.start_local();
-    for dry in [true, false] {
-        let mut args = vec![
-            "finish-image-build",
-            "-output-file=out.img",
-            "-machine-type=garbage",
-        ];
-        if dry {
-            args.push("-dry-run");
-        }
-        let (code, err) = h.fail(&args);
-        assert_eq!(code, 1, "dry-run={dry}: {err}");
-        assert!(
-            err.contains(r#"-machine-type="garbage""#)
-                && err.contains("<family>-standard-N")
-                && err.contains("custom-N-MIB"),
-            "dry-run={dry}: {err}"
-        );
-        assert!(!h.path().join("out.img").exists());
-        assert!(h
-            .state_dir(".cos-customizer-workdir")
-            .join("config/build")
-            .is_file());
-    }
+    h.finish_refused(
+        ".cos-customizer-workdir",
+        &["-machine-type=garbage"],
+        &[
+            r#"-machine-type="garbage""#,
+            "<family>-standard-N",
+            "custom-N-MIB",
+        ],
+    );
     h.ok(&[
         "finish-image-build",
         "-output-file=out.img",
         "-machine-type=e2-custom-2-4096",
+        "-dry-run",
+    ]);
+}
+
+#[test]
+fn a_disk_size_below_the_source_or_beyond_qemu_is_refused_before_anything() {
+    let h = Home::new();
+    // Sparse: 11 GiB and one sector, so 12 GB is the least that holds it.
+    cos_shaped_disk_of(&h.path().join("big.img"), (11 << 30) + 512);
+    h.ok(&[
+        "start-image-build",
+        "-build-context=ctx",
+        "-image-file=big.img",
+    ]);
+    let size = "big.img is 11811160576 bytes (12 GB)";
+    let w = ".cos-customizer-workdir";
+    h.finish_refused(
+        w,
+        &["-disk-size-gb=11"],
+        &["-disk-size-gb=11 is smaller than the source image", size],
+    );
+    h.finish_refused(
+        w,
+        &[],
+        &["without -disk-size-gb: give -disk-size-gb=12 or more", size],
+    );
+    h.finish_refused(
+        w,
+        &["-disk-size-gb=9999999999"],
+        &["QEMU cannot make the build's disk of 9999999999 GB"],
+    );
+    h.ok(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-disk-size-gb=12",
         "-dry-run",
     ]);
 }
@@ -674,25 +721,7 @@ fn a_source_that_reads_host_files_is_refused_before_anything_and_the_state_kept(
             "-build-context=ctx",
             &format!("-image-file={name}"),
         ]);
-        for dry in [true, false] {
-            let mut args = vec![&workdir[..], "finish-image-build", "-output-file=out.img"];
-            if dry {
-                args.push("-dry-run");
-            }
-            let (code, err) = h.fail(&args);
-            assert_eq!(code, 1, "{name} dry-run={dry}: {err}");
-            assert!(
-                err.contains(name) && err.contains(why),
-                "{name} dry-run={dry}: {err}"
-            );
-            assert!(!h.path().join("out.img").exists(), "{name}");
-            assert!(
-                h.state_dir(&format!("w-{name}"))
-                    .join("config/build")
-                    .is_file(),
-                "{name} dry-run={dry}: the state must be kept"
-            );
-        }
+        h.finish_refused(&format!("w-{name}"), &[], &[name, why]);
     }
 }
 

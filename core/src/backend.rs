@@ -250,6 +250,11 @@ pub trait BackendType: Send + Sync {
     fn check_output(&self, _out: &OutputImage) -> Result<()> {
         Ok(())
     }
+    /// Checks before anything is made that the backend can make the build's boot disk of
+    /// `gb` GB (its largest size) and the output image `out` from it.
+    fn check_disk_size(&self, _gb: u64, _out: &OutputImage) -> Result<()> {
+        Ok(())
+    }
     /// Checks `-machine-type` before anything is made. The default takes whatever could
     /// name a GCE machine type (the cloud itself says whether it exists in the zone) and
     /// refuses what never could.

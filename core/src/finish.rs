@@ -322,6 +322,15 @@ fn prepare(
     if let Err(e) = backend.check_output(&output) {
         refuse(e);
     }
+    let disk_gb = sizing::resize_to_gb(&s.build, &s.prov)
+        .unwrap_or(0)
+        .max(sizing::initial_disk_gb(&s.build, &s.prov));
+    // A size too large for bytes is refused above.
+    if disk_gb.checked_mul(GIB).is_some() {
+        if let Err(e) = backend.check_disk_size(disk_gb, &output) {
+            refuse(e);
+        }
+    }
     let req = Request {
         output,
         user_data: cloud_config::user_data(),
@@ -386,6 +395,14 @@ fn check_local_files(
         Err(e) => problems.push(e),
         Ok(Some(facts)) => {
             data_bytes = facts.data_bytes;
+            if let Err(e) = preflight::check_disk_size(
+                Path::new(&s.source.local_file),
+                facts.virtual_size,
+                s.build.disk_size_gb,
+                sizing::initial_disk_gb(&s.build, &s.prov),
+            ) {
+                problems.push(e);
+            }
             // The backend unpacks a GCE archive into TMPDIR; the CIDATA disk goes
             // there too.
             let unpacked = if facts.format == "tar.gz" {

@@ -10,12 +10,15 @@ use anyhow::{bail, Context, Result};
 use cos_customizer_common::cos_layout::Partition;
 
 use crate::backend::SourceFacts;
+#[cfg(doc)]
+use cos_customizer_common::sizing;
 
 /// How much of a source disk its backend reads for the partition table
 /// ([`SourceFacts::head`]): the GPT header and its entries fit in the first 34 sectors; a
 /// MiB covers 4 KiB sectors too.
 pub const HEAD: u64 = 1 << 20;
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 
 /// The local source image `path`, which its backend found to be `facts`, has in its GPT
 /// every partition in `needs`, with its label, inside the disk.
@@ -155,9 +158,131 @@ pub fn check_space(dir: &Path, need: u64, purpose: &str) -> Result<()> {
     Ok(())
 }
 
+/// The build's boot disk holds the source image `source` of `source_bytes`: `-disk-size-gb`
+/// (`requested_gb`) is no smaller than the source, and neither is the disk the build first
+/// makes (`initial_gb`, [`sizing::initial_disk_gb`]). Without this a smaller request
+/// silently became 10 GB, or failed once the state was gone.
+pub fn check_disk_size(
+    source: &Path,
+    source_bytes: u64,
+    requested_gb: Option<u64>,
+    initial_gb: u64,
+) -> Result<()> {
+    let least = source_bytes.div_ceil(GIB);
+    let size = format!(
+        "the source image {} is {source_bytes} bytes ({least} GB)",
+        source.display()
+    );
+    if let Some(gb) = requested_gb.filter(|gb| gb.saturating_mul(GIB) < source_bytes) {
+        bail!("-disk-size-gb={gb} is smaller than the source image: {size}; give -disk-size-gb={least} or more");
+    }
+    if initial_gb.saturating_mul(GIB) < source_bytes {
+        match requested_gb {
+            None => bail!(
+                "{size}, more than the {initial_gb} GB disk a build makes without -disk-size-gb: give -disk-size-gb={least} or more"
+            ),
+            Some(_) => bail!(
+                "{size}, more than the {initial_gb} GB disk (a COS image's size, as the original) on which the build moves partitions (-oem-size, disable-auto-update, seal-oem) before growing it: build from a source of at most {initial_gb} GB, or without those steps"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The file system of `dir` takes a file of `bytes` (its largest file size, and this
+/// process's RLIMIT_FSIZE), so that a raw disk of that size can be written there. Probed
+/// with a sparse file stretched to `bytes` and removed, which is instant where sparse files
+/// are; `purpose` says what is written there.
+pub fn check_file_size(dir: &Path, bytes: u64, purpose: &str) -> Result<()> {
+    let too_large = |why: String| {
+        anyhow::anyhow!(
+            "{purpose} is a file of {bytes} bytes in {}, but {why}: give a smaller -disk-size-gb, or write it elsewhere",
+            dir.display()
+        )
+    };
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Fsize).current;
+    if let Some(limit) = limit.filter(|&l| l < bytes) {
+        return Err(too_large(format!(
+            "this process may write files of at most {limit} bytes (ulimit -f)"
+        )));
+    }
+    let probe = tempfile::Builder::new()
+        .prefix(".cos-customizer-check-")
+        .tempfile_in(dir)
+        .with_context(|| format!("{purpose}: cannot write in {}", dir.display()))?;
+    match probe.as_file().set_len(bytes) {
+        Ok(()) => Ok(()),
+        // EFBIG from the file system; InvalidInput for a size no off_t holds.
+        Err(e)
+            if e.raw_os_error() == Some(rustix::io::Errno::FBIG.raw_os_error())
+                || e.kind() == std::io::ErrorKind::InvalidInput =>
+        {
+            Err(too_large(format!(
+                "its file system takes no file that large ({e})"
+            )))
+        }
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "{purpose}: making a file of {bytes} bytes in {}",
+                dir.display()
+            )
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_holds_the_source() {
+        let src = Path::new("/i/src.img");
+        let ten = 10 * GIB;
+        check_disk_size(src, 64 * MIB, Some(1), 10).unwrap();
+        check_disk_size(src, 64 * MIB, None, 10).unwrap();
+        check_disk_size(src, ten, Some(10), 10).unwrap();
+        let e = check_disk_size(src, ten + 1, Some(10), 11)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("-disk-size-gb=10 is smaller")
+                && e.contains("/i/src.img is 10737418241 bytes (11 GB)")
+                && e.contains("give -disk-size-gb=11 or more"),
+            "{e}"
+        );
+        // Below the 10 GB the build would make anyway: no longer silently 10 GB.
+        let e = check_disk_size(src, 9 * GIB + 1, Some(5), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give -disk-size-gb=10 or more"), "{e}");
+        let e = check_disk_size(src, 20 * GIB, None, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("without -disk-size-gb: give -disk-size-gb=20"),
+            "{e}"
+        );
+        let e = check_disk_size(src, 20 * GIB, Some(30), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("moves partitions"), "{e}");
+    }
+
+    #[test]
+    fn a_file_larger_than_the_file_system_takes_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        check_file_size(d.path(), 10 * GIB, "the output image").unwrap();
+        // Beyond what any file size (off_t) holds.
+        let e = check_file_size(d.path(), u64::MAX, "the output image")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the output image is a file of"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "no probe left"
+        );
+    }
 
     /// A sparse raw disk with a COS-like GPT, made by sgdisk; `skip` leaves out a partition.
     #[test]

@@ -14,6 +14,7 @@ mod args;
 #[cfg(test)]
 mod backend_tests;
 mod disk;
+mod disk_size;
 mod export;
 mod host;
 mod inspect;
@@ -286,6 +287,10 @@ impl BackendType for Qemu {
     fn check_machine_type(&self, machine_type: &str) -> Result<()> {
         machine::resources(machine_type, 1).map(|_| ())
     }
+
+    fn check_disk_size(&self, gb: u64, out: &OutputImage) -> Result<()> {
+        disk_size::check(gb, out)
+    }
 }
 
 impl BackendType for QemuBackend {
@@ -303,6 +308,10 @@ impl BackendType for QemuBackend {
 
     fn check_machine_type(&self, machine_type: &str) -> Result<()> {
         Qemu.check_machine_type(machine_type)
+    }
+
+    fn check_disk_size(&self, gb: u64, out: &OutputImage) -> Result<()> {
+        Qemu.check_disk_size(gb, out)
     }
 }
 
