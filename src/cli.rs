@@ -217,7 +217,7 @@ pub struct FinishOpts {
     #[arg(long, help_heading = BUILD, value_name = "PATH")]
     pub provisioner: Option<PathBuf>,
     /// Local output image file (QEMU builds); it must not exist (unless -overwrite), be the
-    /// source, a folder or inside the state folder.
+    /// source or one of its backing files, a folder or inside the state folder.
     #[arg(long, help_heading = LOCAL, value_name = "PATH")]
     pub output_file: Option<PathBuf>,
     /// Replaces an existing -output-file (atomically, once the new image is whole).

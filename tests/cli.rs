@@ -15,6 +15,16 @@ fn cos_shaped_disk(path: &Path) {
     cos_shaped_disk_of(path, 64 << 20);
 }
 
+/// Runs `c`, which must succeed.
+fn succeed(c: &mut Command) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// [`cos_shaped_disk`] of `bytes` (sparse).
 fn cos_shaped_disk_of(path: &Path, bytes: u64) {
     std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
@@ -31,12 +41,7 @@ fn cos_shaped_disk_of(path: &Path, bytes: u64) {
         c.arg(format!("--new={n}:0:+4M"))
             .arg(format!("--change-name={n}:{label}"));
     }
-    let out = c.arg(path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(c.arg(path));
 }
 
 struct Home {
@@ -661,6 +666,61 @@ fn a_disk_size_below_the_source_or_beyond_qemu_is_refused_before_anything() {
     ]);
 }
 
+#[test]
+fn overwrite_never_replaces_a_file_the_source_reads() {
+    let h = Home::new();
+    let qemu_img = |args: &str| {
+        succeed(
+            Command::new("qemu-img")
+                .args(args.split(' '))
+                .current_dir(h.path()),
+        )
+    };
+    // top.qcow2 -> lower/mid.qcow2 -> source.img, the lower names relative to their overlays.
+    std::fs::create_dir(h.path().join("lower")).unwrap();
+    qemu_img("create -q -f qcow2 -F raw -b ../source.img lower/mid.qcow2");
+    qemu_img("create -q -f qcow2 -F qcow2 -b lower/mid.qcow2 top.qcow2");
+    h.ok(&[
+        "start-image-build",
+        "-build-context=ctx",
+        "-image-file=top.qcow2",
+    ]);
+    let before = std::fs::read(h.path().join("source.img")).unwrap();
+    for (out, why) in [
+        ("source.img", "a backing file of the source image"),
+        ("lower/mid.qcow2", "a backing file of the source image"),
+        ("lower/../top.qcow2", "is the source image"),
+    ] {
+        for dry in [true, false] {
+            let flag = format!("-output-file={out}");
+            let mut args = vec![
+                "finish-image-build",
+                &flag,
+                "-output-format=raw",
+                "-allow-backing-file",
+                "-overwrite",
+            ];
+            if dry {
+                args.push("-dry-run");
+            }
+            let (code, err) = h.fail(&args);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(err.contains(why), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read(h.path().join("source.img")).unwrap(), before);
+    assert!(h
+        .state_dir(".cos-customizer-workdir")
+        .join("config/build")
+        .is_file());
+    h.ok(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-allow-backing-file",
+        "-dry-run",
+    ]);
+}
+
 /// A `tar.gz` whose first `disk.raw` is the regular file `disk` and a later member of the
 /// same name is a symlink to `target` (an extractor that keeps the last one reads the host file).
 fn tar_gz_with_a_second_disk_raw(path: &Path, disk: &Path, target: &Path) {
@@ -694,20 +754,15 @@ fn a_source_that_reads_host_files_is_refused_before_anything_and_the_state_kept(
     )
     .unwrap();
     let qcow2 = h.path().join("data-file.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-o"])
-        .arg(format!(
-            "data_file={},data_file_raw=on",
-            host_file.display()
-        ))
-        .arg(&qcow2)
-        .arg("64M")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!(
+                "data_file={},data_file_raw=on",
+                host_file.display()
+            ))
+            .arg(&qcow2)
+            .arg("64M"),
     );
     let tgz = h.path().join("two-members.tar.gz");
     tar_gz_with_a_second_disk_raw(&tgz, &h.path().join("source.img"), &host_file);

@@ -211,6 +211,10 @@ pub struct SourceFacts {
     pub data_bytes: u64,
     /// The disk's first MiB as raw bytes, where its partition table is.
     pub head: Vec<u8>,
+    /// Every host file the disk is read from: the source itself and, with
+    /// `-allow-backing-file`, each file of its backing chain, which the output must never
+    /// replace.
+    pub files: Vec<PathBuf>,
 }
 
 /// A line one of a backend's hooks reports for the build's log.

@@ -376,6 +376,8 @@ fn check_local_files(
 ) -> Vec<anyhow::Error> {
     let mut problems = Vec::new();
     let source = Some(Path::new(&s.source.local_file)).filter(|p| !p.as_os_str().is_empty());
+    // The files the build reads the source from, once the backend has read it.
+    let mut source_files: Vec<PathBuf> = source.map(Path::to_path_buf).into_iter().collect();
     let mut data_bytes = 0;
     let mut needs = cos_layout::ALWAYS.to_vec();
     if s.prov.boot_disk.reclaim_sda3 {
@@ -395,6 +397,7 @@ fn check_local_files(
         Err(e) => problems.push(e),
         Ok(Some(facts)) => {
             data_bytes = facts.data_bytes;
+            source_files.clone_from(&facts.files);
             if let Err(e) = preflight::check_disk_size(
                 Path::new(&s.source.local_file),
                 facts.virtual_size,
@@ -423,7 +426,7 @@ fn check_local_files(
         }
     }
     if let Some((out, _)) = &opts.image.local_file {
-        match preflight::check_output(out, source, state.root(), opts.image.overwrite) {
+        match preflight::check_output(out, &source_files, state.root(), opts.image.overwrite) {
             Ok(()) => {
                 let dir = cos_customizer_common::fsutil::parent_dir(out);
                 if let Err(e) = preflight::check_space(dir, data_bytes, "the output image") {

@@ -4,7 +4,7 @@
 //! and the free space.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::cos_layout::Partition;
@@ -68,11 +68,13 @@ pub fn check_partitions(path: &Path, facts: &SourceFacts, needs: &[Partition]) -
     Ok(())
 }
 
-/// The local output file: not a folder, not the source, not inside the state folder,
-/// absent unless `overwrite`, and in a folder this process can write.
+/// The local output file: not a folder, not inside the state folder, absent unless
+/// `overwrite`, and in a folder this process can write; never one of `source_files`, the
+/// source and its backing chain (compared by device and inode, so neither a hard link, a
+/// symlinked folder nor another spelling of the path gets through).
 pub fn check_output(
     out: &Path,
-    source: Option<&Path>,
+    source_files: &[PathBuf],
     state_root: &Path,
     overwrite: bool,
 ) -> Result<()> {
@@ -106,14 +108,22 @@ pub fn check_output(
                 out.display()
             );
         }
-        let is_source = source
-            .and_then(|s| std::fs::metadata(s).ok())
-            .is_some_and(|s| s.dev() == meta.dev() && s.ino() == meta.ino());
-        if is_source {
-            bail!(
+        // Resolved as QEMU opens them, so any spelling of the same file matches.
+        let read = source_files.iter().position(|f| {
+            std::fs::metadata(f).is_ok_and(|s| s.dev() == meta.dev() && s.ino() == meta.ino())
+        });
+        match read {
+            Some(0) => bail!(
                 "-output-file {} is the source image, which is never written: {fix}",
                 out.display()
-            );
+            ),
+            Some(i) => bail!(
+                "-output-file {} is {}, a backing file of the source image {} (-allow-backing-file), which is never written: {fix}",
+                out.display(),
+                source_files[i].display(),
+                source_files[0].display()
+            ),
+            None => {}
         }
         if !overwrite {
             bail!(
@@ -292,32 +302,46 @@ mod tests {
         let src = d.path().join("src.img");
         std::fs::write(&src, "x").unwrap();
         let out = d.path().join("out.img");
-        check_output(&out, Some(&src), &state, false).unwrap();
+        let src = [src];
+        check_output(&out, &src, &state, false).unwrap();
         std::fs::write(&out, "old").unwrap();
-        let e = check_output(&out, Some(&src), &state, false)
+        let e = check_output(&out, &src, &state, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("already exists: pass -overwrite"), "{e}");
-        check_output(&out, Some(&src), &state, true).unwrap();
-        let e = check_output(&src, Some(&src), &state, true)
+        check_output(&out, &src, &state, true).unwrap();
+        let e = check_output(&src[0], &src, &state, true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("is the source image"), "{e}");
-        let e = check_output(d.path(), None, &state, true)
+        // A backing file of the source, however it is reached.
+        let base = d.path().join("base.raw");
+        std::fs::write(&base, "b").unwrap();
+        let chain = [src[0].clone(), d.path().join("sub/../base.raw")];
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        let linked = d.path().join("linked.img");
+        std::fs::hard_link(&base, &linked).unwrap();
+        for out in [&base, &linked] {
+            let e = check_output(out, &chain, &state, true)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("a backing file of the source image"), "{e}");
+        }
+        let e = check_output(d.path(), &[], &state, true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("is a folder"), "{e}");
-        let e = check_output(&state.join("o.img"), None, &state, false)
+        let e = check_output(&state.join("o.img"), &[], &state, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("inside the state folder"), "{e}");
         let e = format!(
             "{:#}",
-            check_output(Path::new("/proc/o.img"), None, &state, false).unwrap_err()
+            check_output(Path::new("/proc/o.img"), &[], &state, false).unwrap_err()
         );
         assert!(e.contains("cannot write in its folder /proc"), "{e}");
         // Only a regular file is ever replaced, and never through a link.
-        let e = check_output(Path::new("/dev/null"), None, &state, true)
+        let e = check_output(Path::new("/dev/null"), &[], &state, true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a regular file"), "{e}");
@@ -327,7 +351,7 @@ mod tests {
         ] {
             std::os::unix::fs::symlink(&to, d.path().join(link)).unwrap();
             for overwrite in [false, true] {
-                let e = check_output(&d.path().join(link), None, &state, overwrite)
+                let e = check_output(&d.path().join(link), &[], &state, overwrite)
                     .unwrap_err()
                     .to_string();
                 assert!(e.contains("is a symlink to"), "{link}: {e}");

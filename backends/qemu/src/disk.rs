@@ -13,6 +13,10 @@ pub const GB: u64 = 1 << 30;
 /// What `qemu-img info --output=json` says about an image.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ImageInfo {
+    /// The file as qemu-img opened it: a backing file's name resolved against its
+    /// overlay's folder, relative to the working directory when the overlay's path was.
+    #[serde(default)]
+    pub filename: String,
     pub format: String,
     #[serde(rename = "virtual-size")]
     pub virtual_size: u64,
@@ -49,6 +53,17 @@ impl ImageInfo {
 pub fn parse_info(json: &[u8], path: &Path) -> Result<ImageInfo> {
     serde_json::from_slice(json)
         .with_context(|| format!("parsing qemu-img info of {}", path.display()))
+}
+
+/// Parses `qemu-img info --backing-chain --output=json` of `path`: the image first, then
+/// each backing file in turn.
+pub fn parse_chain(json: &[u8], path: &Path) -> Result<Vec<ImageInfo>> {
+    serde_json::from_slice(json).with_context(|| {
+        format!(
+            "parsing qemu-img info --backing-chain of {}",
+            path.display()
+        )
+    })
 }
 
 pub async fn image_info(path: &Path) -> Result<ImageInfo> {
