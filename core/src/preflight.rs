@@ -202,11 +202,11 @@ pub fn check_disk_size(
 /// The file system of `dir` takes a file of `bytes` (its largest file size, and this
 /// process's RLIMIT_FSIZE), so that a raw disk of that size can be written there. Probed
 /// with a sparse file stretched to `bytes` and removed, which is instant where sparse files
-/// are; `purpose` says what is written there.
-pub fn check_file_size(dir: &Path, bytes: u64, purpose: &str) -> Result<()> {
+/// are; `purpose` says what is written there, `fix` what the user can do instead.
+pub fn check_file_size(dir: &Path, bytes: u64, purpose: &str, fix: &str) -> Result<()> {
     let too_large = |why: String| {
         anyhow::anyhow!(
-            "{purpose} is a file of {bytes} bytes in {}, but {why}: give a smaller -disk-size-gb, or write it elsewhere",
+            "{purpose} is a file of {bytes} bytes in {}, but {why}: {fix}",
             dir.display()
         )
     };
@@ -281,12 +281,15 @@ mod tests {
     #[test]
     fn a_file_larger_than_the_file_system_takes_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        check_file_size(d.path(), 10 * GIB, "the output image").unwrap();
+        check_file_size(d.path(), 10 * GIB, "the output image", "fix").unwrap();
         // Beyond what any file size (off_t) holds.
-        let e = check_file_size(d.path(), u64::MAX, "the output image")
+        let e = check_file_size(d.path(), u64::MAX, "the output image", "do this")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("the output image is a file of"), "{e}");
+        assert!(
+            e.contains("the output image is a file of") && e.ends_with(": do this"),
+            "{e}"
+        );
         assert_eq!(
             std::fs::read_dir(d.path()).unwrap().count(),
             0,

@@ -24,16 +24,19 @@ pub fn check(gb: u64, out: &OutputImage) -> Result<()> {
             .arg(bytes.to_string()),
     )
     .with_context(|| format!("QEMU cannot make {what}: give a smaller -disk-size-gb"))?;
+    let smaller = "give a smaller -disk-size-gb, -output-format=qcow2";
     match &out.local_file {
         Some((path, ImageFormat::Raw)) => preflight::check_file_size(
             fsutil::parent_dir(path),
             bytes,
-            &format!("the raw output image of {what}"),
+            &format!("a raw output image of {what}"),
+            &format!("{smaller}, or an -output-file on another file system"),
         ),
         Some((_, ImageFormat::TarGz)) => preflight::check_file_size(
             &std::env::temp_dir(),
             bytes,
-            &format!("the disk.raw of {what}, which the tar.gz output is packed from (TMPDIR)"),
+            &format!("the disk.raw a tar.gz output of {what} is packed from"),
+            &format!("{smaller}, or point TMPDIR at another file system"),
         ),
         Some((_, ImageFormat::Qcow2)) | None => Ok(()),
     }
