@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::async_cmd;
+use cos_customizer_core::{async_cmd, gce_tar};
 use serde::Deserialize;
 use tokio::process::Command;
 
@@ -89,7 +89,7 @@ pub async fn extract_disk_raw(archive: &Path, dir: &Path) -> Result<PathBuf> {
             .arg(archive)
             .arg("-C")
             .arg(dir)
-            .arg("disk.raw"),
+            .arg(gce_tar::MEMBER),
     )
     .await
     .with_context(|| {
@@ -98,7 +98,7 @@ pub async fn extract_disk_raw(archive: &Path, dir: &Path) -> Result<PathBuf> {
             archive.display()
         )
     })?;
-    let disk = dir.join("disk.raw");
+    let disk = dir.join(gce_tar::MEMBER);
     // A symlink or a later member of the same name would put a host file in the output.
     let meta = tokio::fs::symlink_metadata(&disk)
         .await

@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::cmd;
 use cos_customizer_core::backend::SourceFacts;
+use cos_customizer_core::gce_tar;
 use cos_customizer_core::preflight;
 
 use crate::disk;
@@ -73,7 +74,7 @@ fn tar_gz_head(path: &Path) -> Result<SourceFacts> {
     };
     let name = entry.path_bytes().into_owned();
     let kind = entry.header().entry_type();
-    if name != b"disk.raw" || !(kind.is_file() || kind.is_gnu_sparse()) {
+    if name != gce_tar::MEMBER.as_bytes() || !(kind.is_file() || kind.is_gnu_sparse()) {
         bail!(
             "{}: its first member is {:?} ({kind:?}), not the regular file disk.raw; {fix}",
             what(),
