@@ -208,7 +208,8 @@ pub struct FinishOpts {
     /// Timeout of each wait, a Go duration (1h, 90m, 1m30s), as Daisy's -default_timeout.
     #[arg(long, help_heading = BUILD, default_value = "1h")]
     pub timeout: String,
-    /// Machine type of the build VM (QEMU maps it to vCPUs and memory).
+    /// Machine type of the build VM (QEMU maps GCE's predefined and custom types to vCPUs
+    /// and memory, and refuses any other name).
     #[arg(long, help_heading = BUILD, default_value = "n1-standard-1")]
     pub machine_type: String,
     /// Static provisioner binary to put on the CIDATA disk (default: $COS_CUSTOMIZER_PROVISIONER,
@@ -216,7 +217,7 @@ pub struct FinishOpts {
     #[arg(long, help_heading = BUILD, value_name = "PATH")]
     pub provisioner: Option<PathBuf>,
     /// Local output image file (QEMU builds); it must not exist (unless -overwrite), be the
-    /// source, a folder or inside the state folder.
+    /// source or one of its backing files, a folder or inside the state folder.
     #[arg(long, help_heading = LOCAL, value_name = "PATH")]
     pub output_file: Option<PathBuf>,
     /// Replaces an existing -output-file (atomically, once the new image is whole).
@@ -248,7 +249,8 @@ pub struct FinishOpts {
     /// OEM partition size: N 512-byte sectors, or N with B, K, M or G; at least 16M.
     #[arg(long, help_heading = OUTPUT_IMAGE, default_value = "")]
     pub oem_size: String,
-    /// Output disk size in GB (0 = 10); checked against the OEM size as the original does.
+    /// Output disk size in GB (0 = 10); no smaller than the source image, and checked against
+    /// the OEM size as the original does.
     #[arg(long, help_heading = OUTPUT_IMAGE, default_value_t = 0, value_name = "GB")]
     pub disk_size_gb: i64,
     /// Project of the output image.

@@ -12,10 +12,22 @@ use cos_customizer_testkit::fake_gcs::{self, FakeGcs};
 /// A sparse 64 MiB raw disk with COS's partition numbers and labels (no file systems):
 /// enough for every check made before a VM starts.
 fn cos_shaped_disk(path: &Path) {
-    std::fs::File::create(path)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    cos_shaped_disk_of(path, 64 << 20);
+}
+
+/// Runs `c`, which must succeed.
+fn succeed(c: &mut Command) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// [`cos_shaped_disk`] of `bytes` (sparse).
+fn cos_shaped_disk_of(path: &Path, bytes: u64) {
+    std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
     let mut c = Command::new("sgdisk");
     for (n, label) in [
         (1, "STATE"),
@@ -29,12 +41,7 @@ fn cos_shaped_disk(path: &Path) {
         c.arg(format!("--new={n}:0:+4M"))
             .arg(format!("--change-name={n}:{label}"));
     }
-    let out = c.arg(path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(c.arg(path));
 }
 
 struct Home {
@@ -92,6 +99,30 @@ impl Home {
 
     fn state_dir(&self, workdir: &str) -> PathBuf {
         self.path().join(workdir)
+    }
+
+    /// `finish-image-build` with `args` (and `-output-file=out.img`) in the state folder
+    /// `workdir`, with and without `-dry-run`: both fail with exit 1, naming each of `why`,
+    /// and leave no output and the state in place.
+    fn finish_refused(&self, workdir: &str, args: &[&str], why: &[&str]) {
+        let flag = format!("-local-state-workdir={workdir}");
+        for dry in [true, false] {
+            let mut all = vec![&flag[..], "finish-image-build", "-output-file=out.img"];
+            all.extend(args);
+            if dry {
+                all.push("-dry-run");
+            }
+            let (code, err) = self.fail(&all);
+            assert_eq!(code, 1, "{all:?}: {err}");
+            for w in why {
+                assert!(err.contains(w), "{all:?}: no {w:?} in {err}");
+            }
+            assert!(!self.path().join("out.img").exists(), "{all:?}");
+            assert!(
+                self.state_dir(workdir).join("config/build").is_file(),
+                "{all:?}: the state must be kept"
+            );
+        }
     }
 
     fn start_local(&self) {
@@ -579,6 +610,117 @@ fn existing_output_is_refused_and_the_state_kept() {
     }
 }
 
+#[test]
+fn an_unknown_machine_type_is_refused_before_anything_and_the_state_kept() {
+    let h = Home::new();
+    h.start_local();
+    h.finish_refused(
+        ".cos-customizer-workdir",
+        &["-machine-type=garbage"],
+        &[
+            r#"-machine-type="garbage""#,
+            "<family>-standard-N",
+            "custom-N-MIB",
+        ],
+    );
+    h.ok(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-machine-type=e2-custom-2-4096",
+        "-dry-run",
+    ]);
+}
+
+#[test]
+fn a_disk_size_below_the_source_or_beyond_qemu_is_refused_before_anything() {
+    let h = Home::new();
+    // Sparse: 11 GiB and one sector, so 12 GB is the least that holds it.
+    cos_shaped_disk_of(&h.path().join("big.img"), (11 << 30) + 512);
+    h.ok(&[
+        "start-image-build",
+        "-build-context=ctx",
+        "-image-file=big.img",
+    ]);
+    let size = "big.img is 11811160576 bytes (12 GB)";
+    let w = ".cos-customizer-workdir";
+    h.finish_refused(
+        w,
+        &["-disk-size-gb=11"],
+        &["-disk-size-gb=11 is smaller than the source image", size],
+    );
+    h.finish_refused(
+        w,
+        &[],
+        &["without -disk-size-gb: give -disk-size-gb=12 or more", size],
+    );
+    h.finish_refused(
+        w,
+        &["-disk-size-gb=9999999999"],
+        &["QEMU cannot make the build's disk of 9999999999 GB"],
+    );
+    h.ok(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-disk-size-gb=12",
+        "-dry-run",
+    ]);
+}
+
+#[test]
+fn overwrite_never_replaces_a_file_the_source_reads() {
+    let h = Home::new();
+    let qemu_img = |args: &str| {
+        succeed(
+            Command::new("qemu-img")
+                .args(args.split(' '))
+                .current_dir(h.path()),
+        )
+    };
+    // top.qcow2 -> lower/mid.qcow2 -> source.img, the lower names relative to their overlays.
+    std::fs::create_dir(h.path().join("lower")).unwrap();
+    qemu_img("create -q -f qcow2 -F raw -b ../source.img lower/mid.qcow2");
+    qemu_img("create -q -f qcow2 -F qcow2 -b lower/mid.qcow2 top.qcow2");
+    h.ok(&[
+        "start-image-build",
+        "-build-context=ctx",
+        "-image-file=top.qcow2",
+    ]);
+    let before = std::fs::read(h.path().join("source.img")).unwrap();
+    for (out, why) in [
+        ("source.img", "a backing file of the source image"),
+        ("lower/mid.qcow2", "a backing file of the source image"),
+        ("lower/../top.qcow2", "is the source image"),
+    ] {
+        for dry in [true, false] {
+            let flag = format!("-output-file={out}");
+            let mut args = vec![
+                "finish-image-build",
+                &flag,
+                "-output-format=raw",
+                "-allow-backing-file",
+                "-overwrite",
+            ];
+            if dry {
+                args.push("-dry-run");
+            }
+            let (code, err) = h.fail(&args);
+            assert_eq!(code, 1, "{args:?}: {err}");
+            assert!(err.contains(why), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read(h.path().join("source.img")).unwrap(), before);
+    assert!(h
+        .state_dir(".cos-customizer-workdir")
+        .join("config/build")
+        .is_file());
+    h.ok(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-allow-backing-file",
+        "-dry-run",
+    ]);
+}
+
 /// A `tar.gz` whose first `disk.raw` is the regular file `disk` and a later member of the
 /// same name is a symlink to `target` (an extractor that keeps the last one reads the host file).
 fn tar_gz_with_a_second_disk_raw(path: &Path, disk: &Path, target: &Path) {
@@ -612,20 +754,15 @@ fn a_source_that_reads_host_files_is_refused_before_anything_and_the_state_kept(
     )
     .unwrap();
     let qcow2 = h.path().join("data-file.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-o"])
-        .arg(format!(
-            "data_file={},data_file_raw=on",
-            host_file.display()
-        ))
-        .arg(&qcow2)
-        .arg("64M")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            .arg(format!(
+                "data_file={},data_file_raw=on",
+                host_file.display()
+            ))
+            .arg(&qcow2)
+            .arg("64M"),
     );
     let tgz = h.path().join("two-members.tar.gz");
     tar_gz_with_a_second_disk_raw(&tgz, &h.path().join("source.img"), &host_file);
@@ -639,25 +776,7 @@ fn a_source_that_reads_host_files_is_refused_before_anything_and_the_state_kept(
             "-build-context=ctx",
             &format!("-image-file={name}"),
         ]);
-        for dry in [true, false] {
-            let mut args = vec![&workdir[..], "finish-image-build", "-output-file=out.img"];
-            if dry {
-                args.push("-dry-run");
-            }
-            let (code, err) = h.fail(&args);
-            assert_eq!(code, 1, "{name} dry-run={dry}: {err}");
-            assert!(
-                err.contains(name) && err.contains(why),
-                "{name} dry-run={dry}: {err}"
-            );
-            assert!(!h.path().join("out.img").exists(), "{name}");
-            assert!(
-                h.state_dir(&format!("w-{name}"))
-                    .join("config/build")
-                    .is_file(),
-                "{name} dry-run={dry}: the state must be kept"
-            );
-        }
+        h.finish_refused(&format!("w-{name}"), &[], &[name, why]);
     }
 }
 

@@ -12,6 +12,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 
 use cos_customizer_common::config::SourceImage;
+use cos_customizer_common::names;
 use cos_customizer_common::protocol::{ACK_METADATA_KEY, ACK_METADATA_VALUE};
 
 /// A disk the backend created: a file path for QEMU, a disk name for GCE.
@@ -213,6 +214,10 @@ pub struct SourceFacts {
     pub data_bytes: u64,
     /// The disk's first MiB as raw bytes, where its partition table is.
     pub head: Vec<u8>,
+    /// Every host file the disk is read from: the source itself and, with
+    /// `-allow-backing-file`, each file of its backing chain, which the output must never
+    /// replace.
+    pub files: Vec<PathBuf>,
 }
 
 /// A line one of a backend's hooks reports for the build's log.
@@ -250,6 +255,24 @@ pub trait BackendType: Send + Sync {
     ) -> Result<Option<SourceFacts>>;
     /// Checks the output image's name and labels against the backend's rules.
     fn check_output(&self, _out: &OutputImage) -> Result<()> {
+        Ok(())
+    }
+    /// Checks before anything is made that the backend can make the build's boot disk of
+    /// `gb` GB (its largest size) and the output image `out` from it.
+    fn check_disk_size(&self, _gb: u64, _out: &OutputImage) -> Result<()> {
+        Ok(())
+    }
+    /// Checks `-machine-type` before anything is made. The default takes whatever could
+    /// name a GCE machine type (the cloud itself says whether it exists in the zone) and
+    /// refuses what never could.
+    fn check_machine_type(&self, machine_type: &str) -> Result<()> {
+        if !names::is_machine_type(machine_type) {
+            anyhow::bail!(
+                "-machine-type={machine_type:?} cannot name a GCE machine type: give a name such \
+                 as n1-standard-1, e2-custom-2-4096 or custom-2-5120 (lowercase letters, digits \
+                 and dashes), or a path or URL ending in machineTypes/NAME"
+            );
+        }
         Ok(())
     }
 }

@@ -11,10 +11,12 @@
 use serde_json::json;
 
 use cos_customizer_common::protocol::{
-    exit, ACK_METADATA_KEY, ACK_WAIT_SECS, CIDATA_MOUNT, CONFIG_JSON, FAILURE_MARKER,
+    exit, ACK_METADATA_KEY, ACK_WAIT_SECS, CIDATA_LABEL, CIDATA_MOUNT, CONFIG_JSON, FAILURE_MARKER,
     PROVISIONER_PREFIX, STATE_DIR, STATUS_PREFIX, STATUS_TTY_AARCH64, STATUS_TTY_X86_64,
     SUCCESS_MARKER,
 };
+
+use crate::scratch;
 
 /// The unit template; the instance is the escaped path of the tty it writes to.
 pub const UNIT_NAME: &str = "customizer@.service";
@@ -38,7 +40,7 @@ set -o errexit -o pipefail -o nounset
 set +o history
 
 readonly CIDATA={mount}
-readonly SCRATCH=/mnt/disks/scratch
+readonly SCRATCH={scratch_mount}
 
 # Any unexpected failure must still reach the preloader, or it waits for its timeout.
 trap 'echo "{FAILURE_MARKER} startup script failed at line ${{LINENO}}"' ERR
@@ -61,17 +63,17 @@ esac
 
 # udev may not have created the label links yet when this unit starts.
 for _ in $(seq 30); do
-  [[ -e /dev/disk/by-label/CIDATA ]] && break
+  [[ -e /dev/disk/by-label/{CIDATA_LABEL} ]] && break
   sleep 1
 done
 mkdir -p "${{CIDATA}}"
-mountpoint -q "${{CIDATA}}" || mount -o ro /dev/disk/by-label/CIDATA "${{CIDATA}}"
+mountpoint -q "${{CIDATA}}" || mount -o ro /dev/disk/by-label/{CIDATA_LABEL} "${{CIDATA}}"
 
 # Checked after the CIDATA wait, so the SCRATCH link has had the same time to appear.
-if [[ -e /dev/disk/by-label/SCRATCH ]]; then
+if [[ -e /dev/disk/by-label/{scratch_label} ]]; then
   mkdir -p "${{SCRATCH}}"
-  resize2fs -f /dev/disk/by-label/SCRATCH
-  mountpoint -q "${{SCRATCH}}" || mount /dev/disk/by-label/SCRATCH "${{SCRATCH}}"
+  resize2fs -f /dev/disk/by-label/{scratch_label}
+  mountpoint -q "${{SCRATCH}}" || mount /dev/disk/by-label/{scratch_label} "${{SCRATCH}}"
   mkdir -p "${{SCRATCH}}/gpu"
 fi
 
@@ -111,6 +113,8 @@ case "${{rc}}" in
 esac
 "#,
         mount = CIDATA_MOUNT,
+        scratch_mount = scratch::MOUNT,
+        scratch_label = scratch::LABEL,
         config = CONFIG_JSON,
         reboot = exit::REBOOT,
     )
@@ -215,6 +219,9 @@ mod tests {
         assert!(s.contains("readonly CIDATA=/mnt/disks/cidata\n"));
         assert!(s.contains("[[ ! -e /var/lib/.cos-customizer ]]"));
         assert!(s.contains("mount -o ro /dev/disk/by-label/CIDATA \"${CIDATA}\""));
+        assert!(s.contains("readonly SCRATCH=/mnt/disks/scratch\n"));
+        assert!(s.contains("resize2fs -f /dev/disk/by-label/SCRATCH\n"));
+        assert!(s.contains("mount /dev/disk/by-label/SCRATCH \"${SCRATCH}\""));
         let unit = unit_file();
         for line in [
             "Type=oneshot",

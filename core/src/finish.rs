@@ -273,6 +273,9 @@ fn prepare(
     if vm.gpu_type.is_some() {
         b.gpu_type = vm.gpu_type.clone();
     }
+    if let Err(e) = backend.check_machine_type(&vm.machine_type) {
+        refuse(e);
+    }
     let info = backend.info();
     let gpu_step = s.prov.steps.iter().find_map(|st| match st {
         Step::InstallGpu(a) => Some(a.no_verify),
@@ -332,6 +335,15 @@ fn prepare(
     if let Err(e) = backend.check_output(&output) {
         refuse(e);
     }
+    let disk_gb = sizing::resize_to_gb(&s.build, &s.prov)
+        .unwrap_or(0)
+        .max(sizing::initial_disk_gb(&s.build, &s.prov));
+    // A size too large for bytes is refused above.
+    if disk_gb.checked_mul(GIB).is_some() {
+        if let Err(e) = backend.check_disk_size(disk_gb, &output) {
+            refuse(e);
+        }
+    }
     let req = Request {
         output,
         user_data: cloud_config::user_data(),
@@ -377,6 +389,8 @@ fn check_local_files(
 ) -> Vec<anyhow::Error> {
     let mut problems = Vec::new();
     let source = Some(Path::new(&s.source.local_file)).filter(|p| !p.as_os_str().is_empty());
+    // The files the build reads the source from, once the backend has read it.
+    let mut source_files: Vec<PathBuf> = source.map(Path::to_path_buf).into_iter().collect();
     let mut data_bytes = 0;
     let mut needs = cos_layout::ALWAYS.to_vec();
     if s.prov.boot_disk.reclaim_sda3 {
@@ -396,6 +410,15 @@ fn check_local_files(
         Err(e) => problems.push(e),
         Ok(Some(facts)) => {
             data_bytes = facts.data_bytes;
+            source_files.clone_from(&facts.files);
+            if let Err(e) = preflight::check_disk_size(
+                Path::new(&s.source.local_file),
+                facts.virtual_size,
+                s.build.disk_size_gb,
+                sizing::initial_disk_gb(&s.build, &s.prov),
+            ) {
+                problems.push(e);
+            }
             // The backend unpacks a GCE archive into TMPDIR; the CIDATA disk goes
             // there too.
             let unpacked = if facts.format == "tar.gz" {
@@ -416,7 +439,7 @@ fn check_local_files(
         }
     }
     if let Some((out, _)) = &opts.image.local_file {
-        match preflight::check_output(out, source, state.root(), opts.image.overwrite) {
+        match preflight::check_output(out, &source_files, state.root(), opts.image.overwrite) {
             Ok(()) => {
                 let dir = cos_customizer_common::fsutil::parent_dir(out);
                 if let Err(e) = preflight::check_space(dir, data_bytes, "the output image") {
@@ -596,7 +619,10 @@ mod tests {
             timeout: Duration::from_secs(60),
             disk_size_gb: None,
             oem_size: None,
-            vm: VmOptions::default(),
+            vm: VmOptions {
+                machine_type: "n1-standard-1".into(),
+                ..VmOptions::default()
+            },
             image: ImageOptions {
                 name: ImageName::Suffix("-custom".into()),
                 project: "p".into(),
@@ -760,6 +786,22 @@ mod tests {
         o.disk_size_gb = Some(u64::MAX / 2);
         let (_, r) = prepare(&dir, dir.load().unwrap(), &o, &QEMU);
         assert!(r.iter().any(|m| m.contains("too large")), "{r:?}");
+    }
+
+    #[test]
+    fn a_machine_type_the_backend_cannot_take_is_refused() {
+        let (_home, dir) = started();
+        let mut o = options();
+        o.vm.machine_type = "N1 Standard".into();
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, &GCE);
+        assert!(
+            r.len() == 1 && r[0].contains(r#"-machine-type="N1 Standard""#),
+            "{r:?}"
+        );
+        // GCE says itself whether a well-formed name exists.
+        o.vm.machine_type = "zones/z/machineTypes/n9-huge-7".into();
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &o, &GCE);
+        assert!(r.is_empty(), "{r:?}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cidata;
 pub mod cloud_config;
 pub mod finish;
+pub mod gce_tar;
 pub mod output_lock;
 pub mod preflight;
 pub mod preload;

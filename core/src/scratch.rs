@@ -1,5 +1,5 @@
 //! The SCRATCH disk of a build that installs GPU drivers: an empty ext4 file system the
-//! cloud-config mounts at `/mnt/disks/scratch`, where the driver installer keeps its
+//! cloud-config mounts at [`MOUNT`], where the driver installer keeps its
 //! toolchain so it does not fill the boot disk (upstream PR #66 and 57b6adb).
 
 use std::path::Path;
@@ -11,6 +11,8 @@ use crate::async_cmd;
 
 /// The file system's label; the cloud-config looks for `/dev/disk/by-label/SCRATCH`.
 pub const LABEL: &str = "SCRATCH";
+/// Where the cloud-config mounts it (the provisioner's GPU step keeps its files below).
+pub const MOUNT: &str = "/mnt/disks/scratch";
 /// The image made on the host, as upstream's `scratch.img`. The disk made from it is
 /// [`DISK_GB`] and the cloud-config grows the file system to fill it.
 pub const IMAGE_BYTES: u64 = 512 << 20;

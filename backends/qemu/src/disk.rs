@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cos_customizer_core::async_cmd;
+use cos_customizer_core::{async_cmd, gce_tar};
 use serde::Deserialize;
 use tokio::process::Command;
 
@@ -13,6 +13,10 @@ pub const GB: u64 = 1 << 30;
 /// What `qemu-img info --output=json` says about an image.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ImageInfo {
+    /// The file as qemu-img opened it: a backing file's name resolved against its
+    /// overlay's folder, relative to the working directory when the overlay's path was.
+    #[serde(default)]
+    pub filename: String,
     pub format: String,
     #[serde(rename = "virtual-size")]
     pub virtual_size: u64,
@@ -51,6 +55,17 @@ pub fn parse_info(json: &[u8], path: &Path) -> Result<ImageInfo> {
         .with_context(|| format!("parsing qemu-img info of {}", path.display()))
 }
 
+/// Parses `qemu-img info --backing-chain --output=json` of `path`: the image first, then
+/// each backing file in turn.
+pub fn parse_chain(json: &[u8], path: &Path) -> Result<Vec<ImageInfo>> {
+    serde_json::from_slice(json).with_context(|| {
+        format!(
+            "parsing qemu-img info --backing-chain of {}",
+            path.display()
+        )
+    })
+}
+
 pub async fn image_info(path: &Path) -> Result<ImageInfo> {
     // -U: also works while a running QEMU holds the image's lock.
     let out = async_cmd::run(
@@ -74,7 +89,7 @@ pub async fn extract_disk_raw(archive: &Path, dir: &Path) -> Result<PathBuf> {
             .arg(archive)
             .arg("-C")
             .arg(dir)
-            .arg("disk.raw"),
+            .arg(gce_tar::MEMBER),
     )
     .await
     .with_context(|| {
@@ -83,7 +98,7 @@ pub async fn extract_disk_raw(archive: &Path, dir: &Path) -> Result<PathBuf> {
             archive.display()
         )
     })?;
-    let disk = dir.join("disk.raw");
+    let disk = dir.join(gce_tar::MEMBER);
     // A symlink or a later member of the same name would put a host file in the output.
     let meta = tokio::fs::symlink_metadata(&disk)
         .await

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use cos_customizer_common::fsutil;
 use cos_customizer_core::async_cmd;
 use cos_customizer_core::backend::ImageFormat;
+use cos_customizer_core::gce_tar;
 use cos_customizer_core::output_lock;
 use tempfile::TempPath;
 use tokio::process::Command;
@@ -25,18 +26,9 @@ pub async fn export(disk: &Path, out: &Path, format: ImageFormat, scratch: &Path
                 .prefix("export-")
                 .tempdir_in(scratch)
                 .with_context(|| format!("creating an export folder in {}", scratch.display()))?;
-            let raw = raw_dir.path().join("disk.raw");
+            let raw = raw_dir.path().join(gce_tar::MEMBER);
             convert(disk, "raw", &raw).await?;
-            // GCE's import format: oldgnu tar, sparse, holding only disk.raw.
-            async_cmd::run(
-                Command::new("tar")
-                    .args(["--format=oldgnu", "-Sczf"])
-                    .arg(&tmp)
-                    .arg("-C")
-                    .arg(raw_dir.path())
-                    .arg("disk.raw"),
-            )
-            .await?;
+            gce_tar::write(&raw, &tmp).await?;
         }
     }
     tokio::fs::File::open(&tmp)

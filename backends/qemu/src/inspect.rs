@@ -4,12 +4,13 @@
 //! first MiB for core's partition check.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::cmd;
 use cos_customizer_core::backend::SourceFacts;
+use cos_customizer_core::gce_tar;
 use cos_customizer_core::preflight;
 
 use crate::disk;
@@ -73,7 +74,7 @@ fn tar_gz_head(path: &Path) -> Result<SourceFacts> {
     };
     let name = entry.path_bytes().into_owned();
     let kind = entry.header().entry_type();
-    if name != b"disk.raw" || !(kind.is_file() || kind.is_gnu_sparse()) {
+    if name != gce_tar::MEMBER.as_bytes() || !(kind.is_file() || kind.is_gnu_sparse()) {
         bail!(
             "{}: its first member is {:?} ({kind:?}), not the regular file disk.raw; {fix}",
             what(),
@@ -118,6 +119,7 @@ fn tar_gz_head(path: &Path) -> Result<SourceFacts> {
         virtual_size,
         data_bytes: stored,
         head,
+        files: vec![path.to_path_buf()],
     })
 }
 
@@ -229,10 +231,33 @@ fn qemu_head(path: &Path, allow_backing: bool) -> Result<SourceFacts> {
         } else {
             info.actual_size
         },
+        files: match info.backing_filename {
+            Some(_) => backing_chain(path)?,
+            None => vec![path.to_path_buf()],
+        },
         format: info.format,
         virtual_size: info.virtual_size,
         head,
     })
+}
+
+/// The files of `path`'s backing chain, `path` first, as qemu-img resolves them.
+fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
+    let out = cmd::run_stdout(
+        Command::new("qemu-img")
+            .args(["info", "-U", "--backing-chain", "--output=json"])
+            .arg(path),
+    )
+    .with_context(|| {
+        format!(
+            "reading the backing chain of the source image {}",
+            path.display()
+        )
+    })?;
+    Ok(disk::parse_chain(out.as_bytes(), path)?
+        .into_iter()
+        .map(|info| PathBuf::from(info.filename))
+        .collect())
 }
 
 #[cfg(test)]
@@ -444,6 +469,26 @@ mod tests {
         );
         let facts = check_source(&top, &ALWAYS, true).unwrap();
         assert_eq!(facts.format, "qcow2");
+        assert_eq!(facts.files, [top.clone(), img.clone()]);
+        // Two levels, the lower one named relative to its overlay's folder.
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let upper = sub.join("upper.qcow2");
+        cmd::run(
+            Command::new("qemu-img")
+                .args("create -q -f qcow2 -F qcow2 -b ../top.qcow2".split(' '))
+                .arg(&upper),
+        )
+        .unwrap();
+        let facts = check_source(&upper, &ALWAYS, true).unwrap();
+        let files: Vec<_> = facts
+            .files
+            .iter()
+            .map(|f| std::fs::canonicalize(f).unwrap())
+            .collect();
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap();
+        assert_eq!(files, [canon(&upper), canon(&top), canon(&img)]);
+        assert_eq!(check_source(&img, &ALWAYS, false).unwrap().files, [img]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod args;
 #[cfg(test)]
 mod backend_tests;
 mod disk;
+mod disk_size;
 mod export;
 mod host;
 mod inspect;
@@ -281,6 +282,15 @@ impl BackendType for Qemu {
         }
         inspect::inspect_file(Path::new(&source.local_file), allow_backing).map(Some)
     }
+
+    /// Only the types `machine.rs` maps to vCPUs and memory.
+    fn check_machine_type(&self, machine_type: &str) -> Result<()> {
+        machine::resources(machine_type, 1).map(|_| ())
+    }
+
+    fn check_disk_size(&self, gb: u64, out: &OutputImage) -> Result<()> {
+        disk_size::check(gb, out)
+    }
 }
 
 impl BackendType for QemuBackend {
@@ -294,6 +304,14 @@ impl BackendType for QemuBackend {
         allow_backing: bool,
     ) -> Result<Option<SourceFacts>> {
         Qemu.inspect_source(source, allow_backing)
+    }
+
+    fn check_machine_type(&self, machine_type: &str) -> Result<()> {
+        Qemu.check_machine_type(machine_type)
+    }
+
+    fn check_disk_size(&self, gb: u64, out: &OutputImage) -> Result<()> {
+        Qemu.check_disk_size(gb, out)
     }
 }
 
@@ -400,7 +418,7 @@ impl Backend for QemuBackend {
                 name: d.name.clone(),
             })
             .collect();
-        let (mut cpus, mut memory_mib) = machine::resources(&spec.machine_type, self.host_cpus);
+        let (mut cpus, mut memory_mib) = machine::resources(&spec.machine_type, self.host_cpus)?;
         cpus = self.opts.cpus.unwrap_or(cpus);
         memory_mib = self.opts.memory_mib.unwrap_or(memory_mib);
 

@@ -6,21 +6,30 @@
 //! are listed, and GCE's custom types (`custom-N-MIB` on N1, `<family>-custom-N-MIB`
 //! elsewhere, `-ext` for extended memory) give what they name. vCPUs are capped at the host's CPUs (TCG gains nothing beyond them) and
 //! memory at [`MAX_MEMORY_MIB`] (the build needs little; the host is shared). Anything
-//! else gets [`DEFAULT_VCPUS`] and [`DEFAULT_MEMORY_MIB`].
+//! else is an error naming the forms above: a typo must not become some other VM.
 
-pub const DEFAULT_VCPUS: u32 = 2;
-pub const DEFAULT_MEMORY_MIB: u64 = 2048;
+use anyhow::{bail, Result};
+
 pub const MAX_MEMORY_MIB: u64 = 8192;
 /// COS needs about this much to boot.
 pub const MIN_MEMORY_MIB: u64 = 1024;
 
-/// `(vCPUs, memory in MiB)` for `machine_type` on a host with `host_cpus` CPUs.
-pub fn resources(machine_type: &str, host_cpus: u32) -> (u32, u64) {
-    let (cpus, mib) = gce_shape(machine_type).unwrap_or((DEFAULT_VCPUS, DEFAULT_MEMORY_MIB));
-    (
+/// `(vCPUs, memory in MiB)` for `machine_type` on a host with `host_cpus` CPUs; a type
+/// not of the forms above is an error that names them.
+pub fn resources(machine_type: &str, host_cpus: u32) -> Result<(u32, u64)> {
+    let Some((cpus, mib)) = gce_shape(machine_type) else {
+        bail!(
+            "-machine-type={machine_type:?} is not a machine type the QEMU backend knows: give \
+             one of GCE's predefined types, <family>-standard-N, <family>-highmem-N or \
+             <family>-highcpu-N (n1, n2, n2d, e2, c2, c3, ...), the shared-core e2-micro, \
+             e2-small, e2-medium, f1-micro or g1-small, or a custom type, custom-N-MIB (N1) or \
+             <family>-custom-N-MIB, either with -ext; e.g. -machine-type=n1-standard-1"
+        );
+    };
+    Ok((
         cpus.clamp(1, host_cpus.max(1)),
         mib.clamp(MIN_MEMORY_MIB, MAX_MEMORY_MIB),
-    )
+    ))
 }
 
 /// GCE's own vCPU count and memory for a machine type it knows.
@@ -84,31 +93,31 @@ mod tests {
 
     #[test]
     fn n1_standard_scales_and_caps() {
-        assert_eq!(resources("n1-standard-1", 2), (1, 3840));
-        assert_eq!(resources("n1-standard-2", 2), (2, 7680));
-        assert_eq!(resources("n1-standard-8", 2), (2, MAX_MEMORY_MIB));
-        assert_eq!(resources("n1-standard-8", 16), (8, MAX_MEMORY_MIB));
+        assert_eq!(resources("n1-standard-1", 2).unwrap(), (1, 3840));
+        assert_eq!(resources("n1-standard-2", 2).unwrap(), (2, 7680));
+        assert_eq!(resources("n1-standard-8", 2).unwrap(), (2, MAX_MEMORY_MIB));
+        assert_eq!(resources("n1-standard-8", 16).unwrap(), (8, MAX_MEMORY_MIB));
     }
 
     #[test]
     fn other_families() {
-        assert_eq!(resources("n2-standard-2", 4), (2, 8192));
-        assert_eq!(resources("e2-highcpu-4", 4), (4, 4096));
-        assert_eq!(resources("n1-highcpu-2", 4), (2, 1844));
-        assert_eq!(resources("e2-medium", 4), (2, 4096));
-        assert_eq!(resources("f1-micro", 4), (1, MIN_MEMORY_MIB));
+        assert_eq!(resources("n2-standard-2", 4).unwrap(), (2, 8192));
+        assert_eq!(resources("e2-highcpu-4", 4).unwrap(), (4, 4096));
+        assert_eq!(resources("n1-highcpu-2", 4).unwrap(), (2, 1844));
+        assert_eq!(resources("e2-medium", 4).unwrap(), (2, 4096));
+        assert_eq!(resources("f1-micro", 4).unwrap(), (1, MIN_MEMORY_MIB));
     }
 
     #[test]
     fn custom_types_give_what_they_name() {
-        assert_eq!(resources("custom-2-5120", 4), (2, 5120));
-        assert_eq!(resources("n2-custom-1-2048", 4), (1, 2048));
-        assert_eq!(resources("e2-custom-2-4096-ext", 4), (2, 4096));
-        assert_eq!(resources("custom-8-65536", 2), (2, MAX_MEMORY_MIB));
+        assert_eq!(resources("custom-2-5120", 4).unwrap(), (2, 5120));
+        assert_eq!(resources("n2-custom-1-2048", 4).unwrap(), (1, 2048));
+        assert_eq!(resources("e2-custom-2-4096-ext", 4).unwrap(), (2, 4096));
+        assert_eq!(resources("custom-8-65536", 2).unwrap(), (2, MAX_MEMORY_MIB));
     }
 
     #[test]
-    fn unknown_gets_default() {
+    fn unknown_types_are_refused_naming_the_forms() {
         for t in [
             "",
             "custom",
@@ -118,10 +127,13 @@ mod tests {
             "n2-custom-x-1024",
             "n1-standard-0",
             "a2-megagpu-x",
+            "garbage",
         ] {
-            assert_eq!(resources(t, 8), (DEFAULT_VCPUS, DEFAULT_MEMORY_MIB), "{t}");
+            let e = resources(t, 8).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("-machine-type={t:?}")) && e.contains("custom-N-MIB"),
+                "{t}: {e}"
+            );
         }
-        // The default is capped too on a one-CPU host.
-        assert_eq!(resources("", 1), (1, DEFAULT_MEMORY_MIB));
     }
 }
