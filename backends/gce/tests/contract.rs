@@ -268,6 +268,48 @@ async fn get(env: &Env, path: &str) -> Value {
 }
 
 #[tokio::test]
+async fn a_refused_time_limit_is_dropped_and_the_build_goes_on() {
+    let Some(env) = Env::start(Options {
+        refuse_time_limits: true,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    env.emu.script("preload-vm-", success_script());
+    let (r, _) = env.build(&env.request(Duration::from_secs(30))).await;
+    r.unwrap();
+    env.assert_clean(Some("my-cos"));
+    let inserts: Vec<Value> = env
+        .emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/instances"))
+        .map(|r| {
+            assert_eq!(
+                r.status,
+                if r.body.as_ref().unwrap()["scheduling"]
+                    .get("maxRunDuration")
+                    .is_some()
+                {
+                    400
+                } else {
+                    200
+                }
+            );
+            r.body.unwrap()["scheduling"].clone()
+        })
+        .collect();
+    assert_eq!(inserts.len(), 2, "{inserts:?}");
+    assert_eq!(inserts[0]["instanceTerminationAction"], "DELETE");
+    assert_eq!(
+        inserts[1],
+        serde_json::json!({"onHostMaintenance": "MIGRATE", "provisioningModel": "STANDARD"})
+    );
+}
+
+#[tokio::test]
 async fn a_failing_script_makes_no_image() {
     let Some(env) = Env::start(Options::default()).await else {
         return;

@@ -17,6 +17,7 @@ use crate::model::{Instance, State};
 use crate::operation::Finish;
 use crate::ops;
 use crate::reply::{ApiError, Reply};
+use crate::scheduling;
 use crate::script::Script;
 use crate::seed::MachineType;
 use crate::serial_buffer::SerialBuffer;
@@ -227,6 +228,14 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
             m[2]
         )));
     }
+    let gpus = body["guestAccelerators"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty());
+    let scheduling = scheduling::check(
+        body.get("scheduling"),
+        gpus,
+        state.settings.refuse_time_limits,
+    )?;
     let disks = attached_disks(state, project, zone, &body["disks"])?;
     let seq = state.store.instances.len() as u64 + state.next_u64() % 1000;
     let nics = network_interfaces(project, zone, body.get("networkInterfaces"), seq)?;
@@ -259,10 +268,6 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         if let Some(v) = body.get(field) {
             json.insert((*field).into(), v.clone());
         }
-    }
-    let mut scheduling = json!({"onHostMaintenance": "MIGRATE", "automaticRestart": true, "preemptible": false, "provisioningModel": "STANDARD"});
-    for (k, v) in body["scheduling"].as_object().into_iter().flatten() {
-        scheduling[k] = v.clone();
     }
     json.insert("scheduling".into(), scheduling);
     json.insert("selfLink".into(), link(&path).into());

@@ -17,7 +17,7 @@
 
 // In layers, each using only the ones before it (tests/import_graph.rs checks there is no
 // circle). Data and rules: the API's links, replies, faults, routes, scripts, timestamps, the
-// discovery document and the seed, serial buffers, operations, boot mode's jobs; then the state
+// discovery document and the seed, the scheduling rules, serial buffers, operations, boot mode's jobs; then the state
 // that holds them;
 mod boot;
 mod discovery;
@@ -27,6 +27,7 @@ mod links;
 mod operation;
 mod reply;
 mod route;
+mod scheduling;
 mod script;
 mod seed;
 mod serial_buffer;
@@ -95,6 +96,10 @@ pub struct Options {
     pub storage: Option<String>,
     /// Boot mode: instances are QEMU VMs; `None` scripts them.
     pub boot: Option<BootOptions>,
+    /// Plays a project where GCE refuses a standard VM's termination action even with a time
+    /// limit (`instanceTerminationAction` and `maxRunDuration`), with the 400 it gives one
+    /// without, as it did before standard VMs could have time limits.
+    pub refuse_time_limits: bool,
 }
 
 impl Default for Options {
@@ -109,6 +114,7 @@ impl Default for Options {
             stop_polls: 1,
             storage: None,
             boot: None,
+            refuse_time_limits: false,
         }
     }
 }
@@ -125,6 +131,7 @@ impl Emulator {
             serial_window: opts.serial_window,
             stop_polls: opts.stop_polls,
             storage: opts.storage,
+            refuse_time_limits: opts.refuse_time_limits,
         };
         let boot = match opts.boot {
             Some(b) => Some(Arc::new(boot::Boot::new(b)?)),

@@ -49,6 +49,8 @@ pub(crate) struct Settings {
     pub stop_polls: u32,
     /// Where `rawDisk` sources are read from, if anywhere.
     pub storage: Option<String>,
+    /// Whether a standard VM's time limit is refused (see `Options::refuse_time_limits`).
+    pub refuse_time_limits: bool,
 }
 
 /// An instance: scripted, or a QEMU VM in boot mode.
