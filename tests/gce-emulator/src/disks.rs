@@ -125,7 +125,8 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         "zone".into(),
         link(&format!("projects/{project}/zones/{zone}")).into(),
     );
-    json.insert("status".into(), "READY".into());
+    // CREATING until the insert's operation is DONE, as on GCE.
+    json.insert("status".into(), "CREATING".into());
     json.insert(
         "type".into(),
         link(&format!(
@@ -155,7 +156,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         "insert",
         &path,
         &id,
-        Finish::Nothing,
+        Finish::DiskReady(path.clone()),
     );
     if let Some((file, image_path)) = file {
         let image_name = image_path.rsplit('/').next().unwrap_or_default();
@@ -186,9 +187,13 @@ fn to_json(state: &State, path: &str) -> Value {
 }
 
 /// `GET projects/{p}/zones/{z}/disks/{d}`, with `users` filled in.
-pub(crate) fn get(state: &State, project: &str, zone: &str, name: &str) -> Reply {
+pub(crate) fn get(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
     let path = disk_path(state, project, zone, name)?;
-    Ok(to_json(state, &path))
+    let mut json = to_json(state, &path);
+    if let Some(status) = state.scripted_status(&path) {
+        json["status"] = status.into();
+    }
+    Ok(json)
 }
 
 /// `GET projects/{p}/zones/{z}/disks?filter=`: filters on `name`, `status`, `labels.K`;

@@ -322,9 +322,13 @@ fn image_path(state: &State, project: &str, name: &str) -> Result<String, ApiErr
 }
 
 /// `GET projects/{p}/global/images/{name}`.
-pub(crate) fn get(state: &State, project: &str, name: &str) -> Reply {
+pub(crate) fn get(state: &mut State, project: &str, name: &str) -> Reply {
     let path = image_path(state, project, name)?;
-    Ok(Value::Object(state.store.images[&path].json.clone()))
+    let mut json = state.store.images[&path].json.clone();
+    if let Some(status) = state.scripted_status(&path) {
+        json.insert("status".into(), status.into());
+    }
+    Ok(Value::Object(json))
 }
 
 /// `GET projects/{p}/global/images/family/{family}`.

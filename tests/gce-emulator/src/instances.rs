@@ -1,7 +1,8 @@
 //! Instances: insert (disks attached by `source`, strict machine type and network forms),
 //! get, list with a label filter, delete (with `autoDelete` disks), stop, and their status:
-//! PROVISIONING until the insert operation is DONE, RUNNING, STOPPING for so many GETs,
-//! TERMINATED.
+//! PROVISIONING until the insert operation is DONE, STAGING for a GET, RUNNING, and after a
+//! stop STOPPING for so many GETs, DEPROVISIONING on a share of stops, TERMINATED (GCE's
+//! instance life cycle); a test can script the statuses GETs show.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -291,9 +292,16 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         serial: std::array::from_fn(|_| SerialBuffer::new(window)),
         serial_reads: 0,
         stop_polls_left: 0,
+        deprovisioning: false,
         vm: None,
         vm_read: [0; 4],
     };
+    if !instance.script.shows.is_empty() {
+        state.shows.insert(
+            path.clone(),
+            instance.script.shows.iter().cloned().collect(),
+        );
+    }
     state.store.instances.insert(path.clone(), instance);
     let op = ops::start(
         state,
@@ -367,18 +375,18 @@ fn boot_job(path: &str, json: &Map<String, Value>, shape: Option<&MachineType>) 
     }
 }
 
-/// `GET projects/{p}/zones/{z}/instances/{i}`: one poll of a STOPPING instance.
+/// `GET projects/{p}/zones/{z}/instances/{i}`: one poll, which moves a STAGING or stopping
+/// instance on, or shows the status a test scripted.
 pub(crate) fn get(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
     let path = path(state, project, zone, name)?;
+    let scripted = state.scripted_status(&path);
     let instance = state.store.instances.get_mut(&path).expect("checked above");
-    if instance.status == "STOPPING" {
-        if instance.stop_polls_left == 0 {
-            instance.status = "TERMINATED";
-        } else {
-            instance.stop_polls_left -= 1;
-        }
-    }
-    Ok(to_json(instance))
+    let mut json = to_json(instance);
+    json["status"] = match scripted {
+        Some(s) => s.into(),
+        None => instance.poll_status().into(),
+    };
+    Ok(json)
 }
 
 /// `GET projects/{p}/zones/{z}/instances?filter=`: filters on `name`, `status`, `labels.K`.
@@ -438,9 +446,14 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
 pub(crate) fn stop(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
     let path = path(state, project, zone, name)?;
     let polls = state.settings.stop_polls;
+    let stopping = matches!(
+        state.store.instances[&path].status,
+        "RUNNING" | "STAGING" | "PROVISIONING"
+    );
+    let deprovisioning = stopping && state.stop_deprovisions();
     let instance = state.store.instances.get_mut(&path).expect("checked above");
-    if matches!(instance.status, "RUNNING" | "PROVISIONING") {
-        instance.begin_stop(polls);
+    if stopping {
+        instance.begin_stop(polls, deprovisioning);
     }
     let id = instance.json["id"].as_str().unwrap_or_default().to_string();
     let op = ops::start(

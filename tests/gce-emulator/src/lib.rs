@@ -88,7 +88,8 @@ pub struct Options {
     /// Bytes of serial output kept per instance (GCE: 1 MiB); older output is dropped and
     /// `start` moves forward.
     pub serial_window: usize,
-    /// Instance GETs that show STOPPING after `instances.stop`, before TERMINATED.
+    /// Instance GETs that show STOPPING after `instances.stop` (or, in boot mode, the guest's
+    /// poweroff), before TERMINATED.
     pub stop_polls: u32,
     /// A Cloud Storage JSON-API endpoint (`http://127.0.0.1:Q`, fake-gcs-server) that
     /// `images.insert` reads `rawDisk` sources from, checking each is a gzipped tar with
@@ -100,6 +101,10 @@ pub struct Options {
     /// limit (`instanceTerminationAction` and `maxRunDuration`), with the 400 it gives one
     /// without, as it did before standard VMs could have time limits.
     pub refuse_time_limits: bool,
+    /// Every how many instance stops (a guest's poweroff or `instances.stop`) show
+    /// DEPROVISIONING for a GET between STOPPING and TERMINATED, as GCE does on some stops;
+    /// 0: never, 1: every stop.
+    pub deprovisioning_every: u32,
 }
 
 impl Default for Options {
@@ -115,6 +120,7 @@ impl Default for Options {
             storage: None,
             boot: None,
             refuse_time_limits: false,
+            deprovisioning_every: 0,
         }
     }
 }
@@ -132,6 +138,7 @@ impl Emulator {
             stop_polls: opts.stop_polls,
             storage: opts.storage,
             refuse_time_limits: opts.refuse_time_limits,
+            deprovisioning_every: opts.deprovisioning_every,
         };
         let boot = match opts.boot {
             Some(b) => Some(Arc::new(boot::Boot::new(b)?)),
@@ -287,6 +294,27 @@ impl Handle {
     /// prefix matches any name). Instances without one print nothing and keep running.
     pub fn script(&self, name_prefix: &str, script: Script) {
         self.state().scripts.push((name_prefix.to_string(), script));
+    }
+
+    /// Makes the next GETs of the disk, image or instance at `path` (`projects/p/zones/z/disks/d`,
+    /// `projects/p/global/images/n`, `…/instances/i`, which need not exist yet) show these
+    /// statuses, one each and after any queued before, in place of its own: any value GCE
+    /// documents, or one it may add.
+    pub fn show_statuses(&self, path: &str, statuses: &[&str]) {
+        self.state()
+            .shows
+            .entry(path.to_string())
+            .or_default()
+            .extend(statuses.iter().map(|s| s.to_string()));
+    }
+
+    /// The statuses scripted for the resource at `path` that no GET has shown yet.
+    pub fn statuses_left(&self, path: &str) -> Vec<String> {
+        self.state()
+            .shows
+            .get(path)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Appends bytes to serial port 3 of the instance at `path`

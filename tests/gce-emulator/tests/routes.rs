@@ -22,6 +22,10 @@ async fn disks_insert_get_resize_delete() {
         "projects/{P}/zones/{Z}/operations/{}",
         op["name"].as_str().unwrap()
     );
+    assert_eq!(
+        c.get(&format!("projects/{P}/zones/{Z}/disks/d1")).await["status"],
+        "CREATING"
+    );
     assert_eq!(c.get(&op_path).await["status"], "RUNNING");
     let done = c.get(&op_path).await;
     assert_eq!(done["status"], "DONE");
@@ -313,6 +317,7 @@ async fn instances_insert_get_list_stop_delete() {
         "PROVISIONING"
     );
     c.done(&op).await;
+    assert_eq!(c.get(&format!("{instances}/vm")).await["status"], "STAGING");
     let vm = c.get(&format!("{instances}/vm")).await;
     assert_eq!(vm["status"], "RUNNING");
     assert_eq!(vm["kind"], "compute#instance");
@@ -385,6 +390,56 @@ async fn instances_insert_get_list_stop_delete() {
     )
     .await;
     assert!(emu.resources().is_empty());
+}
+
+#[tokio::test]
+async fn stops_deprovision_as_often_as_asked_and_statuses_can_be_scripted() {
+    let (emu, c) = start(Options {
+        stop_polls: 0,
+        deprovisioning_every: 2,
+        ..Options::default()
+    })
+    .await;
+    let instances = format!("projects/{P}/zones/{Z}/instances");
+    let status = |name: &str| {
+        let (c, path) = (&c, format!("{instances}/{name}"));
+        async move { c.get(&path).await["status"].as_str().unwrap().to_string() }
+    };
+    let mut seen = Vec::new();
+    for name in ["a", "b"] {
+        c.disk(name).await;
+        c.instance(name, name, true).await;
+        assert_eq!(status(name).await, "STAGING");
+        c.done(&c.post(&format!("{instances}/{name}/stop"), json!({})).await)
+            .await;
+        let mut statuses = vec![status(name).await];
+        while statuses.last().unwrap() != "TERMINATED" {
+            statuses.push(status(name).await);
+        }
+        seen.push(statuses);
+    }
+    assert_eq!(
+        seen,
+        [vec!["TERMINATED"], vec!["DEPROVISIONING", "TERMINATED"]],
+        "the second of two stops deprovisions"
+    );
+
+    // A test's script: any values (this client checks them against the discovery document;
+    // the contract tests send values it does not know yet), then the resource's own again.
+    emu.show_statuses(&format!("{instances}/a"), &["REPAIRING", "PENDING_STOP"]);
+    let disk = format!("projects/{P}/zones/{Z}/disks/later");
+    emu.show_statuses(&disk, &["RESTORING", "FAILED"]);
+    assert_eq!(status("a").await, "REPAIRING");
+    assert_eq!(status("a").await, "PENDING_STOP");
+    assert_eq!(status("a").await, "TERMINATED");
+    c.disk("later").await;
+    for expected in ["RESTORING", "FAILED", "READY"] {
+        assert_eq!(c.get(&disk).await["status"], expected);
+    }
+    emu.show_statuses(IMAGE, &["PENDING", "DELETING"]);
+    for expected in ["PENDING", "DELETING", "READY"] {
+        assert_eq!(c.get(IMAGE).await["status"], expected);
+    }
 }
 
 #[tokio::test]
