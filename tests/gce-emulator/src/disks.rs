@@ -75,7 +75,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
     let mut inherited = Value::Null;
     let mut file = None;
     if let Some(source) = body["sourceImage"].as_str() {
-        let (image_path, image) = images::resolve(state, source)?;
+        let (image_path, image) = images::resolve(state, project, source)?;
         if image["status"] != "READY" {
             return Err(ApiError::new(
                 400,
@@ -232,17 +232,14 @@ pub(crate) fn resize(
         .ok_or_else(|| ApiError::invalid("Required field 'sizeGb' not specified"))?;
     let disk = state.store.disks.get_mut(&path).expect("checked above");
     let current = int64(disk.get("sizeGb")).unwrap_or(0);
-    if size < current {
+    // GCE refuses a resize that does not grow the disk, the same size included.
+    if size <= current {
         return Err(ApiError::invalid(format!(
             "Invalid value for field 'sizeGb': '{size}'. New disk size must be larger than the existing size ({current} GB)"
         )));
     }
     disk.insert("sizeGb".into(), size.to_string().into());
     let id = disk["id"].as_str().unwrap_or_default().to_string();
-    let grown = (size > current).then(|| Job::ResizeDisk {
-        path: path.clone(),
-        size_gb: u64::try_from(size).unwrap_or(0),
-    });
     for user in state.store.disk_users(&path) {
         if let Some(i) = state.store.instances.get_mut(crate::links::unlink(&user)) {
             if i.status == "RUNNING" {
@@ -260,7 +257,11 @@ pub(crate) fn resize(
         &id,
         Finish::Nothing,
     );
-    if let Some(job) = grown.filter(|_| state.boot.is_some()) {
+    if state.boot.is_some() {
+        let job = Job::ResizeDisk {
+            path,
+            size_gb: u64::try_from(size).unwrap_or(0),
+        };
         ops::queue(state, &op, job);
     }
     Ok(op)

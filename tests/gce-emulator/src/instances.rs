@@ -105,7 +105,8 @@ fn attached_disks(
                 "Required field 'disks[{index}].source' not specified"
             ))
         })?;
-        let parts = validate::reference(&format!("disks[{index}].source"), source, DISK)?;
+        let parts =
+            validate::reference_in(&format!("disks[{index}].source"), source, DISK, project)?;
         if parts[0] != project || parts[1] != zone {
             return Err(ApiError::invalid(format!(
                 "Disk '{source}' must be in the instance's project and zone"
@@ -169,7 +170,7 @@ fn network_interfaces(
         let mut o = json!({"kind": "compute#networkInterface", "name": format!("nic{i}"), "networkIP": format!("10.128.{}.{}", seq / 250 % 250, seq % 250 + 2)});
         let network = nic["network"].as_str().map(str::to_string);
         if let Some(s) = nic["subnetwork"].as_str() {
-            let p = validate::reference("subnetwork", s, SUBNETWORK)?;
+            let p = validate::reference_in("subnetwork", s, SUBNETWORK, project)?;
             if p[1] != region {
                 return Err(ApiError::invalid(format!(
                     "Subnetwork '{s}' is not in region '{region}'"
@@ -187,7 +188,7 @@ fn network_interfaces(
             (None, Some(_)) => None,
         };
         if let Some(n) = network {
-            let p = validate::reference("network", &n, NETWORK)?;
+            let p = validate::reference_in("network", &n, NETWORK, project)?;
             o["network"] = link(&format!("projects/{}/global/networks/{}", p[0], p[1])).into();
         }
         if let Some(configs) = nic["accessConfigs"].as_array() {
@@ -217,7 +218,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         return Err(ApiError::already_exists(&path));
     }
     let mt = validate::required(body, "machineType")?;
-    let m = validate::reference("machineType", mt, MACHINE_TYPE)?;
+    let m = validate::reference_in("machineType", mt, MACHINE_TYPE, project)?;
     if m[0] != project || m[1] != zone {
         return Err(ApiError::invalid(format!(
             "Machine type '{mt}' must be in the instance's project and zone"
