@@ -688,4 +688,24 @@ mod tests {
         let e = GceBackend::source_image(&s).unwrap_err().to_string();
         assert!(e.contains("run start-image-build again"), "{e}");
     }
+
+    #[test]
+    fn only_a_400_on_the_time_limit_drops_it() {
+        let refusal = |status, field: &str| {
+            anyhow::Error::new(ApiError::from_response(
+                status,
+                &serde_json::json!({"error": {"code": status, "errors": [{"reason": "invalid"}],
+                    "message": format!("Invalid value for field 'resource.scheduling.{field}': 'x'.")}})
+                .to_string(),
+            ))
+            .context("creating instance vm")
+        };
+        assert!(refuses_scheduling(&refusal(
+            400,
+            "instanceTerminationAction"
+        )));
+        assert!(refuses_scheduling(&refusal(400, "maxRunDuration.seconds")));
+        assert!(!refuses_scheduling(&refusal(400, "onHostMaintenance")));
+        assert!(!refuses_scheduling(&refusal(403, "maxRunDuration")));
+    }
 }
