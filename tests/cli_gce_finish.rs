@@ -30,6 +30,8 @@ impl Env {
         let gcs = FakeGcs::start(BUCKET).await.unwrap();
         let emu = Emulator::start(Options {
             storage: Some(gcs.endpoint()),
+            // Every stop passes DEPROVISIONING, as GCE's sometimes do.
+            deprovisioning_every: 1,
             ..Options::default()
         })
         .await

@@ -84,6 +84,8 @@ impl Env {
                 },
                 images_dir: boot_dir.path().join("images"),
             }),
+            // Every stop passes DEPROVISIONING, as GCE's sometimes do.
+            deprovisioning_every: 1,
             ..Options::default()
         })
         .await

@@ -65,6 +65,22 @@ impl BackendType for Gce {
     }
 }
 
+/// Whether `e` is GCE's 400 for the fields of the build VM's time limit ("Invalid value for
+/// field 'resource.scheduling.maxRunDuration…'" or `…instanceTerminationAction`), which an
+/// instance without one does not send.
+fn refuses_scheduling(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiError>().is_some_and(|api| {
+        api.status == 400
+            && [
+                "maxRunDuration",
+                "instanceTerminationAction",
+                "terminationTime",
+            ]
+            .iter()
+            .any(|f| api.message.contains(&format!("'resource.scheduling.{f}")))
+    })
+}
+
 /// A GCE build cannot start from a file on this machine.
 fn refuse_local(source: &SourceImage) -> Result<()> {
     if !source.local_file.is_empty() {
@@ -187,6 +203,22 @@ impl GceBackend {
             "projects/{}/zones/{}/disks/{disk}",
             self.opts.project, self.opts.zone
         )
+    }
+
+    /// Inserts the build VM `body` and waits for it; a quota or stockout error names the zone
+    /// and `machine_type`.
+    async fn insert_instance(&self, body: &serde_json::Value, machine_type: &str) -> Result<()> {
+        let placed = |e: anyhow::Error| match e.downcast::<ApiError>() {
+            Ok(api) => anyhow::Error::new(api.with_placement(&self.opts.zone, machine_type)),
+            Err(e) => e,
+        };
+        let op = self
+            .compute
+            .instances_insert(&self.opts.project, &self.opts.zone, body)
+            .await
+            .map_err(placed)?;
+        self.wait(op).await.map_err(placed)?;
+        Ok(())
     }
 
     async fn wait(&self, op: Operation) -> Result<Operation> {
@@ -545,42 +577,47 @@ impl Backend for GceBackend {
         } else {
             &spec.service_account
         };
-        let body = body::instance(
-            &self.opts.project,
-            &self.opts.zone,
-            &InstanceSpec {
-                name: &name,
-                description: &description,
-                machine_type: &spec.machine_type,
-                disks: &disks,
-                labels: &labels,
-                metadata: &metadata,
-                service_account: account,
-                gpu: spec.gpu_type.as_deref().map(|t| Gpu {
-                    accelerator_type: t,
-                    count: 1,
-                }),
-                network: spec.network.as_deref(),
-                subnetwork: spec.subnet.as_deref(),
-                external_ip: self.opts.external_ip,
-                max_run_duration: spec.max_lifetime,
-            },
-        );
-        self.own(Owned::Instance(name.clone()));
-        let placed = |e: anyhow::Error| match e.downcast::<ApiError>() {
-            Ok(api) => anyhow::Error::new(api.with_placement(&self.opts.zone, &spec.machine_type)),
-            Err(e) => e,
+        let instance = |max_run_duration| {
+            body::instance(
+                &self.opts.project,
+                &self.opts.zone,
+                &InstanceSpec {
+                    name: &name,
+                    description: &description,
+                    machine_type: &spec.machine_type,
+                    disks: &disks,
+                    labels: &labels,
+                    metadata: &metadata,
+                    service_account: account,
+                    gpu: spec.gpu_type.as_deref().map(|t| Gpu {
+                        accelerator_type: t,
+                        count: 1,
+                    }),
+                    network: spec.network.as_deref(),
+                    subnetwork: spec.subnet.as_deref(),
+                    external_ip: self.opts.external_ip,
+                    max_run_duration,
+                },
+            )
         };
-        let op = self
-            .compute
-            .instances_insert(&self.opts.project, &self.opts.zone, &body)
-            .await
-            .map_err(placed)
-            .with_context(|| format!("creating instance {name}"))?;
-        self.wait(op)
-            .await
-            .map_err(placed)
-            .with_context(|| format!("creating instance {name}"))?;
+        self.own(Owned::Instance(name.clone()));
+        let limited = self
+            .insert_instance(&instance(Some(spec.max_lifetime)), &spec.machine_type)
+            .await;
+        match limited {
+            // A project may refuse the time limit (GCE's rules for it have changed before);
+            // the VM is the build's and its cleanup deletes it, so the limit is only a net.
+            Err(e) if refuses_scheduling(&e) => {
+                eprintln!(
+                    "warning: GCE refused the build VM's run-duration limit ({e:#}); \
+                     creating {name} without one (the build still deletes it)"
+                );
+                self.insert_instance(&instance(None), &spec.machine_type)
+                    .await
+            }
+            r => r,
+        }
+        .with_context(|| format!("creating instance {name}"))?;
         Ok(VmId(name))
     }
 
@@ -793,5 +830,25 @@ mod tests {
         s.name.clear();
         let e = GceBackend::source_image(&s).unwrap_err().to_string();
         assert!(e.contains("run start-image-build again"), "{e}");
+    }
+
+    #[test]
+    fn only_a_400_on_the_time_limit_drops_it() {
+        let refusal = |status, field: &str| {
+            anyhow::Error::new(ApiError::from_response(
+                status,
+                &serde_json::json!({"error": {"code": status, "errors": [{"reason": "invalid"}],
+                    "message": format!("Invalid value for field 'resource.scheduling.{field}': 'x'.")}})
+                .to_string(),
+            ))
+            .context("creating instance vm")
+        };
+        assert!(refuses_scheduling(&refusal(
+            400,
+            "instanceTerminationAction"
+        )));
+        assert!(refuses_scheduling(&refusal(400, "maxRunDuration.seconds")));
+        assert!(!refuses_scheduling(&refusal(400, "onHostMaintenance")));
+        assert!(!refuses_scheduling(&refusal(403, "maxRunDuration")));
     }
 }

@@ -268,6 +268,127 @@ async fn get(env: &Env, path: &str) -> Value {
     reqwest::get(&url).await.unwrap().json().await.unwrap()
 }
 
+/// Starts an emulator with `opts`, lets `prepare` script it, and runs a build that must
+/// succeed and leave only the output image; `None` without fake-gcs-server.
+async fn successful_build(opts: Options, prepare: impl FnOnce(&Handle)) -> Option<Env> {
+    let env = Env::start(opts).await?;
+    prepare(&env.emu);
+    let (r, _) = env.build(&env.request(Duration::from_secs(30))).await;
+    r.unwrap();
+    env.assert_clean(Some("my-cos"));
+    Some(env)
+}
+
+#[tokio::test]
+async fn a_refused_time_limit_is_dropped_and_the_build_goes_on() {
+    let opts = Options {
+        refuse_time_limits: true,
+        ..Default::default()
+    };
+    let Some(env) = successful_build(opts, |emu| emu.script("preload-vm-", success_script())).await
+    else {
+        return;
+    };
+    let inserts: Vec<(u16, Value)> = env
+        .emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/instances"))
+        .map(|r| (r.status, r.body.unwrap()["scheduling"].clone()))
+        .collect();
+    assert_eq!(inserts.len(), 2, "{inserts:?}");
+    assert_eq!(inserts[0].0, 400);
+    assert_eq!(inserts[0].1["instanceTerminationAction"], "DELETE");
+    assert_eq!(
+        inserts[1],
+        (
+            200,
+            serde_json::json!({"onHostMaintenance": "MIGRATE", "provisioningModel": "STANDARD"})
+        )
+    );
+}
+
+const VM: &str = "projects/test-project/zones/us-central1-a/instances/preload-vm-build-image-b4x9q";
+
+/// Each value of `Instance.status` in the v1 discovery document that means the VM is still
+/// going, and one GCE may add later.
+const STILL_GOING: [&str; 10] = [
+    "PROVISIONING",
+    "STAGING",
+    "RUNNING",
+    "STOPPING",
+    "SUSPENDING",
+    "REPAIRING",
+    "DEPROVISIONING",
+    "PENDING",
+    "PENDING_STOP",
+    "SOMETHING_NEW",
+];
+
+#[tokio::test]
+async fn every_still_going_status_keeps_the_build_going() {
+    // The watch reads the status every 5 polls: the marker comes after every status was read.
+    let reads = 5 * (STILL_GOING.len() as u32 + 2);
+    let script = Script::new()
+        .shows(&STILL_GOING)
+        .serial_after(reads, SUCCESS)
+        .stop_on_daisy_end(1);
+    let Some(env) =
+        successful_build(Options::default(), |emu| emu.script("preload-vm-", script)).await
+    else {
+        return;
+    };
+    assert_eq!(env.emu.statuses_left(VM), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn every_stopped_status_ends_the_shutdown() {
+    for stopped in ["TERMINATED", "STOPPED", "SUSPENDED"] {
+        let stop = [
+            "STOPPING",
+            "PENDING_STOP",
+            "DEPROVISIONING",
+            "SOMETHING_NEW",
+            stopped,
+        ];
+        let script = Script::new().serial_after(1, SUCCESS).stop_showing(&stop);
+        let Some(env) =
+            successful_build(Options::default(), |emu| emu.script("preload-vm-", script)).await
+        else {
+            return;
+        };
+        assert_eq!(env.emu.statuses_left(VM), Vec::<String>::new(), "{stopped}");
+    }
+}
+
+#[tokio::test]
+async fn a_stop_through_deprovisioning_succeeds() {
+    let opts = Options {
+        deprovisioning_every: 1,
+        ..Default::default()
+    };
+    successful_build(opts, |emu| emu.script("preload-vm-", success_script())).await;
+}
+
+#[tokio::test]
+async fn disks_and_images_on_their_way_to_ready_do_not_stop_the_build() {
+    let opts = Options {
+        op_running_polls: 2,
+        ..Default::default()
+    };
+    successful_build(opts, |emu| {
+        emu.script("preload-vm-", success_script());
+        let disk = |d: &str| format!("projects/{PROJECT}/zones/{ZONE}/disks/{d}-build-image-b4x9q");
+        emu.show_statuses(&disk("boot-disk"), &["CREATING", "RESTORING"]);
+        emu.show_statuses(&disk("cidata-disk"), &["CREATING"]);
+        emu.show_statuses(
+            &format!("projects/{PROJECT}/global/images/cidata-build-image-b4x9q"),
+            &["PENDING"],
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_failing_script_makes_no_image() {
     let Some(env) = Env::start(Options::default()).await else {

@@ -128,7 +128,7 @@ fn instance_bodies_fit_the_schema() {
         network: Some("projects/host/global/networks/n"),
         subnetwork: Some("projects/host/regions/us-west1/subnetworks/s"),
         external_ip: true,
-        max_run_duration: Duration::from_secs(3600),
+        max_run_duration: Some(Duration::from_secs(3600)),
     };
     check_request(
         "compute.instances.insert",

@@ -281,7 +281,7 @@ async fn our_instance(compute: &Compute, name: &str, boot: &str, id: &str) {
             network: None,
             subnetwork: None,
             external_ip: false,
-            max_run_duration: Duration::from_secs(3600),
+            max_run_duration: Some(Duration::from_secs(3600)),
         },
     );
     done(

@@ -75,7 +75,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
     let mut inherited = Value::Null;
     let mut file = None;
     if let Some(source) = body["sourceImage"].as_str() {
-        let (image_path, image) = images::resolve(state, source)?;
+        let (image_path, image) = images::resolve(state, project, source)?;
         if image["status"] != "READY" {
             return Err(ApiError::new(
                 400,
@@ -125,7 +125,8 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         "zone".into(),
         link(&format!("projects/{project}/zones/{zone}")).into(),
     );
-    json.insert("status".into(), "READY".into());
+    // CREATING until the insert's operation is DONE, as on GCE.
+    json.insert("status".into(), "CREATING".into());
     json.insert(
         "type".into(),
         link(&format!(
@@ -155,7 +156,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         "insert",
         &path,
         &id,
-        Finish::Nothing,
+        Finish::DiskReady(path.clone()),
     );
     if let Some((file, image_path)) = file {
         let image_name = image_path.rsplit('/').next().unwrap_or_default();
@@ -186,9 +187,13 @@ fn to_json(state: &State, path: &str) -> Value {
 }
 
 /// `GET projects/{p}/zones/{z}/disks/{d}`, with `users` filled in.
-pub(crate) fn get(state: &State, project: &str, zone: &str, name: &str) -> Reply {
+pub(crate) fn get(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
     let path = disk_path(state, project, zone, name)?;
-    Ok(to_json(state, &path))
+    let mut json = to_json(state, &path);
+    if let Some(status) = state.scripted_status(&path) {
+        json["status"] = status.into();
+    }
+    Ok(json)
 }
 
 /// `GET projects/{p}/zones/{z}/disks?filter=`: filters on `name`, `status`, `labels.K`;
@@ -227,17 +232,14 @@ pub(crate) fn resize(
         .ok_or_else(|| ApiError::invalid("Required field 'sizeGb' not specified"))?;
     let disk = state.store.disks.get_mut(&path).expect("checked above");
     let current = int64(disk.get("sizeGb")).unwrap_or(0);
-    if size < current {
+    // GCE refuses a resize that does not grow the disk, the same size included.
+    if size <= current {
         return Err(ApiError::invalid(format!(
             "Invalid value for field 'sizeGb': '{size}'. New disk size must be larger than the existing size ({current} GB)"
         )));
     }
     disk.insert("sizeGb".into(), size.to_string().into());
     let id = disk["id"].as_str().unwrap_or_default().to_string();
-    let grown = (size > current).then(|| Job::ResizeDisk {
-        path: path.clone(),
-        size_gb: u64::try_from(size).unwrap_or(0),
-    });
     for user in state.store.disk_users(&path) {
         if let Some(i) = state.store.instances.get_mut(crate::links::unlink(&user)) {
             if i.status == "RUNNING" {
@@ -255,7 +257,11 @@ pub(crate) fn resize(
         &id,
         Finish::Nothing,
     );
-    if let Some(job) = grown.filter(|_| state.boot.is_some()) {
+    if state.boot.is_some() {
+        let job = Job::ResizeDisk {
+            path,
+            size_gb: u64::try_from(size).unwrap_or(0),
+        };
         ops::queue(state, &op, job);
     }
     Ok(op)

@@ -67,8 +67,15 @@ pub(crate) fn full_licenses(inherited: &Value, added: &Value) -> Result<Value, A
     Ok(json!(out))
 }
 
-/// The image a `sourceImage` names (`…/images/N` or `…/images/family/F`): its path and JSON.
-pub(crate) fn resolve(state: &State, reference: &str) -> Result<(String, Value), ApiError> {
+/// The image a `sourceImage` names (`…/images/N` or `…/images/family/F`; `global/images/…`
+/// in `project`): its path and JSON.
+pub(crate) fn resolve(
+    state: &State,
+    project: &str,
+    reference: &str,
+) -> Result<(String, Value), ApiError> {
+    let completed = validate::project_less(reference, project);
+    let reference = completed.as_deref().unwrap_or(reference);
     if let Some(parts) = validate::try_reference(reference, IMAGE_FAMILY) {
         state.check_project(&parts[0])?;
         return newest_in_family(state, &parts[0], &parts[1]);
@@ -172,7 +179,7 @@ pub(crate) fn insert(
     let mut file = None;
     let mut from_disk = None;
     let (inherited, size) = if let Some(disk) = body["sourceDisk"].as_str() {
-        let parts = validate::reference("sourceDisk", disk, validate::DISK)?;
+        let parts = validate::reference_in("sourceDisk", disk, validate::DISK, project)?;
         let disk_path = format!(
             "projects/{}/zones/{}/disks/{}",
             parts[0], parts[1], parts[2]
@@ -195,7 +202,7 @@ pub(crate) fn insert(
         from_disk = Some(disk_path);
         (Value::Object(disk), None)
     } else if let Some(image) = body["sourceImage"].as_str() {
-        let (image_path, image) = resolve(state, image)?;
+        let (image_path, image) = resolve(state, project, image)?;
         json.insert("sourceImage".into(), link(&image_path).into());
         json.insert("sourceImageId".into(), image["id"].clone());
         file = state.store.images[&image_path].file.clone();
@@ -322,9 +329,13 @@ fn image_path(state: &State, project: &str, name: &str) -> Result<String, ApiErr
 }
 
 /// `GET projects/{p}/global/images/{name}`.
-pub(crate) fn get(state: &State, project: &str, name: &str) -> Reply {
+pub(crate) fn get(state: &mut State, project: &str, name: &str) -> Reply {
     let path = image_path(state, project, name)?;
-    Ok(Value::Object(state.store.images[&path].json.clone()))
+    let mut json = state.store.images[&path].json.clone();
+    if let Some(status) = state.scripted_status(&path) {
+        json.insert("status".into(), status.into());
+    }
+    Ok(Value::Object(json))
 }
 
 /// `GET projects/{p}/global/images/family/{family}`.

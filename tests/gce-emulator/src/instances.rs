@@ -1,7 +1,8 @@
 //! Instances: insert (disks attached by `source`, strict machine type and network forms),
 //! get, list with a label filter, delete (with `autoDelete` disks), stop, and their status:
-//! PROVISIONING until the insert operation is DONE, RUNNING, STOPPING for so many GETs,
-//! TERMINATED.
+//! PROVISIONING until the insert operation is DONE, STAGING for a GET, RUNNING, and after a
+//! stop STOPPING for so many GETs, DEPROVISIONING on a share of stops, TERMINATED (GCE's
+//! instance life cycle); a test can script the statuses GETs show.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::model::{Instance, State};
 use crate::operation::Finish;
 use crate::ops;
 use crate::reply::{ApiError, Reply};
+use crate::scheduling;
 use crate::script::Script;
 use crate::seed::MachineType;
 use crate::serial_buffer::SerialBuffer;
@@ -103,7 +105,8 @@ fn attached_disks(
                 "Required field 'disks[{index}].source' not specified"
             ))
         })?;
-        let parts = validate::reference(&format!("disks[{index}].source"), source, DISK)?;
+        let parts =
+            validate::reference_in(&format!("disks[{index}].source"), source, DISK, project)?;
         if parts[0] != project || parts[1] != zone {
             return Err(ApiError::invalid(format!(
                 "Disk '{source}' must be in the instance's project and zone"
@@ -167,7 +170,7 @@ fn network_interfaces(
         let mut o = json!({"kind": "compute#networkInterface", "name": format!("nic{i}"), "networkIP": format!("10.128.{}.{}", seq / 250 % 250, seq % 250 + 2)});
         let network = nic["network"].as_str().map(str::to_string);
         if let Some(s) = nic["subnetwork"].as_str() {
-            let p = validate::reference("subnetwork", s, SUBNETWORK)?;
+            let p = validate::reference_in("subnetwork", s, SUBNETWORK, project)?;
             if p[1] != region {
                 return Err(ApiError::invalid(format!(
                     "Subnetwork '{s}' is not in region '{region}'"
@@ -185,7 +188,7 @@ fn network_interfaces(
             (None, Some(_)) => None,
         };
         if let Some(n) = network {
-            let p = validate::reference("network", &n, NETWORK)?;
+            let p = validate::reference_in("network", &n, NETWORK, project)?;
             o["network"] = link(&format!("projects/{}/global/networks/{}", p[0], p[1])).into();
         }
         if let Some(configs) = nic["accessConfigs"].as_array() {
@@ -215,7 +218,7 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         return Err(ApiError::already_exists(&path));
     }
     let mt = validate::required(body, "machineType")?;
-    let m = validate::reference("machineType", mt, MACHINE_TYPE)?;
+    let m = validate::reference_in("machineType", mt, MACHINE_TYPE, project)?;
     if m[0] != project || m[1] != zone {
         return Err(ApiError::invalid(format!(
             "Machine type '{mt}' must be in the instance's project and zone"
@@ -227,6 +230,14 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
             m[2]
         )));
     }
+    let gpus = body["guestAccelerators"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty());
+    let scheduling = scheduling::check(
+        body.get("scheduling"),
+        gpus,
+        state.settings.refuse_time_limits,
+    )?;
     let disks = attached_disks(state, project, zone, &body["disks"])?;
     let seq = state.store.instances.len() as u64 + state.next_u64() % 1000;
     let nics = network_interfaces(project, zone, body.get("networkInterfaces"), seq)?;
@@ -260,10 +271,6 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
             json.insert((*field).into(), v.clone());
         }
     }
-    let mut scheduling = json!({"onHostMaintenance": "MIGRATE", "automaticRestart": true, "preemptible": false, "provisioningModel": "STANDARD"});
-    for (k, v) in body["scheduling"].as_object().into_iter().flatten() {
-        scheduling[k] = v.clone();
-    }
     json.insert("scheduling".into(), scheduling);
     json.insert("selfLink".into(), link(&path).into());
     let script = match state
@@ -286,9 +293,16 @@ pub(crate) fn insert(state: &mut State, project: &str, zone: &str, body: &Value)
         serial: std::array::from_fn(|_| SerialBuffer::new(window)),
         serial_reads: 0,
         stop_polls_left: 0,
+        deprovisioning: false,
         vm: None,
         vm_read: [0; 4],
     };
+    if !instance.script.shows.is_empty() {
+        state.shows.insert(
+            path.clone(),
+            instance.script.shows.iter().cloned().collect(),
+        );
+    }
     state.store.instances.insert(path.clone(), instance);
     let op = ops::start(
         state,
@@ -362,18 +376,18 @@ fn boot_job(path: &str, json: &Map<String, Value>, shape: Option<&MachineType>) 
     }
 }
 
-/// `GET projects/{p}/zones/{z}/instances/{i}`: one poll of a STOPPING instance.
+/// `GET projects/{p}/zones/{z}/instances/{i}`: one poll, which moves a STAGING or stopping
+/// instance on, or shows the status a test scripted.
 pub(crate) fn get(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
     let path = path(state, project, zone, name)?;
+    let scripted = state.scripted_status(&path);
     let instance = state.store.instances.get_mut(&path).expect("checked above");
-    if instance.status == "STOPPING" {
-        if instance.stop_polls_left == 0 {
-            instance.status = "TERMINATED";
-        } else {
-            instance.stop_polls_left -= 1;
-        }
-    }
-    Ok(to_json(instance))
+    let mut json = to_json(instance);
+    json["status"] = match scripted {
+        Some(s) => s.into(),
+        None => instance.poll_status().into(),
+    };
+    Ok(json)
 }
 
 /// `GET projects/{p}/zones/{z}/instances?filter=`: filters on `name`, `status`, `labels.K`.
@@ -433,9 +447,14 @@ pub(crate) fn delete(state: &mut State, project: &str, zone: &str, name: &str) -
 pub(crate) fn stop(state: &mut State, project: &str, zone: &str, name: &str) -> Reply {
     let path = path(state, project, zone, name)?;
     let polls = state.settings.stop_polls;
+    let stopping = matches!(
+        state.store.instances[&path].status,
+        "RUNNING" | "STAGING" | "PROVISIONING"
+    );
+    let deprovisioning = stopping && state.stop_deprovisions();
     let instance = state.store.instances.get_mut(&path).expect("checked above");
-    if matches!(instance.status, "RUNNING" | "PROVISIONING") {
-        instance.begin_stop(polls);
+    if stopping {
+        instance.begin_stop(polls, deprovisioning);
     }
     let id = instance.json["id"].as_str().unwrap_or_default().to_string();
     let op = ops::start(

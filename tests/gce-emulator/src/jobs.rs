@@ -205,7 +205,9 @@ pub(crate) async fn refresh(shared: &Mutex<State>, only: Option<&str>) {
             .store
             .instances
             .iter()
-            .filter(|(path, i)| i.status == "RUNNING" && only.is_none_or(|o| o == *path))
+            .filter(|(path, i)| {
+                matches!(i.status, "RUNNING" | "STAGING") && only.is_none_or(|o| o == *path)
+            })
             .filter_map(|(path, i)| Some((path.clone(), i.vm.clone()?, i.vm_read)))
             .collect()
     };
@@ -234,9 +236,17 @@ pub(crate) async fn refresh(shared: &Mutex<State>, only: Option<&str>) {
             buffer.push(bytes);
         }
         instance.vm_read = read;
+        // A guest's poweroff goes through GCE's stop: STOPPING, now and then DEPROVISIONING,
+        // TERMINATED, one GET each.
         match status {
             Ok(VmStatus::Running | VmStatus::Unrecognized(_)) | Err(_) => {}
-            Ok(VmStatus::Stopped) => instance.status = "TERMINATED",
+            Ok(VmStatus::Stopped) => {
+                let deprovisioning = state.stop_deprovisions();
+                let polls = state.settings.stop_polls;
+                if let Some(i) = state.store.instances.get_mut(&path) {
+                    i.begin_stop(polls, deprovisioning);
+                }
+            }
             Ok(VmStatus::Failed(why)) => {
                 instance.status = "TERMINATED";
                 instance.json.insert("statusMessage".into(), why.into());

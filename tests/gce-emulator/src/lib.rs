@@ -17,7 +17,7 @@
 
 // In layers, each using only the ones before it (tests/import_graph.rs checks there is no
 // circle). Data and rules: the API's links, replies, faults, routes, scripts, timestamps, the
-// discovery document and the seed, serial buffers, operations, boot mode's jobs; then the state
+// discovery document and the seed, the scheduling rules, serial buffers, operations, boot mode's jobs; then the state
 // that holds them;
 mod boot;
 mod discovery;
@@ -27,6 +27,7 @@ mod links;
 mod operation;
 mod reply;
 mod route;
+mod scheduling;
 mod script;
 mod seed;
 mod serial_buffer;
@@ -87,7 +88,8 @@ pub struct Options {
     /// Bytes of serial output kept per instance (GCE: 1 MiB); older output is dropped and
     /// `start` moves forward.
     pub serial_window: usize,
-    /// Instance GETs that show STOPPING after `instances.stop`, before TERMINATED.
+    /// Instance GETs that show STOPPING after `instances.stop` (or, in boot mode, the guest's
+    /// poweroff), before TERMINATED.
     pub stop_polls: u32,
     /// A Cloud Storage JSON-API endpoint (`http://127.0.0.1:Q`, fake-gcs-server) that
     /// `images.insert` reads `rawDisk` sources from, checking each is a gzipped tar with
@@ -95,6 +97,14 @@ pub struct Options {
     pub storage: Option<String>,
     /// Boot mode: instances are QEMU VMs; `None` scripts them.
     pub boot: Option<BootOptions>,
+    /// Plays a project where GCE refuses a standard VM's termination action even with a time
+    /// limit (`instanceTerminationAction` and `maxRunDuration`), with the 400 it gives one
+    /// without, as it did before standard VMs could have time limits.
+    pub refuse_time_limits: bool,
+    /// Every how many instance stops (a guest's poweroff or `instances.stop`) show
+    /// DEPROVISIONING for a GET between STOPPING and TERMINATED, as GCE does on some stops;
+    /// 0: never (the default), 1: every stop.
+    pub deprovisioning_every: u32,
 }
 
 impl Default for Options {
@@ -109,6 +119,8 @@ impl Default for Options {
             stop_polls: 1,
             storage: None,
             boot: None,
+            refuse_time_limits: false,
+            deprovisioning_every: 0,
         }
     }
 }
@@ -125,6 +137,8 @@ impl Emulator {
             serial_window: opts.serial_window,
             stop_polls: opts.stop_polls,
             storage: opts.storage,
+            refuse_time_limits: opts.refuse_time_limits,
+            deprovisioning_every: opts.deprovisioning_every,
         };
         let boot = match opts.boot {
             Some(b) => Some(Arc::new(boot::Boot::new(b)?)),
@@ -280,6 +294,27 @@ impl Handle {
     /// prefix matches any name). Instances without one print nothing and keep running.
     pub fn script(&self, name_prefix: &str, script: Script) {
         self.state().scripts.push((name_prefix.to_string(), script));
+    }
+
+    /// Makes the next GETs of the disk, image or instance at `path` (`projects/p/zones/z/disks/d`,
+    /// `projects/p/global/images/n`, `…/instances/i`, which need not exist yet) show these
+    /// statuses, one each and after any queued before, in place of its own: any value GCE
+    /// documents, or one it may add.
+    pub fn show_statuses(&self, path: &str, statuses: &[&str]) {
+        self.state()
+            .shows
+            .entry(path.to_string())
+            .or_default()
+            .extend(statuses.iter().map(|s| s.to_string()));
+    }
+
+    /// The statuses scripted for the resource at `path` that no GET has shown yet.
+    pub fn statuses_left(&self, path: &str) -> Vec<String> {
+        self.state()
+            .shows
+            .get(path)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Appends bytes to serial port 3 of the instance at `path`

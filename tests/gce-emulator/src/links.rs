@@ -4,15 +4,20 @@ use serde_json::Value;
 
 /// Where GCE's `selfLink`s live.
 pub(crate) const API_ROOT: &str = "https://www.googleapis.com/compute/v1/";
+/// The API's other root (the discovery document's `rootUrl`), which GCE takes in links too.
+const COMPUTE_ROOT: &str = "https://compute.googleapis.com/compute/v1/";
 
 /// The full URL of a resource path such as `projects/p/zones/z/disks/d`.
 pub(crate) fn link(path: &str) -> String {
     format!("{API_ROOT}{path}")
 }
 
-/// The resource path of a full URL (the inverse of [`link`]); a path is returned as it is.
+/// The resource path of a full URL under either root (the inverse of [`link`]); a path is
+/// returned as it is.
 pub(crate) fn unlink(url: &str) -> &str {
-    url.strip_prefix(API_ROOT).unwrap_or(url)
+    url.strip_prefix(API_ROOT)
+        .or_else(|| url.strip_prefix(COMPUTE_ROOT))
+        .unwrap_or(url)
 }
 
 /// An int64 field that GCE sends as a string and accepts as either form.

@@ -1,6 +1,7 @@
 //! List calls: the filter subset GCE documents that the emulator implements exactly
-//! (`(field = v)`, `(field != v)`, `field eq "re"`, `field ne "re"`, AND-combined), and paging
-//! with `maxResults`/`pageToken`.
+//! (`(field = v)`, `(field != v)`, `labels.k:*` and `field:v`, `field eq "re"`, `field ne "re"`;
+//! terms side by side or joined with `AND` and `OR`, where `OR` binds first as in AIP-160), and
+//! paging with `maxResults`/`pageToken`.
 
 use serde_json::{json, Map, Value};
 
@@ -10,6 +11,8 @@ use crate::reply::{ApiError, Reply};
 enum Op {
     Equal,
     NotEqual,
+    /// `:`: the value, or with `*` any value, is there.
+    Has,
     Matches,
     NotMatches,
 }
@@ -33,7 +36,7 @@ fn tokens(filter: &str) -> Result<Vec<String>, ApiError> {
     while let Some(c) = chars.next() {
         match c {
             c if c.is_whitespace() => {}
-            '(' | ')' | '=' => out.push(c.to_string()),
+            '(' | ')' | '=' | ':' => out.push(c.to_string()),
             '!' if chars.peek() == Some(&'=') => {
                 chars.next();
                 out.push("!=".into());
@@ -52,7 +55,7 @@ fn tokens(filter: &str) -> Result<Vec<String>, ApiError> {
             _ => {
                 let mut word = c.to_string();
                 while let Some(&n) = chars.peek() {
-                    if n.is_whitespace() || "()=!\"'".contains(n) {
+                    if n.is_whitespace() || "()=!:\"'".contains(n) {
                         break;
                     }
                     word.push(n);
@@ -65,13 +68,23 @@ fn tokens(filter: &str) -> Result<Vec<String>, ApiError> {
     Ok(out)
 }
 
+/// A parsed filter: every group must have a term that passes (AND of ORs).
+pub(crate) type Filter = Vec<Vec<Term>>;
+
 /// Parses `filter`, allowing comparisons on `fields` and on `labels.KEY` when `labels` is set.
-pub(crate) fn parse(filter: &str, fields: &[&str]) -> Result<Vec<Term>, ApiError> {
+pub(crate) fn parse(filter: &str, fields: &[&str]) -> Result<Filter, ApiError> {
     let toks = tokens(filter)?;
-    let mut terms = Vec::new();
+    let mut groups: Filter = Vec::new();
+    let mut or_next = false;
     let mut i = 0;
     while i < toks.len() {
-        if toks[i] == "AND" && !terms.is_empty() {
+        let joins = !groups.is_empty();
+        if toks[i] == "AND" && joins && !or_next {
+            i += 1;
+            continue;
+        }
+        if toks[i] == "OR" && joins && !or_next {
+            or_next = true;
             i += 1;
             continue;
         }
@@ -92,6 +105,7 @@ pub(crate) fn parse(filter: &str, fields: &[&str]) -> Result<Vec<Term>, ApiError
         let op = match op.as_str() {
             "=" => Op::Equal,
             "!=" => Op::NotEqual,
+            ":" => Op::Has,
             "eq" => Op::Matches,
             "ne" => Op::NotMatches,
             other => return Err(unsupported(filter, &format!("operator {other}"))),
@@ -109,41 +123,58 @@ pub(crate) fn parse(filter: &str, fields: &[&str]) -> Result<Vec<Term>, ApiError
             ),
             _ => None,
         };
-        terms.push(Term {
+        let term = Term {
             field: field.clone(),
             op,
             value,
             regex,
-        });
+        };
+        match groups.last_mut() {
+            Some(group) if or_next => group.push(term),
+            _ => groups.push(vec![term]),
+        }
+        or_next = false;
     }
+    if or_next {
+        return Err(unsupported(filter, "OR needs a term after it"));
+    }
+    let terms: Vec<&Term> = groups.iter().flatten().collect();
     let regexes = terms.iter().filter(|t| t.regex.is_some()).count();
-    if regexes != 0 && regexes != terms.len() {
-        return Err(unsupported(filter, "eq/ne cannot be mixed with =/!="));
+    if regexes != 0 && (regexes != terms.len() || groups.iter().any(|g| g.len() > 1)) {
+        return Err(unsupported(
+            filter,
+            "eq/ne cannot be mixed with =/!=, :, or OR",
+        ));
     }
-    Ok(terms)
+    Ok(groups)
 }
 
-/// Whether a resource's JSON passes every term.
-pub(crate) fn matches(terms: &[Term], resource: &Value) -> bool {
-    terms.iter().all(|t| {
-        let found = match t.field.strip_prefix("labels.") {
-            Some(key) => resource["labels"].get(key),
-            None => resource.get(&t.field),
-        }
-        .and_then(Value::as_str);
-        match t.op {
-            Op::Equal => found == Some(t.value.as_str()),
-            Op::NotEqual => found != Some(t.value.as_str()),
-            Op::Matches => t
-                .regex
-                .as_ref()
-                .is_some_and(|r| r.is_match(found.unwrap_or(""))),
-            Op::NotMatches => !t
-                .regex
-                .as_ref()
-                .is_some_and(|r| r.is_match(found.unwrap_or(""))),
-        }
-    })
+/// Whether a resource's JSON passes the filter.
+pub(crate) fn matches(filter: &Filter, resource: &Value) -> bool {
+    filter
+        .iter()
+        .all(|group| group.iter().any(|t| passes(t, resource)))
+}
+
+fn passes(t: &Term, resource: &Value) -> bool {
+    let found = match t.field.strip_prefix("labels.") {
+        Some(key) => resource["labels"].get(key),
+        None => resource.get(&t.field),
+    }
+    .and_then(Value::as_str);
+    match t.op {
+        Op::Equal => found == Some(t.value.as_str()),
+        Op::NotEqual => found != Some(t.value.as_str()),
+        Op::Has => found.is_some_and(|f| t.value == "*" || f == t.value),
+        Op::Matches => t
+            .regex
+            .as_ref()
+            .is_some_and(|r| r.is_match(found.unwrap_or(""))),
+        Op::NotMatches => !t
+            .regex
+            .as_ref()
+            .is_some_and(|r| r.is_match(found.unwrap_or(""))),
+    }
 }
 
 /// The value of query parameter `key`, if given.
@@ -155,7 +186,7 @@ pub(crate) fn arg<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a st
 }
 
 /// The parsed filter of a list call (`filter`), allowing `fields`.
-pub(crate) fn filter(query: &[(String, String)], fields: &[&str]) -> Result<Vec<Term>, ApiError> {
+pub(crate) fn filter(query: &[(String, String)], fields: &[&str]) -> Result<Filter, ApiError> {
     match arg(query, "filter") {
         Some(f) if !f.trim().is_empty() => parse(f, fields),
         _ => Ok(Vec::new()),
@@ -229,13 +260,28 @@ mod tests {
         assert!(!keep("name eq cos", img.clone()));
         assert!(!keep("name ne \"cos-.*\"", img.clone()));
         assert!(keep("architecture = X86_64", img.clone()));
-        assert!(!keep("(labels.other = v)", img));
+        assert!(!keep("(labels.other = v)", img.clone()));
+        assert!(keep("labels.k:*", img.clone()));
+        assert!(!keep("labels.other:*", img.clone()));
+        assert!(keep("labels.k:v AND name = \"cos-109-1\"", img.clone()));
+        // OR binds before AND: a AND (b OR c).
+        assert!(keep(
+            "(family = cos-stable) AND (name = x) OR (labels.k = v)",
+            img.clone()
+        ));
+        assert!(!keep(
+            "(family = x) AND (name = cos-109-1) OR (labels.k = v)",
+            img.clone()
+        ));
+        assert!(keep("(name = x) OR (name != y)", img));
     }
 
     #[test]
     fn anything_else_is_a_400() {
         for bad in [
-            "(family = a) OR (name = b)",
+            "(family = a) OR",
+            "OR (family = a)",
+            "(name eq a) OR (name eq b)",
             "(status = READY)",
             "name > a",
             "(name = a",

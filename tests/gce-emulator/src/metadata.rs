@@ -82,6 +82,21 @@ pub(crate) fn concurrent_change(state: &mut State, path: &str) {
     }
 }
 
+/// The guest powers off after `DaisyEnd`, as its script says: through the statuses it
+/// scripted, or STOPPING for so many GETs (and DEPROVISIONING on a share of stops).
+fn stop_on_daisy_end(state: &mut State, path: &str) {
+    let deprovisioning = state.stop_deprovisions();
+    let instance = state.store.instances.get_mut(path).expect("checked above");
+    let shows = instance.script.stop_shows.clone();
+    if shows.is_empty() {
+        let polls = instance.script.stop_on_daisy_end.unwrap_or_default();
+        instance.begin_stop(polls, deprovisioning);
+    } else {
+        instance.status = "TERMINATED";
+        state.shows.insert(path.to_string(), shows.into());
+    }
+}
+
 /// `POST projects/{p}/zones/{z}/instances/{i}/setMetadata`: replaces every item.
 pub(crate) fn set(state: &mut State, project: &str, zone: &str, path: &str, body: &Value) -> Reply {
     let current = state
@@ -109,12 +124,14 @@ pub(crate) fn set(state: &mut State, project: &str, zone: &str, path: &str, body
         .map(pair)
         .collect();
     instance.json["metadata"] = shaped(fingerprint, items);
-    if daisy_end && !had_daisy_end && instance.status == "RUNNING" {
-        if let Some(polls) = instance.script.stop_on_daisy_end {
-            instance.begin_stop(polls);
-        }
-    }
+    let stops = daisy_end
+        && !had_daisy_end
+        && matches!(instance.status, "RUNNING" | "STAGING")
+        && (instance.script.stop_on_daisy_end.is_some() || !instance.script.stop_shows.is_empty());
     let id = instance.json["id"].as_str().unwrap_or_default().to_string();
+    if stops {
+        stop_on_daisy_end(state, path);
+    }
     let op = ops::start(
         state,
         project,

@@ -49,6 +49,11 @@ pub(crate) struct Settings {
     pub stop_polls: u32,
     /// Where `rawDisk` sources are read from, if anywhere.
     pub storage: Option<String>,
+    /// Whether a standard VM's time limit is refused (see `Options::refuse_time_limits`).
+    pub refuse_time_limits: bool,
+    /// Every how many stops the instance shows DEPROVISIONING for a GET before TERMINATED
+    /// (0: never).
+    pub deprovisioning_every: u32,
 }
 
 /// An instance: scripted, or a QEMU VM in boot mode.
@@ -56,7 +61,7 @@ pub(crate) struct Settings {
 pub(crate) struct Instance {
     /// The resource JSON except `status`.
     pub json: Map<String, Value>,
-    /// PROVISIONING, RUNNING, STOPPING or TERMINATED.
+    /// PROVISIONING, STAGING, RUNNING, STOPPING, DEPROVISIONING or TERMINATED.
     pub status: &'static str,
     /// What the test scripted for it.
     pub script: Script,
@@ -66,6 +71,8 @@ pub(crate) struct Instance {
     pub serial_reads: u32,
     /// GETs left that show STOPPING.
     pub stop_polls_left: u32,
+    /// Whether this stop shows DEPROVISIONING for a GET after STOPPING.
+    pub deprovisioning: bool,
     /// Boot mode: the VM, once it has been created.
     pub vm: Option<VmId>,
     /// Boot mode: how far each port of the VM has been copied into [`Instance::serial`].
@@ -73,10 +80,31 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    /// Goes STOPPING; TERMINATED after `polls` more GETs.
-    pub fn begin_stop(&mut self, polls: u32) {
+    /// Goes STOPPING; TERMINATED after `polls` more GETs (and one DEPROVISIONING if
+    /// `deprovisioning`).
+    pub fn begin_stop(&mut self, polls: u32, deprovisioning: bool) {
         self.status = "STOPPING";
         self.stop_polls_left = polls;
+        self.deprovisioning = deprovisioning;
+    }
+
+    /// The status one GET shows, moving the lifecycle on: STAGING once (then RUNNING), and
+    /// after a stop STOPPING for so many GETs, DEPROVISIONING once if asked, TERMINATED.
+    pub fn poll_status(&mut self) -> &'static str {
+        match self.status {
+            "STAGING" => {
+                self.status = "RUNNING";
+                return "STAGING";
+            }
+            "STOPPING" if self.stop_polls_left > 0 => self.stop_polls_left -= 1,
+            "STOPPING" if self.deprovisioning => {
+                self.deprovisioning = false;
+                self.status = "DEPROVISIONING";
+            }
+            "STOPPING" | "DEPROVISIONING" => self.status = "TERMINATED",
+            _ => {}
+        }
+        self.status
     }
 }
 
@@ -147,6 +175,11 @@ pub(crate) struct State {
     pub faults: HashMap<Route, VecDeque<Fault>>,
     /// Scripts waiting for an instance whose name starts with the prefix.
     pub scripts: Vec<(String, Script)>,
+    /// Statuses the next GETs of the disk, image or instance at a path show, one each, in
+    /// place of its own (a test's script).
+    pub shows: HashMap<String, VecDeque<String>>,
+    /// Stops so far, for `Settings::deprovisioning_every`.
+    pub stops: u32,
     /// Every request, in order.
     pub log: Vec<RequestRecord>,
     /// Boot mode: where instances run.
@@ -169,6 +202,8 @@ impl State {
             request_ids: HashMap::new(),
             faults: HashMap::new(),
             scripts: Vec::new(),
+            shows: HashMap::new(),
+            stops: 0,
             log: Vec::new(),
             boot,
             boot_disks: HashMap::new(),
@@ -183,6 +218,18 @@ impl State {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Counts a stop; whether it shows DEPROVISIONING (`Settings::deprovisioning_every`).
+    pub fn stop_deprovisions(&mut self) -> bool {
+        self.stops += 1;
+        let every = self.settings.deprovisioning_every;
+        every > 0 && self.stops.is_multiple_of(every)
+    }
+
+    /// The status a test scripted for the next GET of the resource at `path`, if any.
+    pub fn scripted_status(&mut self, path: &str) -> Option<String> {
+        self.shows.get_mut(path)?.pop_front()
     }
 
     /// A new numeric-string id, 19 digits like GCE's.

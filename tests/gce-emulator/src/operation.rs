@@ -7,8 +7,10 @@ use serde_json::{json, Map, Value};
 pub(crate) enum Finish {
     /// Nothing more.
     Nothing,
-    /// The instance at this path goes RUNNING.
+    /// The instance at this path goes STAGING (RUNNING after a GET).
     InstanceRunning(String),
+    /// The disk at this path goes READY.
+    DiskReady(String),
     /// The image at this path goes READY.
     ImageReady(String),
 }

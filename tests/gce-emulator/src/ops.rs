@@ -156,8 +156,13 @@ fn apply(state: &mut State, finish: &Finish) {
         Finish::InstanceRunning(path) => {
             if let Some(i) = state.store.instances.get_mut(path) {
                 if i.status == "PROVISIONING" {
-                    i.status = "RUNNING";
+                    i.status = "STAGING";
                 }
+            }
+        }
+        Finish::DiskReady(path) => {
+            if let Some(d) = state.store.disks.get_mut(path) {
+                d.insert("status".into(), "READY".into());
             }
         }
         Finish::ImageReady(path) => {

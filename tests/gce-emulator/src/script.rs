@@ -11,6 +11,10 @@ pub struct Script {
     /// Instance GETs that show STOPPING after `DaisyEnd` is set, before TERMINATED; `None`
     /// keeps the instance RUNNING.
     pub(crate) stop_on_daisy_end: Option<u32>,
+    /// Statuses its GETs show, one each, from its first GET on (in place of its own).
+    pub(crate) shows: Vec<String>,
+    /// Statuses its GETs show, one each, once `DaisyEnd` is set (it is TERMINATED after them).
+    pub(crate) stop_shows: Vec<String>,
 }
 
 impl Script {
@@ -36,6 +40,20 @@ impl Script {
     /// instance GETs.
     pub fn stop_on_daisy_end(mut self, polls: u32) -> Self {
         self.stop_on_daisy_end = Some(polls);
+        self
+    }
+
+    /// Its first GETs show these statuses, one each, in place of its own (which goes on:
+    /// serial output and `DaisyEnd` work as for a RUNNING instance).
+    pub fn shows(mut self, statuses: &[&str]) -> Self {
+        self.shows = statuses.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// On a `setMetadata` that sets `DaisyEnd`, stops: its GETs show these statuses, one
+    /// each, and then TERMINATED.
+    pub fn stop_showing(mut self, statuses: &[&str]) -> Self {
+        self.stop_shows = statuses.iter().map(|s| s.to_string()).collect();
         self
     }
 }

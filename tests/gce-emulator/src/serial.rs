@@ -35,6 +35,10 @@ pub(crate) fn get(state: &mut State, path: &str, query: &[(String, String)]) -> 
         .instances
         .get_mut(path)
         .ok_or_else(|| ApiError::not_found(path))?;
+    // A guest that prints has left STAGING.
+    if instance.status == "STAGING" {
+        instance.status = "RUNNING";
+    }
     if instance.status != "RUNNING" {
         return Err(ApiError::new(
             400,

@@ -1,6 +1,8 @@
 //! Input rules GCE enforces: resource names (RFC 1035), labels, `requestId` UUIDs, and the
-//! strict URL forms of references (`projects/P/…` or the full `https://www.googleapis.com/
-//! compute/v1/projects/P/…`; nothing else).
+//! URL forms of references: `projects/P/…`, the full link under `https://www.googleapis.com/
+//! compute/v1/` or `https://compute.googleapis.com/compute/v1/`, and, where the discovery
+//! document's field says GCE takes one, a partial `zones/Z/…`, `regions/R/…` or `global/…`
+//! in the request's project ([`reference_in`]); nothing else (a bare name is refused).
 
 use serde_json::{Map, Value};
 
@@ -81,6 +83,32 @@ pub(crate) fn reference(field: &str, value: &str, shape: &[&str]) -> Result<Vec<
             "Invalid value for field '{field}': '{value}'. Expected '{form}' or '{API_ROOT}{form}'"
         ))
     })
+}
+
+/// [`reference`] that also takes a partial URL without its project (`zones/Z/machineTypes/M`,
+/// `global/networks/default`, `regions/R/subnetworks/S`, `global/images/I`), which GCE
+/// completes with the request's `project`: the discovery document documents these forms for
+/// `machineType`, `disks[].source`, `sourceImage`, `sourceDisk`, `network` and `subnetwork`.
+pub(crate) fn reference_in(
+    field: &str,
+    value: &str,
+    shape: &[&str],
+    project: &str,
+) -> Result<Vec<String>, ApiError> {
+    match project_less(value, project) {
+        Some(full) => reference(field, &full, shape).map_err(|_| {
+            ApiError::invalid(format!("Invalid value for field '{field}': '{value}'."))
+        }),
+        None => reference(field, value, shape),
+    }
+}
+
+/// `projects/{project}/{value}` for a partial URL that starts below the project.
+pub(crate) fn project_less(value: &str, project: &str) -> Option<String> {
+    ["zones/", "regions/", "global/"]
+        .iter()
+        .any(|p| value.starts_with(p))
+        .then(|| format!("projects/{project}/{value}"))
 }
 
 /// [`reference`] without the error: `None` if `value` has another form.
@@ -191,17 +219,25 @@ mod tests {
     #[test]
     fn references_take_the_partial_and_full_forms_only() {
         let full = format!("{API_ROOT}projects/p/zones/z/disks/d");
-        for ok in ["projects/p/zones/z/disks/d", full.as_str()] {
+        let other_root = "https://compute.googleapis.com/compute/v1/projects/p/zones/z/disks/d";
+        for ok in ["projects/p/zones/z/disks/d", full.as_str(), other_root] {
             assert_eq!(reference("source", ok, DISK).unwrap(), ["p", "z", "d"]);
         }
+        // Without its project only where the field takes that form, in the request's project.
+        assert!(reference("source", "zones/z/disks/d", DISK).is_err());
+        assert_eq!(
+            reference_in("source", "zones/z/disks/d", DISK, "q").unwrap(),
+            ["q", "z", "d"]
+        );
         for bad in [
-            "zones/z/disks/d",
             "d",
-            "https://compute.googleapis.com/compute/v1/projects/p/zones/z/disks/d",
+            "disks/d",
+            "http://www.googleapis.com/compute/v1/projects/p/zones/z/disks/d",
             "projects/p/zones/z/disks/",
             "projects/p/regions/z/disks/d",
+            "zones/z/disks",
         ] {
-            assert!(reference("source", bad, DISK).is_err(), "{bad}");
+            assert!(reference_in("source", bad, DISK, "q").is_err(), "{bad}");
         }
     }
 }

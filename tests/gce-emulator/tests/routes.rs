@@ -22,6 +22,10 @@ async fn disks_insert_get_resize_delete() {
         "projects/{P}/zones/{Z}/operations/{}",
         op["name"].as_str().unwrap()
     );
+    assert_eq!(
+        c.get(&format!("projects/{P}/zones/{Z}/disks/d1")).await["status"],
+        "CREATING"
+    );
     assert_eq!(c.get(&op_path).await["status"], "RUNNING");
     let done = c.get(&op_path).await;
     assert_eq!(done["status"], "DONE");
@@ -59,15 +63,17 @@ async fn disks_insert_get_resize_delete() {
         c.get(&format!("projects/{P}/zones/{Z}/disks/d1")).await["sizeGb"],
         "20"
     );
-    let r = c
-        .fails(
-            "POST",
-            &format!("projects/{P}/zones/{Z}/disks/d1/resize"),
-            Some(json!({"sizeGb": "15"})),
-            400,
-        )
-        .await;
-    assert_eq!(r, "invalid");
+    for same_or_smaller in ["20", "15"] {
+        let r = c
+            .fails(
+                "POST",
+                &format!("projects/{P}/zones/{Z}/disks/d1/resize"),
+                Some(json!({"sizeGb": same_or_smaller})),
+                400,
+            )
+            .await;
+        assert_eq!(r, "invalid", "{same_or_smaller} GB");
+    }
 
     c.done(&c.delete(&format!("projects/{P}/zones/{Z}/disks/d1")).await)
         .await;
@@ -143,15 +149,38 @@ async fn disk_insert_enforces_gce_rules() {
 }
 
 #[tokio::test]
-async fn strict_url_forms() {
+async fn the_url_forms_gce_takes() {
     let (_emu, c) = start(Options::default()).await;
     let disks = format!("projects/{P}/zones/{Z}/disks");
-    for bad in ["global/images/cos-109-17800-147-54", "cos-109-17800-147-54", "https://compute.googleapis.com/compute/v1/projects/cos-cloud/global/images/cos-109-17800-147-54"] {
-        let r = c.fails("POST", &disks, Some(json!({"name": "d", "sourceImage": bad})), 400).await;
+    for bad in [
+        "cos-109-17800-147-54",
+        "http://example.com/compute/v1/projects/cos-cloud/global/images/cos-109-17800-147-54",
+    ] {
+        let r = c
+            .fails(
+                "POST",
+                &disks,
+                Some(json!({"name": "d", "sourceImage": bad})),
+                400,
+            )
+            .await;
         assert_eq!(r, "invalid", "{bad}");
     }
-    let full = format!("https://www.googleapis.com/compute/v1/{IMAGE}");
-    c.done(&c.post(&disks, json!({"name": "full", "sourceImage": full, "type": format!("https://www.googleapis.com/compute/v1/projects/{P}/zones/{Z}/diskTypes/pd-standard")})).await).await;
+    // A partial `global/images/…` is in the request's project, which has no such image.
+    let here = json!({"name": "d", "sourceImage": "global/images/cos-109-17800-147-54"});
+    assert_eq!(c.fails("POST", &disks, Some(here), 404).await, "notFound");
+    for (name, image) in [
+        (
+            "full",
+            format!("https://www.googleapis.com/compute/v1/{IMAGE}"),
+        ),
+        (
+            "root",
+            format!("https://compute.googleapis.com/compute/v1/{IMAGE}"),
+        ),
+    ] {
+        c.done(&c.post(&disks, json!({"name": name, "sourceImage": image, "type": format!("https://www.googleapis.com/compute/v1/projects/{P}/zones/{Z}/diskTypes/pd-standard")})).await).await;
+    }
     let short_type = json!({"name": "d", "type": "pd-standard"});
     assert_eq!(
         c.fails("POST", &disks, Some(short_type), 400).await,
@@ -160,24 +189,12 @@ async fn strict_url_forms() {
     c.disk("boot").await;
 
     let instances = format!("projects/{P}/zones/{Z}/instances");
-    let cases = [
+    let refused = [
         ("machineType", json!("n1-standard-1")),
-        (
-            "machineType",
-            json!(format!("zones/{Z}/machineTypes/n1-standard-1")),
-        ),
         ("disks", json!([{"source": "boot", "boot": true}])),
         (
-            "disks",
-            json!([{"source": format!("zones/{Z}/disks/boot"), "boot": true}]),
-        ),
-        (
             "networkInterfaces",
-            json!([{"network": "global/networks/default"}]),
-        ),
-        (
-            "networkInterfaces",
-            json!([{"subnetwork": "regions/us-central1/subnetworks/s"}]),
+            json!([{"network": "networks/default"}]),
         ),
         (
             "networkInterfaces",
@@ -188,7 +205,7 @@ async fn strict_url_forms() {
             json!([{"initializeParams": {"sourceImage": IMAGE}, "boot": true}]),
         ),
     ];
-    for (field, value) in cases {
+    for (field, value) in refused {
         let mut body = instance_body("vm", "boot", false);
         body[field] = value.clone();
         assert_eq!(
@@ -197,6 +214,37 @@ async fn strict_url_forms() {
             "{field} = {value}"
         );
     }
+    // The partial forms the discovery document gives for these fields, in the request's
+    // project, and the full links under the API's other root.
+    let partial = json!({
+        "machineType": format!("zones/{Z}/machineTypes/n1-standard-1"),
+        "disks": [{"source": format!("zones/{Z}/disks/boot"), "boot": true, "autoDelete": true}],
+        "networkInterfaces": [{"network": "global/networks/default", "subnetwork": "regions/us-central1/subnetworks/s"}],
+    });
+    let full = json!({
+        "machineType": format!("https://compute.googleapis.com/compute/v1/projects/{P}/zones/{Z}/machineTypes/n1-standard-1"),
+        "disks": [{"source": format!("https://compute.googleapis.com/compute/v1/projects/{P}/zones/{Z}/disks/root"), "boot": true, "autoDelete": true}],
+        "networkInterfaces": [{"network": format!("https://compute.googleapis.com/compute/v1/projects/{P}/global/networks/default")}],
+    });
+    for (name, forms) in [("partial", partial), ("full", full)] {
+        let mut body = instance_body(name, "boot", true);
+        for (k, v) in forms.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        c.done(&c.post(&instances, body).await).await;
+        let vm = c.get(&format!("{instances}/{name}")).await;
+        assert_eq!(
+            vm["machineType"],
+            format!("https://www.googleapis.com/compute/v1/projects/{P}/zones/{Z}/machineTypes/n1-standard-1")
+        );
+        assert_eq!(
+            vm["networkInterfaces"][0]["network"],
+            format!("https://www.googleapis.com/compute/v1/projects/{P}/global/networks/default")
+        );
+        c.done(&c.delete(&format!("{instances}/{name}")).await)
+            .await;
+    }
+    c.disk("boot").await;
     let mut shared_vpc = instance_body("vm", "boot", false);
     shared_vpc["networkInterfaces"] = json!([{"subnetwork": "https://www.googleapis.com/compute/v1/projects/host/regions/us-central1/subnetworks/s"}]);
     c.done(&c.post(&instances, shared_vpc).await).await;
@@ -313,6 +361,7 @@ async fn instances_insert_get_list_stop_delete() {
         "PROVISIONING"
     );
     c.done(&op).await;
+    assert_eq!(c.get(&format!("{instances}/vm")).await["status"], "STAGING");
     let vm = c.get(&format!("{instances}/vm")).await;
     assert_eq!(vm["status"], "RUNNING");
     assert_eq!(vm["kind"], "compute#instance");
@@ -351,10 +400,19 @@ async fn instances_insert_get_list_stop_delete() {
     assert!(none.get("items").is_none());
     let paged = c.get(&format!("{instances}?maxResults=1")).await;
     assert_eq!(paged["nextPageToken"], "page-1");
+    let has_other = c.get(&format!("{instances}?filter=labels.other%3A*")).await;
+    assert_eq!(has_other["items"].as_array().unwrap().len(), 1);
+    assert_eq!(has_other["items"][0]["name"], "vm2");
+    let either = c
+        .get(&format!(
+            "{instances}?filter=(name+%3D+%22vm%22)+OR+(labels.other+%3D+x)"
+        ))
+        .await;
+    assert_eq!(either["items"].as_array().unwrap().len(), 2);
     let bad = c
         .fails(
             "GET",
-            &format!("{instances}?filter=labels.a%3Ab"),
+            &format!("{instances}?filter=labels.a+%3E+b"),
             None,
             400,
         )
@@ -385,6 +443,56 @@ async fn instances_insert_get_list_stop_delete() {
     )
     .await;
     assert!(emu.resources().is_empty());
+}
+
+#[tokio::test]
+async fn stops_deprovision_as_often_as_asked_and_statuses_can_be_scripted() {
+    let (emu, c) = start(Options {
+        stop_polls: 0,
+        deprovisioning_every: 2,
+        ..Options::default()
+    })
+    .await;
+    let instances = format!("projects/{P}/zones/{Z}/instances");
+    let status = |name: &str| {
+        let (c, path) = (&c, format!("{instances}/{name}"));
+        async move { c.get(&path).await["status"].as_str().unwrap().to_string() }
+    };
+    let mut seen = Vec::new();
+    for name in ["a", "b"] {
+        c.disk(name).await;
+        c.instance(name, name, true).await;
+        assert_eq!(status(name).await, "STAGING");
+        c.done(&c.post(&format!("{instances}/{name}/stop"), json!({})).await)
+            .await;
+        let mut statuses = vec![status(name).await];
+        while statuses.last().unwrap() != "TERMINATED" {
+            statuses.push(status(name).await);
+        }
+        seen.push(statuses);
+    }
+    assert_eq!(
+        seen,
+        [vec!["TERMINATED"], vec!["DEPROVISIONING", "TERMINATED"]],
+        "the second of two stops deprovisions"
+    );
+
+    // A test's script: any values (this client checks them against the discovery document;
+    // the contract tests send values it does not know yet), then the resource's own again.
+    emu.show_statuses(&format!("{instances}/a"), &["REPAIRING", "PENDING_STOP"]);
+    let disk = format!("projects/{P}/zones/{Z}/disks/later");
+    emu.show_statuses(&disk, &["RESTORING", "FAILED"]);
+    assert_eq!(status("a").await, "REPAIRING");
+    assert_eq!(status("a").await, "PENDING_STOP");
+    assert_eq!(status("a").await, "TERMINATED");
+    c.disk("later").await;
+    for expected in ["RESTORING", "FAILED", "READY"] {
+        assert_eq!(c.get(&disk).await["status"], expected);
+    }
+    emu.show_statuses(IMAGE, &["PENDING", "DELETING"]);
+    for expected in ["PENDING", "DELETING", "READY"] {
+        assert_eq!(c.get(IMAGE).await["status"], expected);
+    }
 }
 
 #[tokio::test]
@@ -731,10 +839,16 @@ async fn seeded_images_support_family_and_milestone_lookups() {
             .await,
         "invalid"
     );
+    let either = c
+        .get(&format!(
+            "{images}?filter=(labels.channel+%3D+dev)+OR+(family+%3D+nope)"
+        ))
+        .await;
+    assert_eq!(either["items"][0]["name"], "cos-dev-125-19100-0-0");
     assert_eq!(
         c.fails(
             "GET",
-            &format!("{images}?filter=(family+%3D+a)+OR+(family+%3D+b)"),
+            &format!("{images}?filter=(family+%3D+a)+OR"),
             None,
             400
         )

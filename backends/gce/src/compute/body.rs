@@ -91,8 +91,38 @@ pub struct InstanceSpec<'a> {
     pub subnetwork: Option<&'a str>,
     /// Whether it gets an external IP (upstream always gives one; `-no-external-ip` does not).
     pub external_ip: bool,
-    /// How long it may live before GCE deletes it.
-    pub max_run_duration: Duration,
+    /// How long it may live before GCE deletes it; `None` sends no time limit (for a project
+    /// where GCE refuses one, see `GceBackend::create_vm`).
+    pub max_run_duration: Option<Duration>,
+}
+
+/// The run durations GCE takes: 30 seconds to 120 days
+/// (https://cloud.google.com/compute/docs/instances/limit-vm-runtime, gcloud's
+/// `--max-run-duration`).
+const RUN_DURATION_SECONDS: std::ops::RangeInclusive<u64> = 30..=120 * 24 * 3600;
+
+/// The instance's `scheduling`: only combinations GCE documents as allowed.
+fn scheduling(gpu: bool, max_run_duration: Option<Duration>) -> Value {
+    let mut s = json!({
+        // A VM with a GPU cannot live-migrate: it must TERMINATE on host maintenance
+        // (https://cloud.google.com/compute/docs/gpus, "Restrictions"); any other keeps
+        // GCE's default, MIGRATE
+        // (https://cloud.google.com/compute/docs/instances/setting-vm-host-options).
+        // `automaticRestart` keeps its default (true), which a standard VM may have.
+        "onHostMaintenance": if gpu { "TERMINATE" } else { "MIGRATE" },
+        "provisioningModel": "STANDARD",
+    });
+    if let Some(limit) = max_run_duration {
+        // A standard VM takes a termination action only together with a time limit, and a
+        // time limit needs one; the duration must lie in GCE's range
+        // (https://cloud.google.com/compute/docs/instances/limit-vm-runtime).
+        let seconds = limit
+            .as_secs()
+            .clamp(*RUN_DURATION_SECONDS.start(), *RUN_DURATION_SECONDS.end());
+        s["instanceTerminationAction"] = json!("DELETE");
+        s["maxRunDuration"] = json!({"seconds": seconds.to_string()});
+    }
+    s
 }
 
 /// The `instances.insert` body of `spec` in `zone` of `project`.
@@ -141,13 +171,7 @@ pub fn instance(project: &str, zone: &str, spec: &InstanceSpec) -> Value {
         "metadata": {"items": spec.metadata},
         "serviceAccounts": [{"email": spec.service_account, "scopes": VM_SCOPES}],
         "networkInterfaces": [nic],
-        "scheduling": {
-            // A VM with a GPU cannot live-migrate.
-            "onHostMaintenance": if spec.gpu.is_some() { "TERMINATE" } else { "MIGRATE" },
-            "provisioningModel": "STANDARD",
-            "instanceTerminationAction": "DELETE",
-            "maxRunDuration": {"seconds": spec.max_run_duration.as_secs().to_string()},
-        },
+        "scheduling": scheduling(spec.gpu.is_some(), spec.max_run_duration),
     });
     if let Some(gpu) = &spec.gpu {
         body["guestAccelerators"] = json!([{
@@ -271,7 +295,7 @@ mod tests {
             network: None,
             subnetwork: None,
             external_ip: true,
-            max_run_duration: Duration::from_secs(3 * 3600 + 300),
+            max_run_duration: Some(Duration::from_secs(3 * 3600 + 300)),
         }
     }
 
@@ -331,6 +355,30 @@ mod tests {
             body["guestAccelerators"],
             json!([{"acceleratorType": "projects/p/zones/us-west1-b/acceleratorTypes/nvidia-tesla-t4",
                     "acceleratorCount": 1}])
+        );
+    }
+
+    #[test]
+    fn time_limits_stay_in_gces_range_or_go_with_their_action() {
+        let labels = build_labels("b4x9q");
+        let limited = |d: Option<Duration>| {
+            instance(
+                "p",
+                "z",
+                &InstanceSpec {
+                    max_run_duration: d,
+                    ..vm(&labels, &[])
+                },
+            )["scheduling"]
+                .clone()
+        };
+        let short = limited(Some(Duration::from_secs(5)));
+        assert_eq!(short["maxRunDuration"]["seconds"], "30");
+        let long = limited(Some(Duration::from_secs(200 * 24 * 3600)));
+        assert_eq!(long["maxRunDuration"]["seconds"], "10368000");
+        assert_eq!(
+            limited(None),
+            json!({"onHostMaintenance": "MIGRATE", "provisioningModel": "STANDARD"})
         );
     }
 
