@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# rustup finds its toolchains under $HOME unless told otherwise, and Cloud Build (like any
+# CI that sets HOME per step) changes HOME: keep to the toolchain beside the cargo on PATH.
+cargo_bin=$(command -v cargo || true)
+if [[ -z ${RUSTUP_HOME:-} && $cargo_bin == */.cargo/bin/cargo ]]; then
+  home_of_cargo=${cargo_bin%/.cargo/bin/cargo}
+  if [[ -d $home_of_cargo/.rustup ]]; then
+    export RUSTUP_HOME=$home_of_cargo/.rustup CARGO_HOME=${CARGO_HOME:-$home_of_cargo/.cargo}
+  fi
+fi
+
 target=x86_64-unknown-linux-gnu
 bin="${CARGO_TARGET_DIR:-target}/$target/release/provisioner"
 
