@@ -68,6 +68,8 @@ impl Home {
         Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
             .args(args)
             .env("HOME", self.path())
+            // A static binary stands in for the provisioner, which -dry-run checks too.
+            .env("COS_CUSTOMIZER_PROVISIONER", "/bin/busybox")
             .current_dir(self.path())
             .output()
             .unwrap()
@@ -1007,6 +1009,30 @@ fn missing_provisioner_says_how_to_build_it() {
     assert_eq!(code, 1);
     assert!(err.contains("scripts/build-provisioner.sh"), "{err}");
     assert!(!h.path().join("out.img").exists());
+    // -dry-run refuses what the real run refuses: missing, a folder, text, dynamically linked.
+    std::fs::write(h.path().join("text"), "#!/bin/sh\n").unwrap();
+    for (provisioner, says) in [
+        ("/nonexistent/p", "no provisioner binary found"),
+        ("/tmp", "no provisioner binary found"),
+        ("text", "is not a 64-bit ELF executable"),
+        (
+            env!("CARGO_BIN_EXE_cos-customizer"),
+            "is dynamically linked",
+        ),
+    ] {
+        let flag = format!("-provisioner={provisioner}");
+        let (code, err) = h.fail(&[
+            "finish-image-build",
+            "-output-file=out.img",
+            &flag,
+            "-dry-run",
+        ]);
+        assert_eq!(code, 1, "{provisioner}");
+        assert!(
+            err.contains("a real run would be refused") && err.contains(says),
+            "{err}"
+        );
+    }
     assert!(
         h.state_dir(".cos-customizer-workdir").exists(),
         "a set-up mistake keeps the state"

@@ -138,6 +138,18 @@ pub fn members(archive: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Reads the archive to its end, data included, so one that is not a tar file or is cut
+/// short is refused before the build instead of failing in the VM.
+pub fn check_whole(archive: &Path) -> Result<()> {
+    let file = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let mut tar = tar::Archive::new(std::io::BufReader::new(file));
+    for entry in tar.entries().map_err(|e| corrupt(archive, &e))? {
+        let mut entry = entry.map_err(|e| corrupt(archive, &e))?;
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| corrupt(archive, &e))?;
+    }
+    Ok(())
+}
+
 /// The error for an archive that is not a tar file: the tar crate's own words may quote
 /// the garbage it read after a colon, so only what comes before it goes in.
 fn corrupt(archive: &Path, e: &std::io::Error) -> anyhow::Error {
@@ -283,6 +295,23 @@ mod tests {
         std::fs::write(d.path().join("lib/x.sh"), "x\n").unwrap();
         symlink("x.sh", d.path().join("lib/link.sh")).unwrap();
         d
+    }
+
+    #[test]
+    fn an_archive_cut_short_or_of_garbage_is_not_whole() {
+        let ctx = context();
+        let out = tempfile::tempdir().unwrap();
+        let tar = out.path().join("ctx.tar");
+        create(ctx.path(), &tar, out.path()).unwrap();
+        check_whole(&tar).unwrap();
+        let bytes = std::fs::read(&tar).unwrap();
+        // Into the first member's data (its header is the first 512 bytes).
+        std::fs::write(&tar, &bytes[..514]).unwrap();
+        let e = format!("{:#}", check_whole(&tar).unwrap_err());
+        assert!(e.contains("is not a valid tar archive"), "{e}");
+        std::fs::write(&tar, vec![b'x'; 4096]).unwrap();
+        let e = format!("{:#}", check_whole(&tar).unwrap_err());
+        assert!(e.contains("run start-image-build again"), "{e}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::output_lock::OutputLock;
 use crate::preload::{self, LogLine, Preloader, Request};
 use crate::sbom::{Sbom, Storage};
 use crate::state::{BuildState, StateDir};
-use crate::{preflight, provisioner_bin, workdir};
+use crate::{archive, preflight, provisioner_bin, workdir};
 
 /// The prefix the original trims from `-licenses` values.
 const LICENSE_PREFIX: &str = "https://www.googleapis.com/compute/v1/";
@@ -344,6 +344,13 @@ fn prepare(
             refuse(e);
         }
     }
+    // The real run stops on these too; -dry-run lists them with the rest.
+    if let Err(e) = provisioner_bin::locate(opts.provisioner.as_deref()) {
+        refuse(e);
+    }
+    if let Err(e) = archive::check_whole(&state.context_archive()) {
+        refuse(e);
+    }
     let req = Request {
         output,
         user_data: cloud_config::user_data(),
@@ -633,7 +640,8 @@ mod tests {
                 local_file: None,
                 overwrite: false,
             },
-            provisioner: None,
+            // A static binary stands in for the provisioner, which prepare checks.
+            provisioner: Some("/bin/busybox".into()),
             allow_backing_file: false,
             storage_endpoint: None,
             sbom: None,

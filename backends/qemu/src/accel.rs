@@ -23,23 +23,23 @@ impl Accel {
         match self {
             Accel::Kvm => "kvm",
             Accel::Tcg => "tcg",
-            Accel::Auto => {
-                let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-                let module = Path::new("/sys/module/kvm_intel").exists()
-                    || Path::new("/sys/module/kvm_amd").exists();
-                let dev_kvm = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/kvm")
-                    .is_ok();
-                if kvm_usable(&cpuinfo, module, dev_kvm) {
-                    "kvm"
-                } else {
-                    "tcg"
-                }
-            }
+            Accel::Auto if host_has_kvm() => "kvm",
+            Accel::Auto => "tcg",
         }
     }
+}
+
+/// Whether this host can run stock guests under KVM (see [`kvm_usable`]).
+pub fn host_has_kvm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let module =
+        Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists();
+    let dev_kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    kvm_usable(&cpuinfo, module, dev_kvm)
 }
 
 impl std::str::FromStr for Accel {

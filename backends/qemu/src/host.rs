@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use cos_customizer_core::async_cmd::{find_program_in, SETPRIV};
 use cos_customizer_core::preload::VM_NAME;
 
+use crate::accel::{host_has_kvm, Accel};
 use crate::{qmp_socket_name, QemuOptions, MAX_SOCKET_PATH, WORK_DIR_PREFIX};
 
 /// Checks that this machine can run VMs with `opts`: QEMU, `qemu-img` and `setpriv`
@@ -47,6 +48,16 @@ fn check_host_in(opts: &QemuOptions, path_var: Option<&OsStr>) -> Result<()> {
     }
     if let Err(p) = check_parent(&opts.parent_dir) {
         problems.push(p);
+    }
+    // Asked for outright, KVM on a host without it starts a guest that stops at its first
+    // instruction ("emulation failure"): say so before the build.
+    if opts.accel == Accel::Kvm && !host_has_kvm() {
+        problems.push(
+            "-accel=kvm, but this host cannot run guests under KVM (it needs a vmx or svm CPU \
+             flag, the kvm_intel or kvm_amd module, and a read-write /dev/kvm): use \
+             -accel=auto or -accel=tcg"
+                .to_string(),
+        );
     }
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
@@ -164,6 +175,22 @@ mod tests {
     #[test]
     fn a_complete_host_passes() {
         Host::new().check().unwrap();
+    }
+
+    #[test]
+    fn kvm_asked_for_on_a_host_without_it_is_refused() {
+        let mut h = Host::new();
+        h.opts.accel = Accel::Kvm;
+        match (host_has_kvm(), h.check()) {
+            (true, r) => r.unwrap(),
+            (false, r) => {
+                let e = r.unwrap_err();
+                assert!(e.starts_with("-accel=kvm, but this host cannot"), "{e}");
+                assert!(e.contains("-accel=tcg"), "{e}");
+            }
+        }
+        h.opts.accel = Accel::Tcg;
+        h.check().unwrap();
     }
 
     #[test]
