@@ -551,3 +551,33 @@ async fn server_errors_and_garbage_keep_the_state() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gce_build_finished_locally_is_refused_before_anything() {
+    let Some(env) = Env::start().await else {
+        return;
+    };
+    env.steps().await;
+    for extra in [
+        &["-output-file=out.img"][..],
+        &["-output-file=out.img", "-dry-run"],
+    ] {
+        let out = env
+            .run(
+                &[
+                    &["finish-image-build", "-provisioner=/bin/busybox"][..],
+                    extra,
+                ]
+                .concat(),
+            )
+            .await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            text(&out).contains("start-image-build -image-file=PATH"),
+            "{}",
+            text(&out)
+        );
+        assert!(!env.home.path().join("out.img").exists());
+    }
+    env.assert_state_kept().await;
+}

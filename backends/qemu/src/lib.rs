@@ -277,8 +277,12 @@ impl BackendType for Qemu {
         allow_backing: bool,
     ) -> Result<Option<SourceFacts>> {
         if source.local_file.is_empty() {
-            // create_disk names what is missing; a dry run shows the plan.
-            return Ok(None);
+            bail!(
+                "the build was started from the GCE image {}, and a local build (-output-file, \
+                 -backend=qemu) needs an image file: finish it on GCE (-backend=gce with \
+                 -project and -zone), or start again with start-image-build -image-file=PATH",
+                source.url()
+            );
         }
         inspect::inspect_file(Path::new(&source.local_file), allow_backing).map(Some)
     }
