@@ -272,7 +272,13 @@ impl GceBackend {
         self.wait(op)
             .await
             .with_context(|| format!("importing gs://{bucket}/{object} as image {image}"))?;
-        Ok((image, object))
+        let project = &self.opts.project;
+        match self.settled_image(project, &image).await {
+            Ok(Some(s)) if s == "READY" => Ok((image, object)),
+            Ok(Some(s)) => bail!("importing gs://{bucket}/{object}: image {image} ended {s}"),
+            Ok(None) => bail!("importing gs://{bucket}/{object}: image {image} vanished"),
+            Err(e) => Err(e.context(format!("importing gs://{bucket}/{object} as image {image}"))),
+        }
     }
 
     async fn delete_image(&self, image: &str) -> Result<()> {

@@ -376,17 +376,38 @@ async fn disks_and_images_on_their_way_to_ready_do_not_stop_the_build() {
         op_running_polls: 2,
         ..Default::default()
     };
-    successful_build(opts, |emu| {
+    let disk = |d: &str| format!("projects/{PROJECT}/zones/{ZONE}/disks/{d}-build-image-b4x9q");
+    let image = format!("projects/{PROJECT}/global/images/cidata-build-image-b4x9q");
+    let Some(env) = successful_build(opts, |emu| {
         emu.script("preload-vm-", success_script());
-        let disk = |d: &str| format!("projects/{PROJECT}/zones/{ZONE}/disks/{d}-build-image-b4x9q");
         emu.show_statuses(&disk("boot-disk"), &["CREATING", "RESTORING"]);
-        emu.show_statuses(&disk("cidata-disk"), &["CREATING"]);
-        emu.show_statuses(
-            &format!("projects/{PROJECT}/global/images/cidata-build-image-b4x9q"),
-            &["PENDING"],
-        );
+        emu.show_statuses(&disk("cidata-disk"), &["CREATING", "UNAVAILABLE"]);
+        emu.show_statuses(&image, &["PENDING"]);
     })
-    .await;
+    .await
+    else {
+        return;
+    };
+    // The backend read each of them on its way to READY.
+    for path in [disk("boot-disk"), disk("cidata-disk"), image] {
+        assert_eq!(env.emu.statuses_left(&path), Vec::<String>::new(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_disk_fails_the_build_and_leaves_nothing() {
+    let Some(env) = Env::start(Options::default()).await else {
+        return;
+    };
+    env.emu.script("preload-vm-", success_script());
+    env.emu.show_statuses(
+        &format!("projects/{PROJECT}/zones/{ZONE}/disks/boot-disk-build-image-b4x9q"),
+        &["CREATING", "FAILED"],
+    );
+    let (r, _) = env.build(&env.request(Duration::from_secs(30))).await;
+    let e = format!("{:#}", r.unwrap_err());
+    assert!(e.contains("boot-disk-build-image-b4x9q is FAILED"), "{e}");
+    env.assert_clean(None);
 }
 
 #[tokio::test]
