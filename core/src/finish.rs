@@ -22,7 +22,7 @@ use crate::output_lock::OutputLock;
 use crate::preload::{self, LogLine, Preloader, Request};
 use crate::sbom::{Sbom, Storage};
 use crate::state::{BuildState, StateDir};
-use crate::{archive, preflight, provisioner_bin, workdir};
+use crate::{archive, cidata, preflight, provisioner_bin, workdir};
 
 /// The prefix the original trims from `-licenses` values.
 const LICENSE_PREFIX: &str = "https://www.googleapis.com/compute/v1/";
@@ -350,6 +350,16 @@ fn prepare(
     }
     if let Err(e) = archive::check_whole(&state.context_archive()) {
         refuse(e);
+    }
+    let context_len = file_len(&state.context_archive());
+    if context_len > cidata::MAX_FILE && !info.stages_files {
+        refuse(anyhow!(
+            "the build context is {context_len} bytes, more than the CIDATA disk holds ({} \
+             bytes), and the {} backend has nowhere else to put it: leave large files out of \
+             start-image-build's -build-context and fetch them from a script, or build on GCE",
+            cidata::MAX_FILE,
+            info.name.to_uppercase()
+        ));
     }
     let req = Request {
         output,
@@ -779,6 +789,25 @@ mod tests {
         let (req, r) = prepare(&dir, s, &o, &GCE);
         assert!(r.is_empty(), "{r:?}");
         assert_eq!(req.prov.steps, [step("/home/me/deps"), step("")]);
+    }
+
+    #[test]
+    fn a_context_too_large_for_cidata_needs_a_backend_that_stages_files() {
+        let (_home, dir) = started();
+        // Sparse: an archive of zeros is a whole (empty) tar.
+        let f = std::fs::File::options()
+            .write(true)
+            .open(dir.context_archive())
+            .unwrap();
+        f.set_len(cidata::MAX_FILE + 1).unwrap();
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &options(), &QEMU);
+        assert!(
+            r.iter()
+                .any(|r| r.contains("more than the CIDATA disk holds")),
+            "{r:?}"
+        );
+        let (_, r) = prepare(&dir, dir.load().unwrap(), &options(), &GCE);
+        assert!(r.is_empty(), "{r:?}");
     }
 
     #[test]
