@@ -26,5 +26,28 @@ export COS_CUSTOMIZER_PROVISIONER
 cargo test --workspace
 cargo test -p cos-customizer-core --test cloud_init_schema
 cargo test -p cos-customizer-qemu --test vm
-cargo test -p cos-customizer --test e2e --test e2e_guest --test e2e_disk --test e2e_powercut \
-    --test faults --test e2e_containers --test e2e_gpu --test e2e_gce
+
+# The end-to-end suites run side by side, each its own process, sharing one VM slot per
+# core (tests/common/mod.rs): a suite whose last test runs alone no longer leaves a core
+# idle. Longest first; each suite's output is printed whole when it ends.
+suites=(e2e_disk e2e e2e_gce e2e_powercut faults e2e_containers e2e_gpu e2e_guest)
+cargo test -p cos-customizer "${suites[@]/#/--test=}" --no-run
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+declare -A pid
+for s in "${suites[@]}"; do
+    cargo test -p cos-customizer --test "$s" >"$logs/$s.log" 2>&1 &
+    pid[$s]=$!
+done
+begun=$SECONDS
+failed=()
+for s in "${suites[@]}"; do
+    if wait "${pid[$s]}"; then verdict=passed; else verdict=FAILED; failed+=("$s"); fi
+    echo "=== suite $s $verdict (its time is on its \"test result\" line)"
+    cat "$logs/$s.log"
+done
+echo "=== the end-to-end suites took $((SECONDS - begun)) s side by side"
+if ((${#failed[@]})); then
+    echo "failed suites: ${failed[*]}" >&2
+    exit 1
+fi

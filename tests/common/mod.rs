@@ -2,9 +2,10 @@
 //! time, and a user's home to run the built `cos-customizer` in.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cos_customizer_common::config::SourceImage;
@@ -42,36 +43,61 @@ pub fn provisioner() -> PathBuf {
 
 /// TCG VMs are CPU-bound with one busy vCPU thread each, so tests run as many VMs at
 /// once as there are cores (two on CI) and no more; a slow boot under heavier
-/// contention would only make the suite slower, never faster.
-pub struct VmSlots(usize);
+/// contention would only make the suite slower, never faster. The slots are lock files
+/// shared by every test process on the machine, so the VM suites can run side by side
+/// (`scripts/test.sh` runs them so) without running more VMs than cores between them.
+pub struct VmSlots {
+    _held: Vec<File>,
+}
 
-static FREE: Mutex<Option<usize>> = Mutex::new(None);
-static RELEASED: Condvar = Condvar::new();
+/// Where the slot locks live: `COS_CUSTOMIZER_VM_SLOTS` or a folder in the system's
+/// temporary folder, the same for every test process.
+fn slot_dir() -> PathBuf {
+    std::env::var_os("COS_CUSTOMIZER_VM_SLOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("cos-customizer-vm-slots"))
+}
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+fn open_lock(path: &Path) -> File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot open the VM slot lock {}: {e}", path.display()))
+}
+
 /// Takes `n` VM slots (fewer if the machine has fewer cores), waiting for them.
 pub fn vm_slots(n: usize) -> VmSlots {
     let n = n.min(cores());
-    let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let f = free.get_or_insert_with(cores);
-        if *f >= n {
-            *f -= n;
-            return VmSlots(n);
+    let dir = slot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Takers wait their turn at this lock, so one wanting two slots is not starved by a
+    // stream of ones wanting one; a holder never needs it to give its slots back.
+    let queue = open_lock(&dir.join("queue"));
+    queue.lock().expect("lock the VM slot queue");
+    let mut held = Vec::with_capacity(n);
+    while held.len() < n {
+        for i in 0..cores() {
+            if held.len() == n {
+                break;
+            }
+            let slot = open_lock(&dir.join(format!("slot-{i}")));
+            match slot.try_lock() {
+                Ok(()) => held.push(slot),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => panic!("lock VM slot {i}: {e}"),
+            }
         }
-        free = RELEASED.wait(free).unwrap_or_else(|e| e.into_inner());
+        if held.len() < n {
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
-}
-
-impl Drop for VmSlots {
-    fn drop(&mut self) {
-        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-        *free.get_or_insert_with(cores) += self.0;
-        RELEASED.notify_all();
-    }
+    VmSlots { _held: held }
 }
 
 /// A user's home with a build context, and a private TMPDIR to prove nothing is left.
