@@ -19,6 +19,12 @@ struct Host {
 
 impl Host {
     fn new() -> Self {
+        Self::with_source("source.img")
+    }
+
+    /// A build of `source`: a raw disk, or, for a name ending in `.tar.gz`, a GCE image
+    /// archive holding it as `disk.raw`.
+    fn with_source(source: &str) -> Self {
         let h = Host {
             home: tempfile::tempdir().unwrap(),
             tmp: tempfile::tempdir().unwrap(),
@@ -27,7 +33,11 @@ impl Host {
         let ctx = h.home.path().join("ctx");
         std::fs::create_dir(&ctx).unwrap();
         std::fs::write(ctx.join("a.sh"), "echo hi\n").unwrap();
-        let src = h.source();
+        let src = if source.ends_with(".tar.gz") {
+            h.bin.path().join("disk.raw")
+        } else {
+            h.home.path().join(source)
+        };
         std::fs::File::create(&src)
             .unwrap()
             .set_len(64 << 20)
@@ -39,6 +49,18 @@ impl Host {
                 .arg(format!("--change-name={n}:{label}"));
         }
         assert!(sgdisk.arg(&src).output().unwrap().status.success());
+        if source.ends_with(".tar.gz") {
+            let tar = Command::new("tar")
+                .arg("-czSf")
+                .arg(h.home.path().join(source))
+                .arg("-C")
+                .arg(h.bin.path())
+                .arg("disk.raw")
+                .status()
+                .unwrap();
+            assert!(tar.success());
+            std::fs::remove_file(&src).unwrap();
+        }
         // The smallest ELF the provisioner check accepts: 64-bit, no program headers.
         let mut elf = vec![0u8; 64];
         elf[..5].copy_from_slice(b"\x7fELF\x02");
@@ -46,7 +68,7 @@ impl Host {
         let start = h.run(&[
             "start-image-build",
             "-build-context=ctx",
-            "-image-file=source.img",
+            &format!("-image-file={source}"),
         ]);
         assert!(start.status.success());
         assert!(h.run(&["run-script", "-script=a.sh"]).status.success());
@@ -54,12 +76,21 @@ impl Host {
     }
 
     fn source(&self) -> PathBuf {
-        self.home.path().join("source.img")
+        ["source.img", "source.tar.gz"]
+            .iter()
+            .map(|n| self.home.path().join(n))
+            .find(|p| p.exists())
+            .unwrap()
     }
 
     /// Puts a stand-in `qemu-system-x86_64` running `body` first on `PATH`.
     fn fake_qemu(&self, body: &str) {
-        let p = self.bin.path().join("qemu-system-x86_64");
+        self.stand_in("qemu-system-x86_64", body);
+    }
+
+    /// Puts a stand-in program `name` running `body` (sh) first on `PATH`.
+    fn stand_in(&self, name: &str, body: &str) {
+        let p = self.bin.path().join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
@@ -233,5 +264,44 @@ fn a_missing_qemu_is_named_first_and_nothing_is_created() {
     assert!(
         h.home.path().join(".cos-customizer-workdir").exists(),
         "a host problem keeps the state"
+    );
+}
+
+#[test]
+fn ctrl_c_while_a_tar_gz_source_is_unpacked_keeps_the_state() {
+    let h = Host::with_source("source.tar.gz");
+    let before = sha256(&h.source());
+    h.fake_qemu("while :; do sleep 1; done");
+    // The unpacking `tar` holds still until the interrupt, as a large archive would.
+    let unpacking = h.bin.path().join("unpacking");
+    h.stand_in(
+        "tar",
+        &format!(
+            "case \"$1\" in -x*) touch {}; exec sleep 60;; esac\nexec /usr/bin/tar \"$@\"",
+            unpacking.display()
+        ),
+    );
+    let child = h.finish();
+    h.wait_for("the source to be unpacked", || unpacking.exists());
+    kill(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted (Ctrl-C)"), "{err}");
+    assert!(err.contains("the build state is kept"), "{err}");
+    assert!(h.processes().is_empty(), "{}", h.processes());
+    assert!(h.tmp_entries().is_empty(), "{:?}", h.tmp_entries());
+    assert!(!h.home.path().join("out.img").exists());
+    assert_eq!(sha256(&h.source()), before, "the source image is unchanged");
+    let again = h.run(&[
+        "finish-image-build",
+        "-output-file=out.img",
+        "-provisioner=provisioner",
+        "-dry-run",
+    ]);
+    assert!(
+        again.status.success(),
+        "the kept state runs again: {}",
+        String::from_utf8_lossy(&again.stderr)
     );
 }

@@ -304,6 +304,12 @@ pub trait Backend: BackendType {
     }
     /// Whether the output image already exists (then the build is a no-op, as upstream).
     async fn image_exists(&self, out: &OutputImage) -> Result<bool>;
+    /// Makes `source` ready for [`Backend::create_disk`] without creating anything (QEMU
+    /// unpacks a GCE `tar.gz` here). Runs before the first disk, so a failure or Ctrl-C
+    /// here keeps the recorded build.
+    async fn prepare_source(&self, _source: &SourceImage) -> Result<()> {
+        Ok(())
+    }
     /// Creates a disk from its source, at the spec's size.
     async fn create_disk(&self, spec: &DiskSpec) -> Result<DiskId>;
     /// Creates and boots a VM.

@@ -114,7 +114,8 @@ struct Disk {
     /// The name it was created with (`boot-disk`), for messages.
     name: String,
     overlay: PathBuf,
-    /// Where a `tar.gz` source was unpacked; the overlay's backing file lives there.
+    /// Where this disk's own `tar.gz` source was unpacked (not one [`Backend::prepare_source`]
+    /// unpacked); the overlay's backing file lives there.
     unpacked: Option<PathBuf>,
     /// The caller's file the overlay reads from, as it was; `None` when it was unpacked.
     backing: Option<SourceStamp>,
@@ -135,6 +136,9 @@ struct Vm {
 struct State {
     disks: HashMap<DiskId, Disk>,
     vms: HashMap<VmId, Vm>,
+    /// A `tar.gz` source unpacked by [`Backend::prepare_source`]: the archive as given
+    /// (resolved) and its `disk.raw`, kept until the work dir goes.
+    prepared: Option<(PathBuf, PathBuf)>,
 }
 
 impl State {
@@ -328,6 +332,21 @@ impl Backend for QemuBackend {
             .with_context(|| format!("checking for {}", path.display()))
     }
 
+    async fn prepare_source(&self, source: &SourceImage) -> Result<()> {
+        if source.local_file.is_empty() {
+            return Ok(());
+        }
+        let given = tokio::fs::canonicalize(&source.local_file)
+            .await
+            .with_context(|| format!("resolving source image {}", source.local_file))?;
+        if !inspect::is_gzip(&given)? || self.state().prepared.is_some() {
+            return Ok(());
+        }
+        let raw = disk::extract_disk_raw(&given, &self.work_dir.join("source")).await?;
+        self.state().prepared = Some((given, raw));
+        Ok(())
+    }
+
     async fn create_disk(&self, spec: &DiskSpec) -> Result<DiskId> {
         check_name("disk", &spec.name)?;
         let overlay = self.work_dir.join(format!("{}.qcow2", spec.name));
@@ -347,7 +366,15 @@ impl Backend for QemuBackend {
         let given = tokio::fs::canonicalize(&given)
             .await
             .with_context(|| format!("resolving source image {}", given.display()))?;
-        let (source, unpacked, backing) = if inspect::is_gzip(&given)? {
+        let prepared = self
+            .state()
+            .prepared
+            .as_ref()
+            .filter(|(archive, _)| *archive == given)
+            .map(|(_, raw)| raw.clone());
+        let (source, unpacked, backing) = if let Some(raw) = prepared {
+            (raw, None, None)
+        } else if inspect::is_gzip(&given)? {
             let dir = self.work_dir.join(format!("{}-source", spec.name));
             (disk::extract_disk_raw(&given, &dir).await?, Some(dir), None)
         } else {

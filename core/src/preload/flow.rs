@@ -116,6 +116,9 @@ impl Preloader {
     pub async fn run(&self, req: &Request, log: &mut dyn FnMut(LogLine)) -> Result<()> {
         let b = &self.backend;
         let timeout_text = duration::format(req.timeout);
+        b.prepare_source(&req.source)
+            .await
+            .context("preparing the source image")?;
         let cidata_image = self.build_cidata(req, log).await?;
         let cidata = self
             .creating()
