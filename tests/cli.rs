@@ -46,6 +46,47 @@ fn cos_shaped_disk_of(path: &Path, bytes: u64) {
 
 struct Home {
     dir: tempfile::TempDir,
+    /// The commands' private TMPDIR, to prove a refusal leaves nothing there.
+    tmp: tempfile::TempDir,
+}
+
+/// What a refused command must leave as it was: every entry under a folder, with its
+/// type, size, mode, link target and change time (any write or `chmod` moves the ctime, so
+/// an unchanged one proves the source byte-identical without reading 11 GiB of it).
+fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut all = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let link = std::fs::read_link(&p).ok();
+            // The tool's lock file in its own state folder is rewritten by every command, and
+            // a folder's times move when a probe file is made and removed in it: those are
+            // compared by type, and a folder by its entries.
+            if m.is_dir() || p.file_name() == Some(std::ffi::OsStr::new(".lock")) {
+                all.insert(p.clone(), format!("{:?} {:o}", m.file_type(), m.mode()));
+                if m.is_dir() {
+                    todo.push(p);
+                }
+                continue;
+            }
+            all.insert(
+                p.clone(),
+                format!(
+                    "{:?} {} {:o} {:?} {}.{}",
+                    m.file_type(),
+                    m.size(),
+                    m.mode(),
+                    link,
+                    m.ctime(),
+                    m.ctime_nsec()
+                ),
+            );
+        }
+    }
+    all
 }
 
 impl Home {
@@ -57,7 +98,10 @@ impl Home {
         std::fs::write(ctx.join(".hidden"), "x\n").unwrap();
         std::fs::write(ctx.join("lib/x.sh"), "x\n").unwrap();
         cos_shaped_disk(&dir.path().join("source.img"));
-        Home { dir }
+        Home {
+            dir,
+            tmp: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self) -> &Path {
@@ -68,6 +112,7 @@ impl Home {
         Command::new(env!("CARGO_BIN_EXE_cos-customizer"))
             .args(args)
             .env("HOME", self.path())
+            .env("TMPDIR", self.tmp.path())
             // A static binary stands in for the provisioner, which -dry-run checks too.
             .env("COS_CUSTOMIZER_PROVISIONER", "/bin/busybox")
             .current_dir(self.path())
@@ -85,10 +130,30 @@ impl Home {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Runs a failing command and returns its exit code and stderr.
+    /// Runs a failing command and returns its exit code and stderr. Every refusal is held
+    /// to the fault suite's rules: nothing in the home changed (the source, the state, a
+    /// user's folder; no output), no temporary file and no process left.
     fn fail(&self, args: &[&str]) -> (i32, String) {
+        let before = tree(self.path());
         let out = self.run(args);
         assert!(!out.status.success(), "{args:?} should fail");
+        let after = tree(self.path());
+        let changed: Vec<_> = before
+            .keys()
+            .chain(after.keys())
+            .filter(|k| before.get(*k) != after.get(*k))
+            .collect();
+        assert!(changed.is_empty(), "{args:?} changed {changed:?}");
+        let left: Vec<_> = std::fs::read_dir(self.tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} left temporary files: {left:?}");
+        let pgrep = Command::new("pgrep")
+            .args(["-a", "-f", &self.tmp.path().to_string_lossy()])
+            .output()
+            .unwrap();
+        assert!(
+            pgrep.stdout.is_empty(),
+            "{args:?} left processes: {pgrep:?}"
+        );
         (
             out.status.code().unwrap(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
