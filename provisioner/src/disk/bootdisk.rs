@@ -145,15 +145,6 @@ impl BootDisk {
         self.sys.join("size")
     }
 
-    /// The disk's size in bytes.
-    pub fn size_bytes(&self) -> Result<u64> {
-        let text = read_trimmed(&self.size_file())?;
-        let sectors: u64 = text
-            .parse()
-            .with_context(|| format!("reading the size of {} ({text:?})", self.dev.display()))?;
-        Ok(sectors * 512)
-    }
-
     /// The partition number the root file system is read from: the partition under the
     /// device-mapper root (dm-verity) or the root's own device.
     pub fn root_partition(&self, host: &Host) -> Result<u32> {
@@ -277,7 +268,6 @@ pub mod tests {
         assert_eq!(disk.partition(12).unwrap(), d.path().join("dev/vda12"));
         assert!(disk.partition(2).is_err());
         assert_eq!(disk.partition_devnum(8).unwrap(), "254:8");
-        assert_eq!(disk.size_bytes().unwrap(), 10 << 30);
         assert_eq!(disk.root_partition(&h).unwrap(), 3);
     }
 

@@ -3,9 +3,19 @@
 //! ChromeOS's boot priorities, names, unused entries) and of the headers stays as it was,
 //! except the CRCs.
 //!
+//! The provisioner's one model of the partition table: the planning (`layout`), the moves
+//! (`relocate`), the partition UUID sealing needs and the backup's move to the end of a grown
+//! disk all read and write it through [`Gpt`].
+//!
 //! Not the `gpt` crate: its `write_inplace` packs the used entries at the start of the array,
 //! which renumbers COS's partitions (8 would become 6), and its `update_partitions` cannot
-//! keep the array's size.
+//! keep the array's size. Not `gptman` (coreos-installer's) either, which keeps the numbers
+//! but not what a power cut during a move needs: it writes each header before its entry
+//! array (a cut between leaves a header whose array CRC fails), looks for the backup only in
+//! the disk's last sector (on a grown disk a torn primary then loses the table, where this
+//! module follows the LBA the primary names), cannot tell that the two copies disagree (how
+//! recovery finds a torn write), rejects headers longer than 92 bytes, and re-encodes names
+//! from lossy UTF-16.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -19,6 +29,13 @@ pub struct Range {
     pub first: u64,
     /// The last sector of the partition (inclusive, as GPT stores it).
     pub last: u64,
+}
+
+impl Range {
+    /// How many sectors it spans.
+    pub fn sectors(&self) -> u64 {
+        self.last + 1 - self.first
+    }
 }
 
 const SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -51,6 +68,21 @@ const E_NAME_LEN: usize = 72;
 /// Where the primary entry array goes when it is rebuilt from the backup, as every
 /// partitioning tool puts it.
 const PRIMARY_ENTRIES_LBA: u64 = 2;
+
+/// A GPT GUID as text, upper case as sfdisk prints it: the first three fields are stored
+/// little-endian.
+pub fn guid_text(g: [u8; 16]) -> String {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
+    let rev = |b: &[u8]| hex(&b.iter().rev().copied().collect::<Vec<_>>());
+    format!(
+        "{}-{}-{}-{}-{}",
+        rev(&g[..4]),
+        rev(&g[4..6]),
+        rev(&g[6..8]),
+        hex(&g[8..10]),
+        hex(&g[10..])
+    )
+}
 
 /// The header CRC: over the whole header with its own CRC field read as zero.
 fn header_crc(header: &[u8]) -> u32 {
@@ -304,6 +336,48 @@ impl Gpt {
         u64_at(&self.header, H_LAST_USABLE)
     }
 
+    /// Bytes per sector, as the table was read.
+    pub fn sector_size(&self) -> u64 {
+        self.sector_size
+    }
+
+    /// Partition `part`'s unique GUID, lower case, as `/dev/disk/by-partuuid` and the
+    /// kernel's `PARTUUID=` spell it.
+    pub fn unique_guid(&self, part: u32) -> Result<String> {
+        let e = self.used_entry(part)?;
+        let g: [u8; 16] = e[16..32].try_into().expect("16 bytes");
+        Ok(guid_text(g).to_ascii_lowercase())
+    }
+
+    /// Whether the backup header lies before the last sector of a disk of `disk_bytes` (the
+    /// disk grew, or the image was written to a larger one), leaving the space after it unusable.
+    pub fn backup_misplaced(&self, disk_bytes: u64) -> bool {
+        u64_at(&self.header, H_ALT_LBA) < (disk_bytes / self.sector_size).saturating_sub(1)
+    }
+
+    /// Puts the backup at the end of a disk of `disk_bytes` (its header in the last sector,
+    /// its entry array right before) and makes every sector before that usable, as
+    /// `sfdisk --relocate gpt-bak-std` does; [`Gpt::write`] then writes it there.
+    pub fn move_backup_to_end(&mut self, disk_bytes: u64) -> Result<()> {
+        let last_lba = (disk_bytes / self.sector_size)
+            .checked_sub(1)
+            .context("the disk is empty")?;
+        let sectors = array_sectors(self.entries.len() as u64, self.sector_size);
+        let entries_lba = last_lba
+            .checked_sub(sectors)
+            .filter(|&l| l > self.last_usable())
+            .with_context(|| {
+                format!(
+                    "a disk of {disk_bytes} bytes is no larger than the table's usable sectors                      (last {}): the backup cannot move to its end",
+                    self.last_usable()
+                )
+            })?;
+        put_u64(&mut self.header, H_ALT_LBA, last_lba);
+        put_u64(&mut self.header, H_LAST_USABLE, entries_lba - 1);
+        self.backup_entries_lba = entries_lba;
+        Ok(())
+    }
+
     fn entry_size(&self) -> usize {
         u32_at(&self.header, H_ENTRY_SIZE) as usize
     }
@@ -555,20 +629,6 @@ d1 : start=45056, size=81920, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="S
         (table["id"].as_str().unwrap().to_string(), parts)
     }
 
-    /// A GPT GUID as text: the first three fields are little-endian.
-    fn guid_text(g: [u8; 16]) -> String {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<String>();
-        let rev = |b: &[u8]| hex(&b.iter().rev().copied().collect::<Vec<_>>());
-        format!(
-            "{}-{}-{}-{}-{}",
-            rev(&g[..4]),
-            rev(&g[4..6]),
-            rev(&g[6..8]),
-            hex(&g[8..10]),
-            hex(&g[10..])
-        )
-    }
-
     /// Byte offsets where two images differ.
     fn diff(a: &[u8], b: &[u8]) -> Vec<u64> {
         assert_eq!(a.len(), b.len());
@@ -606,7 +666,13 @@ d1 : start=45056, size=81920, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="S
                 },
                 "partition {n}"
             );
+            assert_eq!(
+                gpt.unique_guid(*n).unwrap(),
+                p["uuid"].as_str().unwrap().to_ascii_lowercase(),
+                "partition {n}"
+            );
         }
+        assert!(gpt.unique_guid(6).is_err(), "an unused entry has no GUID");
 
         // STATE first: until ROOT-A shrinks it overlaps ROOT-A, which only `write` refuses.
         for (n, r) in RECLAIM {

@@ -5,9 +5,8 @@
 use anyhow::{bail, Result};
 
 use super::bootdisk::ROOT_A;
-use super::gpt_edit::Range;
+use super::gpt_edit::{Gpt, Range};
 use super::relocate::Change;
-use super::sfdisk::{Partition, Table};
 
 /// ROOT-A's size once reclaimed: 8 sectors keeps 4 KiB alignment.
 pub const MIN_PARTITION_SECTORS: u64 = 8;
@@ -49,41 +48,41 @@ fn align_down_4k(sector: u64, sector_size: u64) -> u64 {
 
 /// What to do to the table, decided from the table alone (so a repeat run does nothing).
 pub fn plan(
-    t: &Table,
+    t: &Gpt,
     state: u32,
     oem_part: u32,
     oem_bytes: u64,
     reclaim: bool,
 ) -> Result<Vec<Action>> {
-    let ss = t.sector_size()?;
-    let root_a = t.get(ROOT_A)?;
-    if reclaim && root_a.size > MIN_PARTITION_SECTORS {
+    let ss = t.sector_size();
+    let root_a = t.range(ROOT_A)?;
+    if reclaim && root_a.sectors() > MIN_PARTITION_SECTORS {
         // The shrink needs a reboot before anything moves into the freed space.
         return Ok(vec![Action::SetSize {
             part: ROOT_A,
             size: MIN_PARTITION_SECTORS,
         }]);
     }
-    let st = t.get(state)?;
-    let oem = t.get(oem_part)?;
+    let st = t.range(state)?;
+    let oem = t.range(oem_part)?;
     let start_point = if reclaim {
-        root_a.start + RECLAIM_MARGIN_SECTORS
+        root_a.first + RECLAIM_MARGIN_SECTORS
     } else {
-        st.start
+        st.first
     };
-    if oem_bytes != 0 && oem.start == start_point {
+    if oem_bytes != 0 && oem.first == start_point {
         println!("The OEM partition already starts at sector {start_point}; nothing to move");
         return Ok(vec![]);
     }
     let oem_sectors = oem_bytes.div_ceil(ss);
-    if oem_sectors <= oem.size {
+    if oem_sectors <= oem.sectors() {
         if oem_bytes != 0 {
             println!(
                 "WARNING: the OEM size of {oem_bytes} bytes is not larger than the OEM partition's {} bytes; the OEM partition is left as it is",
-                oem.size * ss
+                oem.sectors() * ss
             );
         }
-        if !reclaim || st.start == start_point {
+        if !reclaim || st.first == start_point {
             return Ok(vec![]);
         }
         return Ok(vec![Action::Move {
@@ -92,8 +91,8 @@ pub fn plan(
         }]);
     }
     let new_state_start = align_down_4k(start_point + oem_bytes / ss, ss);
-    let new_state_end = new_state_start + st.size - 1;
-    let last = t.last_lba()?;
+    let new_state_end = new_state_start + st.sectors() - 1;
+    let last = t.last_usable();
     if new_state_end > last {
         bail!(
             "the disk is too small: STATE would end at sector {new_state_end}, past the last usable sector {last}; use a larger -disk-size-gb"
@@ -119,16 +118,12 @@ pub fn plan(
 /// reclaiming), then the moves, with OEM's growth folded into its move. All of them happen
 /// in one go at shutdown, so nothing waits for the kernel to see an intermediate table.
 pub fn changes(
-    t: &Table,
+    t: &Gpt,
     state: u32,
     oem_part: u32,
     oem_bytes: u64,
     reclaim: bool,
 ) -> Result<Vec<Change>> {
-    let range = |p: Partition| Range {
-        first: p.start,
-        last: p.end(),
-    };
     let sized = |start: u64, size: u64| Range {
         first: start,
         last: start + size - 1,
@@ -137,35 +132,36 @@ pub fn changes(
     let mut out: Vec<Change> = Vec::new();
     let mut actions = plan(&t, state, oem_part, oem_bytes, reclaim)?;
     if let [Action::SetSize { part, size }] = actions[..] {
-        let before = t.get(part)?;
+        let before = t.range(part)?;
+        let after = sized(before.first, size);
         out.push(Change {
             part,
-            from: range(before),
-            to: sized(before.start, size),
+            from: before,
+            to: after,
             moves_data: false,
         });
-        t = t.with_size(part, size)?;
+        t.set_range(part, after)?;
         actions = plan(&t, state, oem_part, oem_bytes, reclaim)?;
     }
     for a in actions {
         match a {
             Action::Move { part, start } => {
-                let p = t.get(part)?;
+                let p = t.range(part)?;
                 out.push(Change {
                     part,
-                    from: range(p),
-                    to: sized(start, p.size),
+                    from: p,
+                    to: sized(start, p.sectors()),
                     moves_data: true,
                 });
             }
             Action::Extend { part, size } => match out.iter_mut().find(|c| c.part == part) {
                 Some(c) => c.to = sized(c.to.first, size),
                 None => {
-                    let p = t.get(part)?;
+                    let p = t.range(part)?;
                     out.push(Change {
                         part,
-                        from: range(p),
-                        to: sized(p.start, size),
+                        from: p,
+                        to: sized(p.first, size),
                         moves_data: false,
                     });
                 }
@@ -181,30 +177,61 @@ pub fn changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::disk::sfdisk::tests::DUMP;
+    use std::path::Path;
+    use std::process::Command;
 
-    fn table(edits: &[(u32, u64, u64)]) -> Table {
-        let mut text = DUMP.to_string();
-        for (n, start, size) in edits {
-            let t = Table::parse(&text).unwrap();
-            let old = t.get(*n).unwrap();
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(&format!("/dev/vda{n} ")))
-                .unwrap()
-                .to_string();
-            let new = line
-                .replace(
-                    &format!("start={:>12}", old.start),
-                    &format!("start={start:>12}"),
-                )
-                .replace(
-                    &format!("size={:>12}", old.size),
-                    &format!("size={size:>12}"),
-                );
-            text = text.replace(&line, &new);
+    use cos_customizer_common::cmd;
+
+    /// A COS disk's table, as `sfdisk --dump` printed it from a 4 GiB fixture; written to an
+    /// image of any size, its last usable sector follows the image's.
+    const DUMP: &str = "label: gpt
+label-id: 12864CDD-8CD0-4D18-ADB3-9A85A126CC11
+unit: sectors
+first-lba: 34
+sector-size: 512
+
+/dev/vda1 : start=     4444160, size=     3944415, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=1EC2BD9A-2860-45D3-8C31-7FEAF338600D, name=\"STATE\"
+/dev/vda2 : start=       20480, size=       32768, type=FE3A2A5D-4F32-41A7-B725-ACCC3285A309, uuid=EA1ECCB8-1645-43A5-B5CA-EE4736CA6F81, name=\"KERN-A\", attrs=\"GUID:48,56\"
+/dev/vda3 : start=     2347008, size=     2097152, type=3CB8E202-3B7E-47DD-8A3C-7FF2A13CFCEC, uuid=8ED1946A-34D6-4D29-B5DE-F021865107E7, name=\"ROOT-A\"
+/dev/vda4 : start=       53248, size=       32768, type=FE3A2A5D-4F32-41A7-B725-ACCC3285A309, uuid=A68ADB5A-6F5A-4D38-BF23-346C9F841640, name=\"KERN-B\"
+/dev/vda5 : start=      249856, size=     2097152, type=3CB8E202-3B7E-47DD-8A3C-7FF2A13CFCEC, uuid=3E0D0DE1-12DF-4CC0-A04F-A4505E1F7623, name=\"ROOT-B\"
+/dev/vda8 : start=       86016, size=       32768, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=40C5544F-5C78-4F56-8C0F-D105859FA36D, name=\"OEM\"
+/dev/vda11 : start=          64, size=       16384, type=21686148-6449-6E6F-744E-656564454649, uuid=EF1F5A30-435C-4C86-BA34-119BC336B1F9, name=\"RWFW\"
+/dev/vda12 : start=      118784, size=      131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=B63DB121-878C-4BED-92BE-966619EF8967, name=\"EFI-SYSTEM\"
+";
+
+    const GIB: u64 = 1 << 30;
+
+    /// The fixture's table on a sparse image of `disk_bytes`, with `(number, start, size)`
+    /// edits made to it in memory.
+    fn table_on(disk_bytes: u64, edits: &[(u32, u64, u64)]) -> Gpt {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("disk.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(disk_bytes)
+            .unwrap();
+        cmd::run_with_input(
+            Command::new("sfdisk").args(["-q", "--no-reread"]).arg(&img),
+            DUMP,
+        )
+        .unwrap();
+        let mut t = crate::disk::table::read(Path::new(&img)).unwrap();
+        for &(n, first, size) in edits {
+            t.set_range(
+                n,
+                Range {
+                    first,
+                    last: first + size - 1,
+                },
+            )
+            .unwrap();
         }
-        Table::parse(&text).unwrap()
+        t
+    }
+
+    fn table(edits: &[(u32, u64, u64)]) -> Gpt {
+        table_on(4 * GIB, edits)
     }
 
     const MIB: u64 = 1 << 20;
@@ -222,10 +249,7 @@ mod tests {
         // 99M of OEM after the reclaimed ROOT-A.
         let oem99 = 99 * MIB;
         let new_state = start_point + 99 * 2048;
-        let big_disk = |t: Table| {
-            Table::parse(&t.text().replace("last-lba: 8388574", "last-lba: 20971486")).unwrap()
-        };
-        let cases: Vec<(&str, Table, u64, bool, Vec<Action>)> = vec![
+        let cases: Vec<(&str, Gpt, u64, bool, Vec<Action>)> = vec![
             (
                 "shrink first",
                 full.clone(),
@@ -293,7 +317,7 @@ mod tests {
             ),
             (
                 "grow OEM without reclaim: STATE moves up",
-                big_disk(full.clone()),
+                table_on(10 * GIB, &[]),
                 oem99,
                 false,
                 vec![

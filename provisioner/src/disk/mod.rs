@@ -11,5 +11,5 @@ pub mod layout;
 pub mod le;
 pub mod relocate;
 pub mod repartition;
-pub mod sfdisk;
+pub mod table;
 pub mod verity;

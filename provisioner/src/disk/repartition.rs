@@ -20,7 +20,7 @@ use rustix::fs::{FallocateFlags, OFlags};
 
 use super::bootdisk::{BootDisk, KERN_A, KERN_B, OEM, ROOT_A, ROOT_B, STATE};
 use super::relocate::{self, Change, Node, Recovery};
-use super::{exitrd, ext4, layout, sfdisk};
+use super::{exitrd, ext4, layout, table};
 use crate::host::Host;
 use crate::outcome::Outcome;
 use crate::state::State;
@@ -42,7 +42,7 @@ pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<O
     }
     let disk = BootDisk::find(host)?;
     println!("Boot disk: {}", disk.dev.display());
-    fix_backup_gpt(&disk)?;
+    table::move_backup_to_end(&disk.dev)?;
     if boot.reclaim_sda3 {
         switch_root(host, &disk)?;
     }
@@ -50,7 +50,7 @@ pub fn repartition(host: &Host, state: &mut State, state_dir: &Path) -> Result<O
         wait_for_disk_resize(&disk, RESIZE_TIMEOUT, Duration::from_secs(1))?;
         state.disk_resize_complete = true;
         state.save(state_dir)?;
-        fix_backup_gpt(&disk)?;
+        table::move_backup_to_end(&disk.dev)?;
     }
     if !sizing::moves_partitions(&boot) {
         return Ok(Outcome::Done);
@@ -98,7 +98,7 @@ fn planned_changes(disk: &BootDisk, boot: &BootDiskConfig) -> Result<Vec<Change>
         None => 0,
     };
     layout::changes(
-        &sfdisk::read(&disk.dev)?,
+        &table::read(&disk.dev)?,
         STATE,
         OEM,
         oem_bytes,
@@ -127,16 +127,6 @@ pub fn recover_relocation(host: &Host, boot: &BootDiskConfig) -> Result<bool> {
     Ok(matches!(outcome, Recovery::Completed(_)))
 }
 
-/// A disk larger than its GPT says (a grown disk, or an image written to a bigger disk) has
-/// its backup GPT in the middle; moving it to the end makes the space usable.
-fn fix_backup_gpt(disk: &BootDisk) -> Result<()> {
-    let table = sfdisk::read(&disk.dev)?;
-    if sfdisk::backup_gpt_misplaced(&table, disk.size_bytes()?)? {
-        sfdisk::relocate_backup_gpt(&disk.dev)?;
-    }
-    Ok(())
-}
-
 /// ROOT-A is about to be reclaimed, so the next boot must run from ROOT-B: copy A to B and
 /// give KERN-B the top priority.
 fn switch_root(host: &Host, disk: &BootDisk) -> Result<()> {
@@ -149,13 +139,13 @@ fn switch_root(host: &Host, disk: &BootDisk) -> Result<()> {
         ROOT_A => {}
         other => bail!("the root file system is on partition {other}, neither ROOT-A ({ROOT_A}) nor ROOT-B ({ROOT_B})"),
     }
-    let table = sfdisk::read(&disk.dev)?;
-    let (a, b) = (table.get(ROOT_A)?, table.get(ROOT_B)?);
-    if b.size < a.size {
+    let table = table::read(&disk.dev)?;
+    let (a, b) = (table.range(ROOT_A)?, table.range(ROOT_B)?);
+    if b.sectors() < a.sectors() {
         bail!(
             "ROOT-B ({} sectors) is smaller than ROOT-A ({} sectors); cannot copy the root to it",
-            b.size,
-            a.size
+            b.sectors(),
+            a.sectors()
         );
     }
     let (src, dst) = (disk.partition(ROOT_A)?, disk.partition(ROOT_B)?);
@@ -306,16 +296,16 @@ fn wait_for_disk_resize(disk: &BootDisk, timeout: Duration, interval: Duration) 
 /// After OEM moved behind ROOT-A, grows its file system (to OEMFSSize4K blocks when sealing,
 /// so the hash tree fits after it; otherwise to the whole partition).
 fn resize_oem_fs(host: &Host, disk: &BootDisk, boot: &BootDiskConfig) -> Result<()> {
-    let t = sfdisk::read(&disk.dev)?;
-    let oem = t.get(OEM)?;
-    if oem.start < t.get(ROOT_A)?.end() {
+    let t = table::read(&disk.dev)?;
+    let oem = t.range(OEM)?;
+    if oem.first < t.range(ROOT_A)?.last {
         println!("OEM was not moved; its file system keeps its size");
         return Ok(());
     }
     let dev = disk.partition(OEM)?;
     let (blocks, block_size) = ext4::size(&dev)?;
     let want = match boot.oem_fs_size_4k {
-        0 => oem.size * t.sector_size()? / block_size,
+        0 => oem.sectors() * t.sector_size() / block_size,
         n => n * 4096 / block_size,
     };
     if blocks == want {

@@ -12,7 +12,7 @@ use crate::boot::esp;
 use crate::boot::grub_cfg::{self, OemVerity};
 use crate::context::Context;
 use crate::disk::bootdisk::{BootDisk, OEM};
-use crate::disk::{ext4, sfdisk, verity};
+use crate::disk::{ext4, table, verity};
 
 const OEM_MOUNT_UNIT: &str = "usr-share-oem.mount";
 
@@ -40,7 +40,7 @@ pub fn run(ctx: &Context, oem_fs_size_4k: u64) -> Result<()> {
     let (root_hash, salt) = verity::format(&dev, &verity_params(oem_fs_size_4k))
         .with_context(|| format!("building the dm-verity hash tree of {}", dev.display()))?;
     let v = OemVerity {
-        partuuid: sfdisk::read(&disk.dev)?.uuid(OEM)?,
+        partuuid: table::read(&disk.dev)?.unique_guid(OEM)?,
         root_hash,
         salt,
         data_blocks: oem_fs_size_4k,

@@ -38,8 +38,7 @@ pub use journal::Change;
 pub type Log<'a> = &'a mut dyn FnMut(&str);
 use journal::{Area, Journal, MoveData, Phase, Progress, HEAD_BYTES};
 
-/// The boot disk's sector size (GCE persistent disks and QEMU disks use 512 bytes).
-pub const SECTOR: u64 = 512;
+pub use super::table::SECTOR;
 
 /// A partition number and the device node the kernel gives it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -12,7 +12,7 @@ use cos_customizer_common::cmd;
 use super::power::sim;
 use super::*;
 use crate::disk::layout;
-use crate::disk::sfdisk;
+use crate::disk::table;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -116,7 +116,7 @@ impl Fixture {
     }
 
     fn changes(&self, oem_bytes: u64, reclaim: bool) -> Vec<Change> {
-        let t = sfdisk::read(&self.template).unwrap();
+        let t = table::read(&self.template).unwrap();
         layout::changes(&t, 1, 8, oem_bytes, reclaim).unwrap()
     }
 
@@ -278,7 +278,7 @@ impl Fixture {
             // The flow plans again from the table it finds.
             let again = || match grow {
                 Some((oem_bytes, reclaim)) => {
-                    let t = sfdisk::read(&self.work).unwrap();
+                    let t = table::read(&self.work).unwrap();
                     layout::changes(&t, 1, 8, oem_bytes, reclaim).unwrap()
                 }
                 None => changes.to_vec(),
