@@ -144,6 +144,40 @@ enum Owned {
     Instance(String),
 }
 
+/// What a disk's or an image's status came to.
+#[derive(Debug)]
+enum Settled {
+    /// There is no such resource.
+    Gone,
+    /// A status the table knows and does not wait on (READY, FAILED, ...).
+    Known(String),
+    /// A status this version does not know, still shown when the wait ran out.
+    Unknown(UnknownStatus),
+}
+
+#[derive(Debug)]
+struct UnknownStatus {
+    value: String,
+    what: &'static str,
+    waited: Duration,
+}
+
+impl std::fmt::Display for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Settled::Gone => f.write_str("gone"),
+            Settled::Known(s) => f.write_str(s),
+            Settled::Unknown(u) => write!(
+                f,
+                "still {} (a {} status this version does not know) after {}s",
+                u.value,
+                u.what,
+                u.waited.as_secs()
+            ),
+        }
+    }
+}
+
 /// Builds on Compute Engine.
 #[derive(Debug)]
 pub struct GceBackend {
@@ -274,9 +308,9 @@ impl GceBackend {
             .with_context(|| format!("importing gs://{bucket}/{object} as image {image}"))?;
         let project = &self.opts.project;
         match self.settled_image(project, &image).await {
-            Ok(Some(s)) if s == "READY" => Ok((image, object)),
-            Ok(Some(s)) => bail!("importing gs://{bucket}/{object}: image {image} ended {s}"),
-            Ok(None) => bail!("importing gs://{bucket}/{object}: image {image} vanished"),
+            Ok(Settled::Known(s)) if s == "READY" => Ok((image, object)),
+            Ok(Settled::Gone) => bail!("importing gs://{bucket}/{object}: image {image} vanished"),
+            Ok(other) => bail!("importing gs://{bucket}/{object}: image {image} ended {other}"),
             Err(e) => Err(e.context(format!("importing gs://{bucket}/{object} as image {image}"))),
         }
     }
@@ -309,16 +343,17 @@ impl GceBackend {
             Ok(Some(disk.status))
         };
         match self.settle(status::DISK, "disk", read).await? {
-            Some(s) if s == "READY" => Ok(()),
-            Some(s) => bail!("disk {name} is {s}"),
-            None => bail!("disk {name} vanished after it was created"),
+            Settled::Known(s) if s == "READY" => Ok(()),
+            Settled::Known(s) => bail!("disk {name} is {s}"),
+            unknown @ Settled::Unknown(_) => bail!("disk {name} is {unknown}"),
+            Settled::Gone => bail!("disk {name} vanished after it was created"),
         }
     }
 
-    /// The status image `name` of `project` settles in (READY, FAILED, DELETING, or one this
-    /// version does not know once the operation timeout has passed), or `None` if there is no
-    /// such image; an image being deleted is waited out, as it is about to be none.
-    async fn settled_image(&self, project: &str, name: &str) -> Result<Option<String>> {
+    /// What image `name` of `project` settles in (READY, FAILED, or one this version does not
+    /// know once the operation timeout has passed), or [`Settled::Gone`] if there is no such
+    /// image; an image being deleted is waited out, as it is about to be none.
+    async fn settled_image(&self, project: &str, name: &str) -> Result<Settled> {
         let read = || async {
             match self.compute.images_get(project, name).await {
                 Ok(image) => Ok(Some(image.status)),
@@ -326,48 +361,38 @@ impl GceBackend {
                 Err(e) => Err(e),
             }
         };
-        let table: Vec<status::Status> = status::IMAGE
-            .iter()
-            .map(|s| match s.value {
-                "DELETING" => status::Status {
-                    phase: Phase::Going,
-                    ..*s
-                },
-                _ => *s,
-            })
-            .collect();
-        self.settle(&table, "image", read).await
+        self.settle(status::IMAGE_UNDER_NAME, "image", read).await
     }
 
     /// Reads a resource's status with `read` until `table` says it is no longer going (or it
-    /// is gone: `None`), polling for at most the operation timeout. An unknown status is
-    /// waited on; if the time runs out in one, it is returned, for the caller to name.
+    /// is gone), polling for at most the operation timeout. An unknown status is waited on;
+    /// if the time runs out in one, it is returned, for the caller to name.
     async fn settle<F, Fut>(
         &self,
-        table: &[status::Status],
-        what: &str,
+        table: &'static [status::Status],
+        what: &'static str,
         read: F,
-    ) -> Result<Option<String>>
+    ) -> Result<Settled>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<String>>>,
     {
         let deadline = tokio::time::Instant::now() + self.opts.op_timeout;
         loop {
-            let current = read().await?;
-            let Some(value) = current else {
-                return Ok(None);
+            let Some(value) = read().await? else {
+                return Ok(Settled::Gone);
             };
             let phase = status::phase(table, &value);
             if phase != Some(Phase::Going) && phase.is_some() {
-                return Ok(Some(value));
+                return Ok(Settled::Known(value));
             }
             if tokio::time::Instant::now() >= deadline {
                 if phase.is_none() {
-                    return Ok(Some(format!(
-                        "still {value} (a {what} status this version does not know) after {}s",
-                        self.opts.op_timeout.as_secs()
-                    )));
+                    return Ok(Settled::Unknown(UnknownStatus {
+                        value,
+                        what,
+                        waited: self.opts.op_timeout,
+                    }));
                 }
                 bail!(
                     "the {what} is still {value} after {}s",
@@ -506,10 +531,10 @@ impl Backend for GceBackend {
             .settled_image(&out.project, &out.name)
             .await
             .with_context(|| format!("looking for image {name}"))?;
-        match found.as_deref() {
-            None => Ok(false),
-            Some("READY") => Ok(true),
-            Some(other) => bail!(
+        match found {
+            Settled::Gone => Ok(false),
+            Settled::Known(s) if s == "READY" => Ok(true),
+            other => bail!(
                 "image {name} exists but is {other}, so it cannot be the build's result: delete \
                  it (gcloud compute images delete {} --project {}) or pick another -image-name",
                 out.name,
@@ -668,10 +693,7 @@ impl Backend for GceBackend {
             .run(|_| async {
                 self.set_metadata_once(&vm.0, key, value)
                     .await
-                    .map_err(|e| Failure {
-                        retryable: kind_of(&e) == Some(ErrorKind::Precondition),
-                        error: e,
-                    })
+                    .map_err(|e| Failure::retry_on(ErrorKind::Precondition, e))
             })
             .await
             .map_err(|f| {
@@ -711,9 +733,9 @@ impl Backend for GceBackend {
             .wait(&out.project, op, self.opts.op_timeout)
             .await?;
         match self.settled_image(&out.project, &out.name).await? {
-            Some(s) if s == "READY" => Ok(()),
-            Some(s) => bail!("image {} ended {s}", out.display_name()),
-            None => bail!("image {} vanished as it was made", out.display_name()),
+            Settled::Known(s) if s == "READY" => Ok(()),
+            Settled::Gone => bail!("image {} vanished as it was made", out.display_name()),
+            other => bail!("image {} ended {other}", out.display_name()),
         }
     }
 

@@ -72,6 +72,15 @@ impl Failure {
             retryable: true,
         }
     }
+
+    /// A failure worth another attempt only when the API error under it is of `kind` (a disk
+    /// still in use, a metadata fingerprint race).
+    pub fn retry_on(kind: crate::error::ErrorKind, error: anyhow::Error) -> Failure {
+        Failure {
+            retryable: crate::error::kind_of(&error) == Some(kind),
+            error,
+        }
+    }
 }
 
 impl RetryPolicy {

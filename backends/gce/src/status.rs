@@ -72,6 +72,15 @@ pub const IMAGE: &[Status] = &[
     s("DELETING", Phase::Failed),
 ];
 
+/// [`IMAGE`] for a wait on whatever image holds a name: one being deleted is about to be
+/// none, so it is waited out rather than failed.
+pub const IMAGE_UNDER_NAME: &[Status] = &[
+    s("PENDING", Phase::Going),
+    s("READY", Phase::Settled),
+    s("FAILED", Phase::Failed),
+    s("DELETING", Phase::Going),
+];
+
 /// The phase of `value` in `table`, or `None` for a value this version does not know (which
 /// callers treat as [`Phase::Going`], after saying so).
 pub fn phase(table: &[Status], value: &str) -> Option<Phase> {

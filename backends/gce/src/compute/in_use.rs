@@ -47,10 +47,7 @@ impl Compute {
                     Ok(op) => self.wait(project, op, op_timeout).await.map(drop),
                     Err(e) => Err(e),
                 };
-                result.map_err(|e| Failure {
-                    retryable: kind_of(&e) == Some(ErrorKind::InUse),
-                    error: e,
-                })
+                result.map_err(|e| Failure::retry_on(ErrorKind::InUse, e))
             })
             .await
             .map_err(|f| match kind_of(&f.error) {
