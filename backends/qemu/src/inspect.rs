@@ -130,11 +130,12 @@ const FORMATS: [&str; 2] = ["raw", "qcow2"];
 
 /// Refuses an image that would read host files other than itself into the output: any
 /// format but raw and qcow2, and a qcow2 with an external data file (a backing file is
-/// checked on its own, since `-allow-backing-file` may allow it).
-pub fn refuse_host_files(path: &Path, info: &disk::ImageInfo) -> Result<()> {
+/// checked on its own, since `-allow-backing-file` may allow it). `role` names the file in
+/// messages: "the source image", or "the backing file".
+pub fn refuse_host_files(role: &str, path: &Path, info: &disk::ImageInfo) -> Result<()> {
     if !FORMATS.contains(&info.format.as_str()) {
         bail!(
-            "the source image {} is a {} image (told from its content, whatever its name), which may read other host files into the output: give a raw, qcow2 or GCE tar.gz image (qemu-img convert -O qcow2 {} cos.qcow2)",
+            "{role} {} is a {} image (told from its content, whatever its name), which may read other host files into the output: give a raw, qcow2 or GCE tar.gz image (qemu-img convert -O qcow2 {} cos.qcow2)",
             path.display(),
             info.format,
             path.display()
@@ -142,7 +143,7 @@ pub fn refuse_host_files(path: &Path, info: &disk::ImageInfo) -> Result<()> {
     }
     if let Some(data_file) = info.data_file() {
         bail!(
-            "the source image {} is a qcow2 image whose data is in the host file {data_file} (an external data file), which would be read into the output: convert it to a self-contained image (qemu-img convert -O qcow2 {} cos.qcow2)",
+            "{role} {} is a qcow2 image whose data is in the host file {data_file} (an external data file), which would be read into the output: convert it to a self-contained image (qemu-img convert -O qcow2 {} cos.qcow2)",
             path.display(),
             path.display()
         );
@@ -194,7 +195,7 @@ fn qemu_head(path: &Path, allow_backing: bool) -> Result<SourceFacts> {
         )
     })?;
     let info = disk::parse_info(out.as_bytes(), path)?;
-    refuse_host_files(path, &info)?;
+    refuse_host_files("the source image", path, &info)?;
     if info.format == "qcow2" {
         check_qcow2(path)?;
     }
@@ -241,7 +242,9 @@ fn qemu_head(path: &Path, allow_backing: bool) -> Result<SourceFacts> {
     })
 }
 
-/// The files of `path`'s backing chain, `path` first, as qemu-img resolves them.
+/// The files of `path`'s backing chain, `path` first, as qemu-img resolves them; each file
+/// under `path` is held to the source's rules (raw or a whole qcow2, no external data file),
+/// since the build reads it as much as the source.
 fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
     let out = cmd::run_stdout(
         Command::new("qemu-img")
@@ -254,7 +257,21 @@ fn backing_chain(path: &Path) -> Result<Vec<PathBuf>> {
             path.display()
         )
     })?;
-    Ok(disk::parse_chain(out.as_bytes(), path)?
+    let chain = disk::parse_chain(out.as_bytes(), path)?;
+    for info in chain.iter().skip(1) {
+        let file = Path::new(&info.filename);
+        let within = || {
+            format!(
+                "in the backing chain of the source image {}",
+                path.display()
+            )
+        };
+        refuse_host_files("the backing file", file, info).with_context(within)?;
+        if info.format == "qcow2" {
+            check_qcow2(file).with_context(within)?;
+        }
+    }
+    Ok(chain
         .into_iter()
         .map(|info| PathBuf::from(info.filename))
         .collect())
@@ -382,6 +399,27 @@ mod tests {
             e.contains("external data file") && e.contains(&*host.to_string_lossy()),
             "{e}"
         );
+        // The same files lower in an allowed backing chain.
+        for (lower, format, why) in [
+            (&vmdk, "vmdk", "the backing file"),
+            (&external, "qcow2", "external data file"),
+        ] {
+            let top = d.path().join(format!("over-{format}.qcow2"));
+            cmd::run(
+                Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+                    .arg(lower)
+                    .arg(&top),
+            )
+            .unwrap();
+            let e = format!("{:#}", check_source(&top, &ALWAYS, true).unwrap_err());
+            assert!(
+                e.contains("in the backing chain of the source image")
+                    && e.contains(why)
+                    && e.contains(&*lower.to_string_lossy()),
+                "{e}"
+            );
+        }
         // A qcow2 cut short after its header.
         let fresh = tempfile::tempdir().unwrap();
         let whole = d.path().join("whole.qcow2");

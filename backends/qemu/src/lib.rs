@@ -384,7 +384,7 @@ impl Backend for QemuBackend {
         let result = async {
             let info = disk::image_info(&source).await?;
             // The checks made before the build, again on what is read now.
-            inspect::refuse_host_files(&source, &info)?;
+            inspect::refuse_host_files("the source image", &source, &info)?;
             let size = disk::target_size(spec.size_gb, info.virtual_size, &source)?;
             disk::create_overlay(&source, &info.format, &overlay, size).await
         }
