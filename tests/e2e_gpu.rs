@@ -248,7 +248,11 @@ grep -q 'NVIDIA_DRIVER_VERSION={DRIVER}' /var/lib/nvidia/setup_gpu.sh || fail "s
 [ ! -e /var/lib/.cos-customizer ] || fail "the provisioner's state folder is left"
 "#
     );
-    let verdict = boot_and_check(&img, &checks);
+    // The check boots a VM too: one slot, as the build had.
+    let verdict = {
+        let _vm = vm_slots(1);
+        boot_and_check(&img, &checks)
+    };
     assert!(verdict.contains("TestPass:"), "{verdict}");
 }
 
