@@ -1103,3 +1103,50 @@ fn missing_provisioner_says_how_to_build_it() {
         "a set-up mistake keeps the state"
     );
 }
+
+#[test]
+fn an_output_device_kvm_a_broken_context_and_a_linked_context_are_named_before_anything() {
+    let h = Home::new();
+    h.start_local();
+    let w = ".cos-customizer-workdir";
+    // -overwrite replaces only a regular file: a FIFO stands for any device or socket.
+    let fifo = h.path().join("out.fifo");
+    succeed(Command::new("mkfifo").arg(&fifo));
+    for dry in [false, true] {
+        let mut args = vec!["finish-image-build", "-output-file=out.fifo", "-overwrite"];
+        if dry {
+            args.push("-dry-run");
+        }
+        let (code, err) = h.fail(&args);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("is not a regular file"), "{err}");
+    }
+    // -accel=kvm on a host whose KVM cannot run the guest is a host problem named up front.
+    if cos_customizer_qemu::host_has_kvm() {
+        h.ok(&[
+            "finish-image-build",
+            "-output-file=out.img",
+            "-accel=kvm",
+            "-dry-run",
+        ]);
+    } else {
+        h.finish_refused(w, &["-accel=kvm"], &["-accel=kvm", "KVM"]);
+    }
+    // A recorded build context damaged after start-image-build.
+    std::fs::write(
+        h.state_dir(w).join("user_build_context.tar"),
+        "not a tar archive, but long enough to look at: ".repeat(20),
+    )
+    .unwrap();
+    h.finish_refused(w, &[], &["user_build_context.tar"]);
+
+    // A -build-context that is a symlink to a folder is the folder, as a user means it.
+    let linked = Home::new();
+    std::os::unix::fs::symlink("ctx", linked.path().join("ctx-link")).unwrap();
+    linked.ok(&[
+        "start-image-build",
+        "-build-context=ctx-link",
+        "-image-file=source.img",
+    ]);
+    linked.ok(&["run-script", "-script=preload.sh"]);
+}

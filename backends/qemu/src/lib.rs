@@ -42,7 +42,7 @@ use cos_customizer_core::backend::{
 use cos_customizer_core::workdir;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-pub use accel::Accel;
+pub use accel::{host_has_kvm, Accel};
 pub use args::DiskBus;
 pub use host::check_host;
 pub use proxy::{proxy, proxy_stdio};
