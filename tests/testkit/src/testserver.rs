@@ -4,12 +4,14 @@
 //! connection without a reply.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use cos_customizer_core::http_server::{self, Body, Bytes, Request, Response, Server};
 use serde_json::Value;
 
 /// What the server does with the next request.
+#[derive(Clone)]
 pub enum Reply {
     /// Answer with this status and JSON body.
     Json(u16, Value),
@@ -33,6 +35,8 @@ pub struct Seen {
     pub target: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     /// The JSON body, if the request had one.
     pub body: Option<Value>,
 }
@@ -50,6 +54,13 @@ impl Seen {
     /// The path without the query.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or_default()
+    }
+
+    /// The first value of the header `name` (in lower case), if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find_map(|(k, v)| (k == name).then_some(v.as_str()))
     }
 }
 
@@ -71,6 +82,12 @@ impl TestServer {
             )
         };
         TestServer::start_with(replies, Arc::new(no_more)).await
+    }
+
+    /// Starts a server that gives `replies` in order, the last one again to anything more.
+    pub async fn repeating_last(mut replies: Vec<Reply>) -> TestServer {
+        let last = replies.pop().expect("at least one reply");
+        TestServer::start_with(replies, Arc::new(move || last.clone())).await
     }
 
     /// Starts a server that gives every request what `reply` makes.
@@ -96,9 +113,56 @@ impl TestServer {
         }
     }
 
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> &str {
+        self.origin.trim_start_matches("http://")
+    }
+
     /// Everything received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A [`TestServer`] for a test whose client blocks its thread (a synchronous test, or a
+/// blocking client in an async one): it runs on a runtime of its own, which ends with it.
+pub struct BlockingTestServer {
+    server: TestServer,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl BlockingTestServer {
+    /// Runs `start`, one of [`TestServer`]'s constructors, on a new runtime.
+    pub fn start(start: impl Future<Output = TestServer> + Send) -> BlockingTestServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the test server");
+        // From a thread of its own: a test's runtime refuses to block on another one.
+        let server = std::thread::scope(|s| s.spawn(|| runtime.block_on(start)).join())
+            .expect("starting the test server");
+        BlockingTestServer {
+            server,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl std::ops::Deref for BlockingTestServer {
+    type Target = TestServer;
+
+    fn deref(&self) -> &TestServer {
+        &self.server
+    }
+}
+
+impl Drop for BlockingTestServer {
+    fn drop(&mut self) {
+        // Without waiting, which an async test's thread may not do.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -116,6 +180,14 @@ impl Seen {
                 .headers()
                 .get("authorization")
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (k.as_str().to_string(), value)
+                })
+                .collect(),
             body: (!body.is_empty()).then(|| serde_json::from_slice(body).unwrap_or(Value::Null)),
         }
     }
