@@ -6,8 +6,7 @@
 //! Needs the fixture (`scripts/make-fixture.sh`) and the static provisioner
 //! (`scripts/build-provisioner.sh`); `scripts/test.sh` makes both.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use cos_customizer_testkit::testserver::{BlockingTestServer, Reply, TestServer};
 
 // Shared by the VM suites; each uses part of it.
 #[allow(dead_code)]
@@ -17,45 +16,31 @@ use common::{boot_and_check, read_file, vm_slots, Build};
 /// The guest's address for the host's loopback in the QEMU backend's user network.
 const HOST_FROM_GUEST: &str = "169.254.169.2";
 
-/// Serves `body` to every HTTP request on a free port of 127.0.0.1, from a thread that
-/// lives as long as the test; returns the port.
-fn serve_on_loopback(body: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    port
-}
-
-/// A build whose one script downloads a file from a server on the host's loopback.
-fn fetching_build() -> Build {
-    let port = serve_on_loopback("payload from the host\n");
+/// A build whose one script downloads a file from a server on the host's loopback, and
+/// that server, which must outlive the build.
+fn fetching_build() -> (Build, BlockingTestServer) {
+    let server = BlockingTestServer::start(TestServer::answering_all(|| {
+        Reply::Text(200, "payload from the host\n".into())
+    }));
+    let port = server
+        .host()
+        .rsplit_once(':')
+        .expect("host:port")
+        .1
+        .to_string();
     let script = format!(
         "#!/bin/bash\nset -e\necho \"disks: $(ls /sys/block | grep -E '^(sd|vd)' | tr '\\n' ' ')\"\ncurl -fsS --max-time 20 -o /var/lib/fetched http://{HOST_FROM_GUEST}:{port}/payload\necho fetched\n"
     );
     let b = Build::new(&[("fetch.sh", &script)]);
     b.start(".w");
     b.ok(&["-local-state-workdir=.w", "run-script", "-script=fetch.sh"]);
-    b
+    (b, server)
 }
 
 #[test]
 fn a_script_downloads_from_the_network() {
     let _vm = vm_slots(1);
-    let b = fetching_build();
+    let (b, _server) = fetching_build();
     let out = b.ok(&[
         "-local-state-workdir=.w",
         "finish-image-build",
@@ -91,7 +76,7 @@ findmnt -no SOURCE /mnt/stateful_partition | grep -q '^/dev/sda1$' || fail "STAT
 #[test]
 fn a_hermetic_build_has_no_network() {
     let _vm = vm_slots(1);
-    let b = fetching_build();
+    let (b, _server) = fetching_build();
     let out = b.cli(&[
         "-local-state-workdir=.w",
         "finish-image-build",

@@ -8,6 +8,7 @@ pub mod cidata;
 pub mod cloud_config;
 pub mod finish;
 pub mod gce_tar;
+pub mod http_server;
 pub mod output_lock;
 pub mod preflight;
 pub mod preload;

@@ -180,15 +180,15 @@ mod tests {
             ),
             (404, "no service account"),
         ] {
-            let (host, seen) = crate::metadata::tests::serve(vec![(status, body)]);
-            let mut gcs = Gcs::new(fake.endpoint(), Some(Metadata::at(&host)));
+            let server = crate::metadata::tests::serve(vec![(status, body)]);
+            let mut gcs = Gcs::new(fake.endpoint(), Some(Metadata::at(server.host())));
             gcs.token_optional = true;
             gcs.download("gs://bkt/o", &d.path().join("o")).unwrap();
             assert_eq!(std::fs::read(d.path().join("o")).unwrap(), b"x");
-            assert_eq!(seen.lock().unwrap().len(), 1);
+            assert_eq!(server.seen().len(), 1);
         }
-        let (host, _) = crate::metadata::tests::serve(vec![(404, "none")]);
-        let strict = Gcs::new(fake.endpoint(), Some(Metadata::at(&host)));
+        let server = crate::metadata::tests::serve(vec![(404, "none")]);
+        let strict = Gcs::new(fake.endpoint(), Some(Metadata::at(server.host())));
         assert!(strict.download("gs://bkt/o", &d.path().join("o")).is_err());
     }
 }

@@ -102,65 +102,43 @@ impl Metadata {
 pub mod tests {
     use super::*;
     use cos_customizer_common::protocol::ACK_METADATA_KEY;
-    use std::io::{BufRead, Write};
+    use cos_customizer_testkit::testserver::{BlockingTestServer, Reply, TestServer};
     use std::net::TcpListener;
-    use std::sync::{Arc, Mutex};
 
     /// A loopback server that answers each request with the next `(status, body)` and
-    /// records the request heads; the last answer repeats.
-    pub fn serve(answers: Vec<(u16, &'static str)>) -> (String, Arc<Mutex<Vec<String>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        thread::spawn(move || {
-            for (i, conn) in listener.incoming().enumerate() {
-                let mut conn = conn.unwrap();
-                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-                let mut head = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-                        break;
-                    }
-                    head.push_str(&line);
-                }
-                log.lock().unwrap().push(head);
-                let (status, body) = answers[i.min(answers.len() - 1)];
-                let _ = write!(
-                    conn,
-                    "HTTP/1.0 {status} X\r\nContent-Type: text/plain\r\n\r\n{body}"
-                );
-            }
-        });
-        (addr, seen)
+    /// records the requests; the last answer repeats.
+    pub fn serve(answers: Vec<(u16, &'static str)>) -> BlockingTestServer {
+        let replies = answers
+            .into_iter()
+            .map(|(status, body)| Reply::Text(status, body.into()))
+            .collect();
+        BlockingTestServer::start(TestServer::repeating_last(replies))
     }
 
     #[test]
     fn waits_until_the_attribute_exists() {
-        let (addr, seen) = serve(vec![(404, "nope"), (404, "nope"), (200, "1")]);
-        Metadata::at(&addr)
+        let server = serve(vec![(404, "nope"), (404, "nope"), (200, "1")]);
+        Metadata::at(server.host())
             .wait_for_attribute(
                 ACK_METADATA_KEY,
                 Duration::from_secs(5),
                 Duration::from_millis(10),
             )
             .unwrap();
-        let seen = seen.lock().unwrap();
+        let seen = server.seen();
         assert_eq!(seen.len(), 3);
-        assert!(
-            seen[0].starts_with(&format!(
-                "GET /computeMetadata/v1/instance/attributes/{ACK_METADATA_KEY} HTTP/1.1\r\n"
-            )) && seen[0].contains("Metadata-Flavor: Google\r\n"),
-            "{}",
-            seen[0]
+        assert_eq!(seen[0].method, "GET");
+        assert_eq!(
+            seen[0].target,
+            format!("/computeMetadata/v1/instance/attributes/{ACK_METADATA_KEY}")
         );
+        assert_eq!(seen[0].header("metadata-flavor"), Some("Google"));
     }
 
     #[test]
     fn times_out_with_a_clear_message() {
-        let (addr, _) = serve(vec![(404, "nope")]);
-        let e = Metadata::at(&addr)
+        let server = serve(vec![(404, "nope")]);
+        let e = Metadata::at(server.host())
             .wait_for_attribute(
                 ACK_METADATA_KEY,
                 Duration::from_millis(100),
@@ -189,12 +167,14 @@ pub mod tests {
 
     #[test]
     fn access_token() {
-        let (addr, seen) = serve(vec![(
+        let server = serve(vec![(
             200,
             r#"{"access_token":"tok","expires_in":3599,"token_type":"Bearer"}"#,
         )]);
-        assert_eq!(Metadata::at(&addr).access_token().unwrap(), "tok");
-        assert!(seen.lock().unwrap()[0]
-            .starts_with("GET /computeMetadata/v1/instance/service-accounts/default/token "));
+        assert_eq!(Metadata::at(server.host()).access_token().unwrap(), "tok");
+        assert_eq!(
+            server.seen()[0].target,
+            "/computeMetadata/v1/instance/service-accounts/default/token"
+        );
     }
 }

@@ -2,22 +2,20 @@
 //!
 //! It answers like GCE for what the build VM reads: instance attributes (which
 //! `set_metadata` changes live), the instance's name, hostname and id, and the project
-//! id. There are no credentials locally, so the service-account token is 404.
+//! id. There are no credentials locally, so the service-account token is 404. As GCE's, it
+//! answers 403 to a request without `Metadata-Flavor: Google` and marks every answer with
+//! it; core's `http_server` serves one request per connection and refuses heads over 16 KiB.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use cos_customizer_core::http_server::{self, Body, Bytes, Request, Response, Server};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 /// The project id local builds report.
 pub const PROJECT_ID: &str = "local";
-/// Requests larger than this are refused; GCE clients send a few hundred bytes.
-const MAX_REQUEST: usize = 16 * 1024;
 
 /// What the server answers; shared with the connection tasks.
 #[derive(Debug)]
@@ -29,54 +27,31 @@ struct Instance {
 
 /// A running server; dropping it stops it.
 pub struct MetadataServer {
-    addr: SocketAddr,
+    server: Server,
     instance: Arc<Instance>,
-    task: JoinHandle<()>,
 }
 
 impl MetadataServer {
     /// Starts serving `attributes` for the instance `name`.
     pub async fn start(name: &str, attributes: BTreeMap<String, String>) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the metadata server to 127.0.0.1")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the metadata server's address")?;
         let instance = Arc::new(Instance {
             name: name.to_string(),
             id: instance_id(name),
             attributes: Mutex::new(attributes),
         });
         let shared = instance.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let conn = match listener.accept().await {
-                    Ok((conn, _)) => conn,
-                    Err(_) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let instance = shared.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = serve(conn, &instance).await {
-                        eprintln!("metadata server for {}: {e:#}", instance.name);
-                    }
-                });
-            }
-        });
-        Ok(MetadataServer {
-            addr,
-            instance,
-            task,
+        let server = Server::start(SocketAddr::from(([127, 0, 0, 1], 0)), move |req| {
+            let reply = serve(&req, &shared);
+            async move { Some(reply) }
         })
+        .await
+        .context("starting the metadata server")?;
+        Ok(MetadataServer { server, instance })
     }
 
     /// `127.0.0.1:PORT`.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// Sets one attribute; later requests see it.
@@ -88,12 +63,6 @@ impl MetadataServer {
     #[cfg(test)]
     pub fn attribute(&self, key: &str) -> Option<String> {
         lock(&self.instance.attributes).get(key).cloned()
-    }
-}
-
-impl Drop for MetadataServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -109,29 +78,17 @@ fn instance_id(name: &str) -> u64 {
     })
 }
 
-async fn serve(mut conn: TcpStream, instance: &Instance) -> Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_REQUEST {
-            return respond(&mut conn, 431, "request too large\n").await;
-        }
-        let n = conn
-            .read(&mut chunk)
-            .await
-            .context("reading a metadata request")?;
-        if n == 0 {
-            // The client went away before a whole request.
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
-    let (status, body) = answer(&head, instance);
-    respond(&mut conn, status, &body).await
+/// GCE's answer to one request, with its `Metadata-Flavor: Google`.
+fn serve(req: &Request<Bytes>, instance: &Instance) -> Response<Body> {
+    let (status, body) = answer(req, instance);
+    http_server::answer(
+        status,
+        &[
+            ("metadata-flavor", "Google"),
+            ("content-type", "application/text"),
+        ],
+        body,
+    )
 }
 
 /// The zone local builds report, as GCE writes it (`projects/<number>/zones/<zone>`).
@@ -199,26 +156,20 @@ fn kebab_case(key: &str) -> String {
     out
 }
 
-/// Status and body for one request head (request line plus headers).
-fn answer(head: &str, instance: &Instance) -> (u16, String) {
-    let mut lines = head.split("\r\n");
-    let mut request = lines.next().unwrap_or_default().split_whitespace();
-    let (method, target) = (
-        request.next().unwrap_or_default(),
-        request.next().unwrap_or_default(),
-    );
-    let flavored = lines.any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("metadata-flavor") && v.trim() == "Google"
-        })
-    });
+/// Status and body for one request.
+fn answer(req: &Request<Bytes>, instance: &Instance) -> (u16, String) {
+    let flavored = req
+        .headers()
+        .get_all("metadata-flavor")
+        .iter()
+        .any(|v| v == "Google");
     if !flavored {
         return (403, "Missing Metadata-Flavor:Google header.\n".into());
     }
-    if method != "GET" {
+    if req.method() != http_server::Method::GET {
         return (405, "Method not allowed.\n".into());
     }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (req.uri().path(), req.uri().query().unwrap_or_default());
     let param = |name: &str| {
         query.split('&').find_map(|q| {
             q.split_once('=')
@@ -259,40 +210,27 @@ fn answer(head: &str, instance: &Instance) -> (u16, String) {
     }
 }
 
-async fn respond(conn: &mut TcpStream, status: u16, body: &str) -> Result<()> {
-    let reason = match status {
-        200 => "OK",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Request Header Fields Too Large",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nMetadata-Flavor: Google\r\nContent-Type: application/text\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(response.as_bytes())
-        .await
-        .context("writing a metadata response")?;
-    conn.shutdown()
-        .await
-        .context("closing a metadata connection")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
-    /// One HTTP/1.1 request over real TCP; the raw response.
+    /// One HTTP/1.1 GET over real TCP; the raw response.
     async fn get(addr: SocketAddr, path: &str, flavor: bool) -> String {
+        send(addr, "GET", path, flavor).await
+    }
+
+    /// One HTTP/1.1 request with no body over real TCP; the raw response.
+    async fn send(addr: SocketAddr, method: &str, path: &str, flavor: bool) -> String {
         let mut c = TcpStream::connect(addr).await.unwrap();
         let header = if flavor {
             "Metadata-Flavor: Google\r\n"
         } else {
             ""
         };
-        let req = format!("GET {path} HTTP/1.1\r\nHost: metadata.google.internal\r\n{header}\r\n");
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: metadata.google.internal\r\n{header}\r\n");
         c.write_all(req.as_bytes()).await.unwrap();
         let mut out = String::new();
         c.read_to_string(&mut out).await.unwrap();
@@ -436,6 +374,17 @@ mod tests {
             let r = get(s.addr(), missing, true).await;
             assert!(r.starts_with("HTTP/1.1 404 "), "{missing}: {r}");
         }
+    }
+
+    #[tokio::test]
+    async fn refuses_other_methods_and_oversized_heads() {
+        let s = MetadataServer::start("vm", BTreeMap::new()).await.unwrap();
+        let name = "/computeMetadata/v1/instance/name";
+        let r = send(s.addr(), "POST", name, true).await;
+        assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+        let padded = format!("{name}?pad={}", "a".repeat(http_server::MAX_HEAD));
+        let r = get(s.addr(), &padded, true).await;
+        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
     }
 
     #[tokio::test]

@@ -4,8 +4,8 @@
 
 use std::io::Read;
 
+use cos_customizer_core::http_server::Bytes;
 use cos_customizer_testkit::gcs_client::{encode_segment, request};
-use hyper::body::Bytes;
 
 /// `text` with `%XX` escapes decoded (a `+` stays a `+`, as in a URL path).
 fn decode_path(text: &str) -> String {

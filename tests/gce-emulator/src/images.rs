@@ -119,7 +119,7 @@ fn newest_in_family(
 
 /// What reading a `rawDisk` source found: the size of its `disk.raw` in bytes and the object,
 /// or why GCE would fail the import.
-pub(crate) type RawDisk = Result<(u64, hyper::body::Bytes), ImportError>;
+pub(crate) type RawDisk = Result<(u64, cos_customizer_core::http_server::Bytes), ImportError>;
 
 /// The bucket and the (still percent-encoded) object of a `rawDisk.source` URL.
 fn raw_disk_object(source: &str) -> Option<(&str, &str)> {

@@ -54,12 +54,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use cos_customizer_core::http_server::{self, Body, Bytes, Request, Response, Server};
 
 pub use boot::BootOptions;
 pub use discovery::{Discovery, Method, Side};
@@ -147,47 +142,24 @@ impl Emulator {
         let mut state = State::new(opts.seed, settings, opts.rng_seed, boot);
         images::load_seeded(&mut state)?;
         let state = Arc::new(Mutex::new(state));
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .with_context(|| format!("binding {}", opts.listen))?;
-        let addr = listener.local_addr()?;
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| serve(shared.clone(), req));
-                    // A client that goes away mid-request is not the emulator's error.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Handle { addr, state, task })
+        let server = Server::start(opts.listen, move |req| serve(shared.clone(), req))
+            .await
+            .context("starting the emulator's server")?;
+        Ok(Handle { server, state })
     }
 }
 
-async fn serve(
-    state: Arc<Mutex<State>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn serve(state: Arc<Mutex<State>>, req: Request<Bytes>) -> Option<Response<Body>> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = parse_query(req.uri().query().unwrap_or(""));
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let (status, json) = router::respond(&state, &method, &path, query, &body).await;
-    let response = Response::builder()
-        .status(status)
-        .header("content-type", "application/json; charset=UTF-8")
-        .body(Full::new(Bytes::from(json.to_string())))
-        .expect("a status and a header make a response");
-    Ok(response)
+    let (status, json) = router::respond(&state, &method, &path, query, req.body()).await;
+    Some(http_server::answer(
+        status,
+        &[("content-type", "application/json; charset=UTF-8")],
+        json.to_string(),
+    ))
 }
 
 /// Splits and percent-decodes a query string (`+` is a space).
@@ -243,9 +215,8 @@ impl Resources {
 
 /// A running emulator; dropping it stops the server.
 pub struct Handle {
-    addr: SocketAddr,
+    server: Server,
     state: Arc<Mutex<State>>,
-    task: JoinHandle<()>,
 }
 
 impl Handle {
@@ -255,12 +226,12 @@ impl Handle {
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The base a client joins `projects/…` to: `http://127.0.0.1:PORT/compute/v1/`.
     pub fn compute_base(&self) -> String {
-        format!("http://{}/compute/v1/", self.addr)
+        format!("http://{}/compute/v1/", self.server.addr())
     }
 
     /// Every request so far, in order.
@@ -402,9 +373,9 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.task.abort();
-        // The VMs stop and QEMU's work dir goes once the last task using them ends (also
-        // after a panic in the emulator, which a test reports better than a poisoned lock).
+        // The server stops accepting as `server` drops, right after this. The VMs stop and
+        // QEMU's work dir goes once the last task using them ends (also after a panic in the
+        // emulator, which a test reports better than a poisoned lock).
         self.state.lock().unwrap_or_else(|e| e.into_inner()).boot = None;
     }
 }
