@@ -47,6 +47,11 @@ impl fmt::Display for Key {
 /// accelerator, the output's path and the image's name, labels and licenses, which do not
 /// change the bytes of a local output.
 pub fn key(req: &Request, source_files: &[PathBuf], o: &CacheOptions) -> Result<Key> {
+    // Without the source's files the key could not tell two source images apart.
+    anyhow::ensure!(
+        !source_files.is_empty(),
+        "the build cache needs a local source image (start-image-build -image-file)"
+    );
     let mut k = Fields(Sha256::new());
     k.field("cache-format", FORMAT_VERSION.as_bytes());
     // The cloud-config and the export belong to this program.
@@ -192,6 +197,7 @@ mod tests {
         let k0 = key_of(&base, &o);
         assert_eq!(k0, key_of(&base, &o), "the key is stable");
         assert!(Key::from_name(k0.as_str()).is_some());
+        assert!(key(&base.req, &[], &o).is_err(), "a key without the source");
         let changes: Vec<(&str, Change)> = vec![
             ("source", Box::new(|i, _| write(&i.source, b"sourcf"))),
             (
