@@ -195,6 +195,7 @@ const LOCAL: &str = "Local build (QEMU)";
 const OUTPUT_IMAGE: &str = "Output image";
 const GCE_VM: &str = "GCE build VM";
 const SBOM: &str = "SBOM";
+const CACHE: &str = "Build cache (local builds)";
 
 #[derive(Debug, Clone, Args)]
 pub struct FinishOpts {
@@ -310,6 +311,18 @@ pub struct FinishOpts {
     /// -sbom-input-path).
     #[arg(long, help_heading = SBOM, default_value = "")]
     pub sbom_output_path: String,
+    /// Folder of the build cache: a build whose inputs match a kept one writes the kept
+    /// image without booting a VM; any other builds and keeps its image (-output-file only).
+    #[arg(long, help_heading = CACHE, value_name = "PATH")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most the cache's images may take on disk, in GB (blocks in use, not apparent size);
+    /// the least recently used go first.
+    #[arg(long, help_heading = CACHE, default_value_t = 50, value_name = "GB")]
+    pub cache_size_gb: u64,
+    /// Goes into the cache key: change it (e.g. to the date) to rebuild what the inputs do not
+    /// show, such as what a script downloads.
+    #[arg(long, help_heading = CACHE, default_value = "")]
+    pub cache_salt: String,
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! Needs the fixture (`scripts/make-fixture.sh`) and the static provisioner
 //! (`scripts/build-provisioner.sh`); `scripts/test.sh` makes both.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,7 @@ fn smoke() {
         "finish-image-build",
         "-output-file=out.img",
         "-timeout=10m",
+        "-cache-dir=cache",
     ]);
     assert!(
         out.contains("BuildStatus: wrote the file"),
@@ -49,6 +52,7 @@ fn smoke() {
         "the state folder is removed after a build"
     );
     b.assert_nothing_left();
+    cache_hit_of_the_same_build(&b, &img);
     let verdict = boot_and_check(
         &img,
         r#"[ "$(cat /var/lib/hello)" = hello ] || fail "/var/lib/hello is $(cat /var/lib/hello 2>&1)"
@@ -57,6 +61,59 @@ grep -q ' / ' /proc/mounts && [ "$(findmnt -no SOURCE /)" = /dev/dm-0 ] || fail 
 "#,
     );
     assert!(verdict.contains("TestPass:"), "{verdict}");
+}
+
+/// The build `smoke` kept in its cache, recorded again and finished: a hit that boots
+/// nothing, ends in seconds and writes the same image, as sparse.
+fn cache_hit_of_the_same_build(b: &Build, built: &Path) {
+    b.start(".w2");
+    b.ok(&[
+        "-local-state-workdir=.w2",
+        "run-script",
+        "-script=preload.sh",
+    ]);
+    let started = Instant::now();
+    let out = b.cli(&[
+        "-local-state-workdir=.w2",
+        "finish-image-build",
+        "-output-file=again.img",
+        "-timeout=1m",
+        "-cache-dir=cache",
+    ]);
+    let elapsed = started.elapsed();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Cache hit: key "), "{stderr}");
+    assert!(
+        !stdout.contains("BuildStatus:"),
+        "a hit boots no VM: {stdout}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "the hit took {elapsed:?}"
+    );
+    let again = b.output("again.img");
+    // qemu-img compares the contents, skipping what both leave as holes.
+    let same = Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+        .args([built, again.as_path()])
+        .status()
+        .unwrap();
+    assert!(same.success(), "the hit's image differs from the build's");
+    let (a, h) = (
+        std::fs::metadata(built).unwrap(),
+        std::fs::metadata(&again).unwrap(),
+    );
+    assert_eq!(a.len(), h.len());
+    assert!(h.blocks() <= a.blocks() + 2048, "the hit filled holes");
+    assert!(
+        !b.home.path().join(".w2").exists(),
+        "a hit uses up the state"
+    );
+    b.assert_nothing_left();
 }
 
 #[test]

@@ -58,7 +58,7 @@ pub struct DiskSpec {
 }
 
 /// A VM to create and boot.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct VmSpec {
     /// The VM's name ([`crate::preload::VM_NAME`] for the build VM).
     pub name: String,

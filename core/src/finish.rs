@@ -17,6 +17,7 @@ use cos_customizer_common::protocol::{cidata_url, BUILD_CONTEXT_TAR, USER_CONTEX
 use cos_customizer_common::{cos_layout, duration, sizing};
 
 use crate::backend::{Backend, BackendType, ImageFormat, OutputImage};
+use crate::cache::{self, Cache, CacheOptions, Held, Stored};
 use crate::cloud_config;
 use crate::output_lock::OutputLock;
 use crate::preload::{self, LogLine, Preloader, Request};
@@ -53,6 +54,8 @@ pub struct FinishOptions {
     pub storage_endpoint: Option<String>,
     /// The SBOM to write once the image is built.
     pub sbom: Option<SbomOptions>,
+    /// The build cache (`-cache-dir`), for a local output.
+    pub cache: Option<CacheOptions>,
 }
 
 /// Where the SBOM's input is and where the document goes.
@@ -175,7 +178,7 @@ pub async fn finish(
     log: &mut dyn FnMut(LogLine),
 ) -> Result<Outcome> {
     let result = async {
-        let (mut req, refusals) = prepare(state, s, opts, &*backend);
+        let (mut req, refusals, source_files) = prepare_with_files(state, s, opts, &*backend);
         // Before the build, so that a mistake in the SBOM input costs no build.
         let sbom = prepare_sbom(state, opts, &req)?;
         if !refusals.is_empty() {
@@ -195,7 +198,28 @@ pub async fn finish(
         for r in backend.before_build().await.context(KEPT)? {
             log(r.line());
         }
-        let (result, used) = build(&req, backend.clone(), log).await;
+        let held = match (&opts.cache, &req.output.local_file) {
+            (Some(c), Some((out, _))) => Some(
+                look_up(c, &req, source_files, out, log)
+                    .await
+                    .context(KEPT)?,
+            ),
+            _ => None,
+        };
+        let (result, used) = match held {
+            // Written from the cache: the recorded steps are used up as by a build.
+            Some((_, true)) => (Ok(Outcome::Built(req.output.clone())), true),
+            Some((held, false)) => {
+                let built = build(&req, backend.clone(), log).await;
+                if let (Ok(Outcome::Built(image)), Some((out, _))) =
+                    (&built.0, &req.output.local_file)
+                {
+                    store(held, out, image, log).await;
+                }
+                built
+            }
+            None => build(&req, backend.clone(), log).await,
+        };
         if !used {
             // Failed before anything was made (an endpoint down, Ctrl-C while the CIDATA
             // disk was built): the recorded build is still good for another try.
@@ -250,10 +274,22 @@ pub fn refused(reasons: &[String]) -> String {
 /// this machine. Returns the request, and every reason to refuse it.
 fn prepare(
     state: &StateDir,
-    mut s: BuildState,
+    s: BuildState,
     opts: &FinishOptions,
     backend: &dyn BackendType,
 ) -> (Request, Vec<String>) {
+    let (req, refusals, _) = prepare_with_files(state, s, opts, backend);
+    (req, refusals)
+}
+
+/// [`prepare`], also returning the host files the source image is read from (for the
+/// cache key).
+fn prepare_with_files(
+    state: &StateDir,
+    mut s: BuildState,
+    opts: &FinishOptions,
+    backend: &dyn BackendType,
+) -> (Request, Vec<String>, Vec<PathBuf>) {
     let mut refusals = Vec::new();
     let mut refuse = |e: anyhow::Error| refusals.push(format!("{e:#}"));
     if opts.timeout.is_zero() {
@@ -328,7 +364,8 @@ fn prepare(
     // Every backend carries the build context on the CIDATA disk.
     s.prov.build_contexts =
         BTreeMap::from([(USER_CONTEXT.to_string(), cidata_url(BUILD_CONTEXT_TAR))]);
-    for problem in check_local_files(state, &s, opts, backend) {
+    let (problems, source_files) = check_local_files(state, &s, opts, backend);
+    for problem in problems {
         refuse(problem);
     }
     let output = output_image(&opts.image, &s);
@@ -372,7 +409,7 @@ fn prepare(
         prov: s.prov,
         timeout: opts.timeout,
     };
-    (req, refusals)
+    (req, refusals, source_files)
 }
 
 /// `endpoint` as the build VM reaches it: a loopback host is `host_from_guest` when the VM
@@ -397,13 +434,13 @@ fn guest_endpoint(endpoint: &str, host_from_guest: Option<&str>) -> String {
 }
 
 /// The local source image as the backend reads it, the output file and the free space they
-/// need.
+/// need; also returns the files the build reads the source from.
 fn check_local_files(
     state: &StateDir,
     s: &BuildState,
     opts: &FinishOptions,
     backend: &dyn BackendType,
-) -> Vec<anyhow::Error> {
+) -> (Vec<anyhow::Error>, Vec<PathBuf>) {
     let mut problems = Vec::new();
     let source = Some(Path::new(&s.source.local_file)).filter(|p| !p.as_os_str().is_empty());
     // The files the build reads the source from, once the backend has read it.
@@ -466,7 +503,7 @@ fn check_local_files(
             Err(e) => problems.push(e),
         }
     }
-    problems
+    (problems, source_files)
 }
 
 fn file_len(p: &Path) -> u64 {
@@ -579,6 +616,103 @@ async fn build(
     (result, used)
 }
 
+/// Looks the build `req` up in the cache `o`, waiting while another build of the same key
+/// runs; on a hit the cached image is written to `out`. Returns the key's lock, to be held
+/// until the built image is stored, and whether it was a hit.
+async fn look_up(
+    o: &CacheOptions,
+    req: &Request,
+    source_files: Vec<PathBuf>,
+    out: &Path,
+    log: &mut dyn FnMut(LogLine),
+) -> Result<(Held, bool)> {
+    let started = std::time::Instant::now();
+    let (o, req_) = (o.clone(), req.clone());
+    // Hashing reads the source image: seconds, off the async threads.
+    let keyed = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (cache, notes) = Cache::open(&o)?;
+        let key = cache::key(&req_, &source_files, &o)?;
+        Ok((cache, notes, key))
+    });
+    let (cache, notes, key) = tokio::select! {
+        r = keyed => r.context("hashing the build's inputs")??,
+        s = interrupted() => return Err(s),
+    };
+    for n in notes {
+        log(LogLine::Note(&n));
+    }
+    log(LogLine::Note(&format!(
+        "Cache: key {key} (the build's inputs hashed in {:.1}s)",
+        started.elapsed().as_secs_f64()
+    )));
+    let mut said = false;
+    let held = loop {
+        if let Some(held) = cache.try_hold(&key)? {
+            break held;
+        }
+        if !said {
+            log(LogLine::Note(
+                "Cache: another build of the same inputs is running; waiting for it to end",
+            ));
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            s = interrupted() => return Err(s),
+        }
+    };
+    let started = std::time::Instant::now();
+    let dest = out.to_path_buf();
+    let restored = tokio::task::spawn_blocking(move || -> Result<_> {
+        let hit = held.restore(&dest)?;
+        Ok((held, hit))
+    });
+    let (held, hit) = tokio::select! {
+        r = restored => r.context("writing the cached image")??,
+        s = interrupted() => return Err(s),
+    };
+    if hit {
+        log(LogLine::Note(&format!(
+            "Cache hit: key {key}; wrote {} from the cache in {:.1}s, without a build",
+            out.display(),
+            started.elapsed().as_secs_f64()
+        )));
+    } else {
+        log(LogLine::Note(&format!("Cache miss: key {key}; building")));
+    }
+    Ok((held, hit))
+}
+
+/// Keeps the built image `out` in the cache under the key `held`; a failure only costs the
+/// next build its hit, so it is a warning.
+async fn store(held: Held, out: &Path, image: &OutputImage, log: &mut dyn FnMut(LogLine)) {
+    let key = held.key().clone();
+    let path = out.to_path_buf();
+    let stored = tokio::task::spawn_blocking(move || held.store(&path)).await;
+    let note = match stored.context("storing the image in the cache") {
+        Ok(Ok(Stored::Kept { bytes, evicted })) => {
+            let mut n = format!(
+                "Cache: kept {} as key {key} ({} MiB)",
+                image.display_name(),
+                bytes >> 20
+            );
+            if !evicted.is_empty() {
+                n += &format!(
+                    "; evicted the least recently used {} entries",
+                    evicted.len()
+                );
+            }
+            n
+        }
+        Ok(Ok(Stored::TooLarge { bytes })) => format!(
+            "Cache: not kept: the image takes {} MiB, more than -cache-size-gb",
+            bytes >> 20
+        ),
+        Ok(Err(e)) | Err(e) => format!("warning: the image was not kept in the cache: {e:#}"),
+    };
+    log(LogLine::Note(&note));
+}
+
 /// Resolves on Ctrl-C, SIGTERM or SIGHUP, so the build's resources are removed before
 /// exiting.
 async fn interrupted() -> anyhow::Error {
@@ -655,6 +789,7 @@ mod tests {
             allow_backing_file: false,
             storage_endpoint: None,
             sbom: None,
+            cache: None,
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod async_cmd;
 pub mod backend;
+pub mod cache;
 pub mod cidata;
 pub mod cloud_config;
 pub mod finish;

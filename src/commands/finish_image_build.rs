@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use cos_customizer_common::{duration, env};
 use cos_customizer_core::backend::{Backend, BackendType, ImageFormat};
+use cos_customizer_core::cache::CacheOptions;
 use cos_customizer_core::finish::{
     self, FinishOptions, ImageName, ImageOptions, SbomOptions, VmOptions,
 };
@@ -22,6 +23,8 @@ use cos_customizer_qemu::{Accel, DiskBus, Qemu, QemuBackend, QemuOptions};
 
 use crate::cli::{AccelKind, BackendKind, DiskInterfaceKind, FinishOpts};
 use crate::commands::anthos_check;
+
+const GIB: u64 = 1 << 30;
 
 /// Flag checks that need no state, as the original's `validate`.
 fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
@@ -46,6 +49,9 @@ fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
         if o.disk_interface.is_some() {
             bail!("-disk-interface is for QEMU builds; GCE attaches disks its own way");
         }
+        if o.cache_dir.is_some() {
+            bail!("-cache-dir is for local builds (-output-file): a GCE build's output is an image in GCE, which the cache does not hold");
+        }
     } else if o.output_file.is_none() {
         bail!("-output-file is required for a QEMU build: the output image file to write");
     }
@@ -63,6 +69,9 @@ fn validate(o: &FinishOpts, kind: BackendKind) -> Result<()> {
     }
     if o.disk_size_gb < 0 {
         bail!("-disk-size-gb must not be negative");
+    }
+    if o.cache_size_gb == 0 || o.cache_size_gb.checked_mul(GIB).is_none() {
+        bail!("-cache-size-gb must be a size in GB above 0, e.g. -cache-size-gb=50");
     }
     Ok(())
 }
@@ -132,6 +141,19 @@ fn options(o: &FinishOpts) -> Result<FinishOptions> {
         sbom: given(&o.sbom_input_path).map(|input_path| SbomOptions {
             input_path,
             output_path: o.sbom_output_path.clone(),
+        }),
+        cache: o.cache_dir.as_ref().map(|dir| CacheOptions {
+            dir: dir.clone(),
+            limit_bytes: o.cache_size_gb.saturating_mul(GIB),
+            salt: o.cache_salt.clone(),
+            // What the build's scripts see of the VM besides the image and the steps.
+            vm_shape: vec![
+                format!("hermetic={}", o.hermetic),
+                format!(
+                    "virtio-blk={}",
+                    o.disk_interface == Some(DiskInterfaceKind::Virtio)
+                ),
+            ],
         }),
     })
 }
@@ -407,5 +429,34 @@ mod tests {
             .to_string();
         assert!(e.contains("-output-file"), "{e}");
         validate(&opts(&["--output-file=o.img"]), BackendKind::Qemu).unwrap();
+        let e = gce(&["--image-name=x", "--zone=z", "--project=p", "--cache-dir=c"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-cache-dir is for local builds"), "{e}");
+        let qemu = |a: &[&str]| validate(&opts(a), BackendKind::Qemu);
+        qemu(&["--output-file=o.img", "--cache-dir=c"]).unwrap();
+        assert!(qemu(&["--output-file=o.img", "--cache-size-gb=0"]).is_err());
+    }
+
+    #[test]
+    fn the_cache_key_sees_the_disk_bus_not_how_it_was_named() {
+        let shape = |a: &[&str]| options(&opts(a)).unwrap().cache.unwrap().vm_shape;
+        let default = shape(&["--cache-dir=c"]);
+        assert_eq!(default, shape(&["--cache-dir=c", "--disk-interface=scsi"]));
+        assert_ne!(
+            default,
+            shape(&["--cache-dir=c", "--disk-interface=virtio"])
+        );
+        assert_ne!(default, shape(&["--cache-dir=c", "--hermetic=true"]));
+        assert_eq!(
+            default,
+            shape(&["--cache-dir=c", "--timeout=5m", "--accel=tcg"])
+        );
+        let cache = options(&opts(&["--cache-dir=c", "--cache-size-gb=2"]))
+            .unwrap()
+            .cache
+            .unwrap();
+        assert_eq!(cache.limit_bytes, 2 << 30);
+        assert!(options(&opts(&[])).unwrap().cache.is_none());
     }
 }
