@@ -38,8 +38,12 @@ image=$(scripts/make-fixture.sh | tail -n 1)
 provisioner=${COS_CUSTOMIZER_PROVISIONER:-$(scripts/build-provisioner.sh 2>/dev/null | tail -n 1)}
 cargo build -q --release -p cos-customizer
 # Run directly: HOME changes below, and cargo would look for its toolchain there.
+# The floor bench's own artifact: the crate's other binaries are listed too, in an order
+# that changes with what was already built.
 floor_bin=$(cargo bench -q -p cos-customizer-qemu --bench floor --no-run --message-format=json |
+    grep '"kind":\["bench"\]' | grep '"name":"floor"' |
     sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+[[ -x $floor_bin ]] || { echo "bench.sh: the floor benchmark was not built" >&2; exit 1; }
 cc=${CARGO_TARGET_DIR:-$repo/target}/release/cos-customizer
 
 work=$(mktemp -d)
