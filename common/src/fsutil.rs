@@ -37,6 +37,18 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Opens (creating it if needed, never truncating) the lock file `path`, for `flock`;
+/// `what` names it in the error ("the output lock").
+pub fn open_lock(path: &Path, what: &str) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {what} {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 //! this one, so every temporary output of the same name found then was left by a build
 //! that died (SIGKILL, power cut) and is removed, and said so.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -43,13 +43,7 @@ impl OutputLock {
         // A build that took the lock file just before its holder removed it holds a lock on
         // a file no longer at `path`: it must open the path again.
         for _ in 0..10 {
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .with_context(|| format!("opening the output lock {}", path.display()))?;
+            let mut file = fsutil::open_lock(&path, "the output lock")?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {

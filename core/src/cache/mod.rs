@@ -106,7 +106,7 @@ impl Cache {
     /// `key`'s lock if no one holds it.
     fn try_lock(&self, key: &Key) -> Result<Option<File>> {
         let path = self.lock_path(key);
-        let file = open_lock(&path)?;
+        let file = fsutil::open_lock(&path, "the cache lock")?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(TryLockError::WouldBlock) => Ok(None),
@@ -250,16 +250,6 @@ impl Held {
         fsutil::sync_dir(&self.cache.dir.join("entries"))?;
         Ok(Stored::Kept { bytes, evicted })
     }
-}
-
-fn open_lock(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening the cache lock {}", path.display()))
 }
 
 fn remove_if_there(d: &Path) -> Result<()> {
