@@ -9,12 +9,22 @@ use crate::compute::Compute;
 use crate::http::{Api, DEFAULT_COMPUTE_BASE};
 use crate::storage::Gcs;
 
-/// The base path `endpoint` means: Compute's public one when empty, else `endpoint` itself.
-fn base(endpoint: &str) -> &str {
-    if endpoint.is_empty() {
-        DEFAULT_COMPUTE_BASE
-    } else {
-        endpoint
+/// gcloud's variable for another Compute endpoint, read when `-compute-endpoint` is not
+/// given: a build whose steps cannot take flags (a cloudbuild.yaml run against an emulator)
+/// points there through the environment, as it does Cloud Storage with `STORAGE_EMULATOR_HOST`.
+pub const COMPUTE_ENDPOINT_ENV: &str = "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE";
+
+/// The base path `endpoint` means: itself when given, else `$CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE`,
+/// else Compute's public one.
+fn base(endpoint: &str) -> String {
+    base_from(endpoint, std::env::var(COMPUTE_ENDPOINT_ENV).ok())
+}
+
+fn base_from(endpoint: &str, env: Option<String>) -> String {
+    match env {
+        _ if !endpoint.is_empty() => endpoint.to_string(),
+        Some(v) if !v.is_empty() => v,
+        _ => DEFAULT_COMPUTE_BASE.to_string(),
     }
 }
 
@@ -24,7 +34,7 @@ fn base(endpoint: &str) -> &str {
 /// is ever sent in the clear. Call it inside a Tokio runtime: the credentials start their
 /// refresher there.
 pub fn compute(endpoint: &str) -> Result<Compute> {
-    let base = base(endpoint);
+    let base = &base(endpoint);
     let scheme = Url::parse(base)
         .map(|url| url.scheme().to_string())
         .with_context(|| {
@@ -109,11 +119,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_empty_endpoint_is_the_public_api() {
-        assert_eq!(base(""), "https://compute.googleapis.com/compute/v1/");
+    fn an_empty_endpoint_is_gclouds_variable_else_the_public_api() {
+        let emu = "http://127.0.0.1:1/compute/v1/";
         assert_eq!(
-            base("http://127.0.0.1:1/compute/v1"),
-            "http://127.0.0.1:1/compute/v1"
+            base_from("", None),
+            "https://compute.googleapis.com/compute/v1/"
+        );
+        assert_eq!(
+            base_from("", Some(String::new())),
+            "https://compute.googleapis.com/compute/v1/"
+        );
+        assert_eq!(base_from("", Some(emu.into())), emu);
+        // The flag wins over the variable.
+        assert_eq!(
+            base_from("http://127.0.0.1:2/compute/v1", Some(emu.into())),
+            "http://127.0.0.1:2/compute/v1"
         );
     }
 
