@@ -1,10 +1,12 @@
-# The Cloud Build builder image: a drop-in for the original cos-customizer image (same
-# ENTRYPOINT and WORKDIR), so an existing cloudbuild.yaml only changes its step's `name:`.
-# Build it with scripts/build-builder-image.sh [TAG]; tests/builder_image.rs lints this file.
+# The Cloud Build builder image, for people with a container daemon: a drop-in for the
+# original cos-customizer image (same ENTRYPOINT and WORKDIR), so an existing
+# cloudbuild.yaml only changes its step's `name:`. Build it with
+# `scripts/build-builder-image.sh --dockerfile [TAG]`; without a daemon, the same script
+# builds the same image from the same pieces (tests/builder_image.rs compares the two).
 
-# The workspace's rust-version (Cargo.toml), on bookworm like the runtime stage so the
-# host binary's glibc is the one it runs with.
-FROM rust:1.91.1-bookworm AS build
+# The workspace's rust-version (Cargo.toml), on bookworm like the image's root file
+# system, so the binary's C library is the one it runs with.
+FROM rust:1.91.1-bookworm AS binaries
 
 # scripts/build-provisioner.sh links the provisioner against glibc's static libraries
 # (libc6-dev) and proves it static with `file` and `ldd` (libc-bin). The rust image has
@@ -35,22 +37,25 @@ RUN cargo build --release --locked -p cos-customizer \
 RUN prov="$(scripts/build-provisioner.sh)" \
  && install -D -m 0755 "$prov" /out/provisioner_amd64
 
-# Not distroless: on the GCE path the program runs tools. Each goes through util-linux's
-# setpriv (core/src/async_cmd.rs); tar and gzip pack the CIDATA and SCRATCH disks for
-# import (backends/gce/src/raw_disk.rs); mkfs.ext4 (e2fsprogs) formats install-gpu's
-# SCRATCH disk (core/src/scratch.rs). ca-certificates: rustls reads the system roots
-# to reach the Google APIs. (The CIDATA file system itself is made in-process.)
-FROM debian:12.12-slim
+# The image's root file system: Debian 12's packages that the GCE path needs, made by the
+# same script as the daemonless recipe (scripts/builder-rootfs.sh says what and why).
+FROM debian:12.12-slim AS tree
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates e2fsprogs gzip tar util-linux \
+ && apt-get install -y --no-install-recommends mmdebstrap \
  && rm -rf /var/lib/apt/lists/*
-
+COPY scripts/builder-rootfs.sh /usr/local/bin/
+RUN builder-rootfs.sh /rootfs.tar \
+ && mkdir /image \
+ && tar -xpf /rootfs.tar -C /image --numeric-owner \
+ && rm /rootfs.tar
 # The program finds provisioner_amd64 next to itself (core/src/provisioner_bin.rs), so
 # no -provisioner flag is needed.
-COPY --from=build /out/cos_customizer /cos_customizer
-COPY --from=build /out/provisioner_amd64 /provisioner_amd64
+COPY --from=binaries /out/cos_customizer /out/provisioner_amd64 /image/
 
+FROM scratch
+COPY --from=tree /image/ /
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # Cloud Build mounts the build's source at /workspace and runs steps there.
 WORKDIR /workspace
 ENTRYPOINT ["/cos_customizer"]

@@ -12,6 +12,7 @@ use cos_customizer_common::config::SourceImage;
 use cos_customizer_core::backend::{Backend, DiskSource, DiskSpec, VmSpec, VmStatus};
 use cos_customizer_qemu::{QemuBackend, QemuOptions};
 
+pub mod containers;
 pub mod registry;
 
 pub fn repo() -> PathBuf {
