@@ -131,13 +131,33 @@ async fn a_gce_build_makes_the_image_and_deprecates_the_family() {
             )
             .stop_on_daisy_end(1),
     );
-    let out = env.finish(&["-deprecate-old-images"]).await;
+    let out = env
+        .finish(&[
+            "-deprecate-old-images",
+            "-labels=team=infra,stage=test",
+            "-licenses=projects/test-project/global/licenses/custom",
+        ])
+        .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let image = env
+        .emu
+        .image("projects/cos-cloud/global/images/my-cos")
+        .expect("the output image exists");
+    assert_eq!(image["labels"]["team"], "infra");
+    assert_eq!(image["labels"]["stage"], "test");
+    // The source's licences, then -licenses's.
+    let licenses = image["licenses"].as_array().unwrap();
+    assert_eq!(
+        licenses.last().unwrap(),
+        "https://www.googleapis.com/compute/v1/projects/test-project/global/licenses/custom",
+        "{image}"
+    );
+    assert!(licenses.len() >= 2, "{image}");
     assert!(stdout.contains("BuildStatus: ran"), "{stdout}");
     assert!(
         stdout.contains("Deprecated cos-stable-109-17800-66-27 in favour of my-cos"),
