@@ -9,16 +9,18 @@
 //! everything cargo reads. The rest of the file runs as written. `examples/cloudbuild.yaml`
 //! run in this image is `e2e_gce`'s.
 //!
-//! Needs podman, buildah and mmdebstrap (scripts/install-deps.sh).
+//! Needs podman, buildah and mmdebstrap (scripts/install-deps.sh), and on some machines
+//! `CONTAINERS_CONF` (see tests/common/containers.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::process::Command;
 
 use serde_json::{json, Value};
 
 #[allow(dead_code)]
 mod common;
-use common::containers::{builder_image, ok, output, tool};
+use common::containers::{builder_image, ok, output};
 use common::repo;
 
 const ENTRYPOINT: &str = "/cos_customizer";
@@ -30,7 +32,13 @@ const MAX_SIZE: u64 = 150 << 20;
 
 /// The image's config: `Entrypoint`, `WorkingDir`, `Env`, `Cmd`, …
 fn config(image: &str) -> Value {
-    let text = ok(tool("podman").args(["image", "inspect", "--format", "{{json .Config}}", image]));
+    let text = ok(Command::new("podman").args([
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config}}",
+        image,
+    ]));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -47,11 +55,11 @@ struct Meta {
 /// Every path of `image`'s file system, read from `podman export`.
 fn files(image: &str) -> BTreeMap<String, Meta> {
     // Created, never started: the command is only there for images that have none.
-    let name = ok(tool("podman").args(["create", image, "none"]))
+    let name = ok(Command::new("podman").args(["create", image, "none"]))
         .trim()
         .to_string();
-    let export = output(tool("podman").args(["export", &name]));
-    ok(tool("podman").args(["rm", &name]));
+    let export = output(Command::new("podman").args(["export", &name]));
+    ok(Command::new("podman").args(["rm", &name]));
     assert!(
         export.status.success(),
         "podman export {name} ({image}) failed"
@@ -94,7 +102,7 @@ struct Images(Vec<String>);
 impl Drop for Images {
     fn drop(&mut self) {
         for image in &self.0 {
-            let _ = output(tool("podman").args(["rmi", "--force", image]));
+            let _ = output(Command::new("podman").args(["rmi", "--force", image]));
         }
     }
 }
@@ -115,7 +123,7 @@ fn the_image_starts_and_holds_what_the_gce_path_runs() {
     );
 
     // What Cloud Build does with a step: the entrypoint with the step's args.
-    let version = ok(tool("podman").args(["run", "--rm", &image, "--version"]));
+    let version = ok(Command::new("podman").args(["run", "--rm", &image, "--version"]));
     assert_eq!(
         version.trim(),
         format!("cos-customizer {}", env!("CARGO_PKG_VERSION"))
@@ -131,7 +139,7 @@ fn the_image_starts_and_holds_what_the_gce_path_runs() {
          test -x /provisioner_amd64; grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt",
         RUNTIME_TOOLS.join(" ")
     );
-    let out = ok(tool("podman").args([
+    let out = ok(Command::new("podman").args([
         "run",
         "--rm",
         "--entrypoint",
@@ -145,10 +153,11 @@ fn the_image_starts_and_holds_what_the_gce_path_runs() {
     let roots: usize = lines.last().unwrap().parse().unwrap();
     assert!(roots > 100, "only {roots} CA certificates: {out}");
 
-    let size: u64 = ok(tool("podman").args(["image", "inspect", "--format", "{{.Size}}", &image]))
-        .trim()
-        .parse()
-        .unwrap();
+    let size: u64 =
+        ok(Command::new("podman").args(["image", "inspect", "--format", "{{.Size}}", &image]))
+            .trim()
+            .parse()
+            .unwrap();
     eprintln!("builder image {image}: {} MiB", size >> 20);
     assert!(
         size < MAX_SIZE,
@@ -226,14 +235,12 @@ fn buildable(dockerfile: &str, debian: &str, binaries: &str) -> String {
 /// (the root package's manifest, `src/` and `tests/`, whose [[test]] targets Cargo checks),
 /// the lock file, and the provisioner's build script.
 fn cargo_inputs() -> BTreeSet<String> {
-    let meta: Value = serde_json::from_str(&ok(std::process::Command::new("cargo")
+    let meta: Value = serde_json::from_str(&ok(Command::new("cargo")
         .args(["metadata", "--no-deps", "--format-version", "1"])
         .current_dir(repo())))
     .unwrap();
     let root = repo();
-    let tracked = ok(std::process::Command::new("git")
-        .args(["ls-files"])
-        .current_dir(&root));
+    let tracked = ok(Command::new("git").args(["ls-files"]).current_dir(&root));
     let dirs: Vec<String> = meta["packages"]
         .as_array()
         .unwrap()
@@ -287,47 +294,50 @@ fn the_dockerfile_gives_the_same_image() {
     if let Ok(m) = std::env::var("DEBIAN_MIRROR") {
         mirrors.push(format!("deb {m} bookworm main"));
     }
-    ok(std::process::Command::new("mmdebstrap")
+    ok(Command::new("mmdebstrap")
         .arg("--variant=minbase")
         .args(&mirrors));
-    let ctr = ok(tool("buildah").args(["from", "scratch"]))
+    let ctr = ok(Command::new("buildah").args(["from", "scratch"]))
         .trim()
         .to_string();
-    ok(tool("buildah").args(["add", &ctr]).arg(&tarball).arg("/"));
-    ok(tool("buildah").args([
+    ok(Command::new("buildah")
+        .args(["add", &ctr])
+        .arg(&tarball)
+        .arg("/"));
+    ok(Command::new("buildah").args([
         "config",
         "--env",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         &ctr,
     ]));
-    ok(tool("buildah").args(["commit", "--quiet", "--rm", &ctr, &debian]));
+    ok(Command::new("buildah").args(["commit", "--quiet", "--rm", &ctr, &debian]));
 
     // The binaries of the image under test, where the binaries stage installs them.
-    let taken = ok(tool("podman").args(["create", &image]))
+    let taken = ok(Command::new("podman").args(["create", &image]))
         .trim()
         .to_string();
     for name in ["cos_customizer", "provisioner_amd64"] {
-        ok(tool("podman")
+        ok(Command::new("podman")
             .args(["cp", &format!("{taken}:/{name}")])
             .arg(scratch.path().join(name)));
     }
-    ok(tool("podman").args(["rm", &taken]));
-    let ctr = ok(tool("buildah").args(["from", "scratch"]))
+    ok(Command::new("podman").args(["rm", &taken]));
+    let ctr = ok(Command::new("buildah").args(["from", "scratch"]))
         .trim()
         .to_string();
     for name in ["cos_customizer", "provisioner_amd64"] {
-        ok(tool("buildah")
+        ok(Command::new("buildah")
             .args(["copy", "--chmod", "0755", &ctr])
             .arg(scratch.path().join(name))
             .arg(format!("/out/{name}")));
     }
-    ok(tool("buildah").args(["commit", "--quiet", "--rm", &ctr, &binaries]));
+    ok(Command::new("buildah").args(["commit", "--quiet", "--rm", &ctr, &binaries]));
 
     let dockerfile = scratch.path().join("Dockerfile");
     let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     std::fs::write(&dockerfile, buildable(&text, &debian, &binaries)).unwrap();
     let bud = |target: Option<&str>, tag: &str| {
-        let mut cmd = tool("buildah");
+        let mut cmd = Command::new("buildah");
         cmd.args(["bud", "--pull=never", "--layers=false", "-f"])
             .arg(&dockerfile)
             .args(["-t", tag]);

@@ -1,14 +1,18 @@
-//! GCE builds end to end on this machine: the built `cos-customizer` runs a `-backend=gce`
-//! build against the Compute emulator in boot mode, whose instances are QEMU VMs of the
-//! fixture, and against fake-gcs-server. The backend's real HTTP calls make the disks (the
+//! GCE builds end to end on this machine: `cos-customizer` runs a `-backend=gce` build
+//! against the Compute emulator in boot mode, whose instances are QEMU VMs of the fixture,
+//! and against fake-gcs-server. Two builds are the README's `examples/cloudbuild.yaml`, run
+//! by `scripts/cloudbuild-local` in the builder image as Cloud Build would run it; the
+//! others run the built binary. The backend's real HTTP calls make the disks (the
 //! boot disk from the fixture's image, CIDATA through a `rawDisk` import from Cloud Storage),
 //! boot the build VM, stream its serial port, grow its disk, acknowledge through
 //! `setMetadata` and make the image, whose file the test then reads.
 //!
-//! Needs the fixture, the static provisioner and fake-gcs-server; `scripts/test.sh` makes them.
+//! Needs the fixture, the static provisioner, fake-gcs-server and the builder image
+//! (`COS_CUSTOMIZER_BUILDER_IMAGE`, run with podman); `scripts/test.sh` makes them.
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cos_customizer_gce_emulator::{BootOptions, Emulator, Handle, Options, RequestRecord, Seed};
@@ -19,13 +23,15 @@ use serde_json::{json, Map, Value};
 // Shared by the VM suites; each uses part of it.
 #[allow(dead_code)]
 mod common;
+use common::containers::{builder_image, ok};
 use common::registry::{Image, Registry, HOST_FROM_GUEST};
-use common::{fixture, partitions, provisioner, read_file, vm_slots, Build};
+use common::{fixture, partitions, provisioner, read_file, repo, vm_slots, Build};
 
-const BUCKET: &str = "builds";
+/// examples/cloudbuild.yaml's bucket, `${PROJECT_ID}_cloudbuild`.
+const BUCKET: &str = "test-project_cloudbuild";
 const PROJECT: &str = "test-project";
-/// The image family the source is resolved from, in `cos-cloud`.
-const SOURCE_FAMILY: &str = "cos-fixture";
+/// The image family the source is resolved from, in `cos-cloud`: examples/cloudbuild.yaml's.
+const SOURCE_FAMILY: &str = "cos-stable";
 /// The output's family, which holds an older image to deprecate.
 const FAMILY: &str = "my-cos";
 const OLD_IMAGE: &str = "projects/test-project/global/images/my-cos-old";
@@ -38,10 +44,11 @@ struct Env {
     boot_dir: tempfile::TempDir,
 }
 
-/// The fixture as `cos-cloud/cos-fixture-1` (family `cos-fixture`), and an older image of
-/// the output's family in the build's project.
+/// The fixture as `cos-cloud/cos-fixture-1`, the newest of family `cos-stable`; an older
+/// image of the output's family in the build's project; examples/cloudbuild.yaml's zone.
 fn seed() -> Seed {
     let mut seed = Seed::default();
+    seed.zones.push("us-west1-b".into());
     let image = |v: Value| -> Map<String, Value> { v.as_object().unwrap().clone() };
     seed.images.push(image(json!({
         "project": "cos-cloud", "name": "cos-fixture-1", "family": SOURCE_FAMILY,
@@ -174,6 +181,62 @@ impl Env {
         out
     }
 
+    /// `examples/cloudbuild.yaml` run by `scripts/cloudbuild-local` in the builder image,
+    /// with the build context (`ctx`, holding preload.sh) as its source and this emulator
+    /// and fake-gcs-server given to every step through gcloud's and the Cloud Storage
+    /// libraries' variables.
+    async fn cloudbuild(&self) -> CloudBuild {
+        let _tag = StepImage::tag();
+        let mut cmd = tokio::process::Command::new(repo().join("scripts/cloudbuild-local"));
+        cmd.arg(self.build.home.path().join("ctx"))
+            .arg(format!(
+                "--config={}",
+                repo().join("examples/cloudbuild.yaml").display()
+            ))
+            .args(["--project", PROJECT, "--tool=podman", "--pull=never"])
+            .arg(format!(
+                "--env=CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE={}",
+                self.emu.compute_base()
+            ))
+            .arg(format!(
+                "--env=STORAGE_EMULATOR_HOST={}",
+                self.gcs.endpoint()
+            ))
+            .env("TMPDIR", self.build.tmp.path());
+        // One TCG VM per core; waiting for a slot blocks, so not on a runtime worker.
+        let _vm = tokio::task::block_in_place(|| vm_slots(1));
+        let started = Instant::now();
+        let out = cmd.output().await.unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!(
+            "$ scripts/cloudbuild-local ({:.1} s, {} API calls: {})\n{log}{}",
+            started.elapsed().as_secs_f64(),
+            self.emu.requests().len(),
+            call_counts(&self.emu.requests()),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = log
+            .lines()
+            .find_map(|l| l.strip_prefix("starting build \""))
+            .unwrap_or_else(|| panic!("no `starting build` line"))
+            .trim_end_matches('"')
+            .to_string();
+        let left = ok(std::process::Command::new("podman").args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("name=cloudbuild-{}", &id[..8]),
+        ]));
+        assert_eq!(left.trim(), "", "containers left");
+        CloudBuild {
+            success: out.status.success(),
+            log,
+            id,
+        }
+    }
+
     /// The output image's file as a raw image the test can read.
     fn raw_image(&self, path: &str) -> PathBuf {
         let file = self
@@ -227,6 +290,59 @@ impl Env {
     }
 }
 
+/// What a `scripts/cloudbuild-local` run printed.
+struct CloudBuild {
+    success: bool,
+    /// Its stdout: Cloud Build's log, each step's lines prefixed `Step #N: `.
+    log: String,
+    /// The build's `$BUILD_ID`.
+    id: String,
+}
+
+impl CloudBuild {
+    /// The lines step `n` printed, without their prefix.
+    fn step(&self, n: usize) -> String {
+        let prefix = format!("Step #{n}: ");
+        self.log
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+}
+
+/// examples/cloudbuild.yaml's step image in this project, tagged onto the builder image
+/// while a test runs it (the runner never pulls it: `--pull=never`).
+const STEP_IMAGE: &str = "us-docker.pkg.dev/test-project/tools/cos-customizer";
+
+/// The tests of this process that hold [`STEP_IMAGE`]: the last one out removes the tag.
+static STEP_IMAGE_USERS: Mutex<usize> = Mutex::new(0);
+
+struct StepImage;
+
+impl StepImage {
+    fn tag() -> StepImage {
+        let mut users = STEP_IMAGE_USERS.lock().unwrap();
+        if *users == 0 {
+            ok(std::process::Command::new("podman").args(["tag", &builder_image(), STEP_IMAGE]));
+        }
+        *users += 1;
+        StepImage
+    }
+}
+
+impl Drop for StepImage {
+    fn drop(&mut self) {
+        let mut users = STEP_IMAGE_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        *users -= 1;
+        if *users == 0 {
+            let _ = std::process::Command::new("podman")
+                .args(["untag", &builder_image(), STEP_IMAGE])
+                .status();
+        }
+    }
+}
+
 /// Calls per route kind, for the log: `GET instances: 12, …`.
 fn call_counts(log: &[RequestRecord]) -> String {
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
@@ -277,30 +393,24 @@ fn assert_booted_from_the_fixture(env: &Env) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_gce_build_boots_the_fixture_and_makes_the_image() {
-    let Some(env) = Env::with_preload(
-        "#!/bin/bash\nset -e\necho from-gce > /var/lib/hello\necho wrote the file\n",
-        1 << 20,
-    )
-    .await
-    else {
+async fn the_readme_cloudbuild_yaml_makes_the_image_in_the_builder_image() {
+    let preload =
+        "#!/bin/bash\nset -e\necho \"from-gce $REGION\" > /var/lib/hello\necho wrote the file\n";
+    let Some(env) = Env::start(&[("preload.sh", preload)], 1 << 20).await else {
         return;
     };
-    let out = env
-        .finish(
-            "my-cos-1",
-            &[
-                &format!("-image-family={FAMILY}"),
-                "-labels=team=infra,stage=test",
-                "-licenses=projects/test-project/global/licenses/custom",
-                "-deprecate-old-images",
-            ],
-        )
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "the build failed");
-    assert!(stdout.contains("BuildStatus: wrote the file"), "{stdout}");
-    assert!(stdout.contains("BuildSucceeded:"), "{stdout}");
+    let build = env.cloudbuild().await;
+    assert!(build.success, "the build failed");
+    for n in 0..3 {
+        assert!(
+            build.log.contains(&format!("Finished Step #{n}\n")),
+            "step {n}"
+        );
+    }
+    assert!(build.log.trim_end().ends_with("DONE"));
+    let finish = build.step(2);
+    assert!(finish.contains("BuildStatus: wrote the file"), "{finish}");
+    assert!(finish.contains("BuildSucceeded:"), "{finish}");
     assert_booted_from_the_fixture(&env);
 
     // Streamed: the serial port was read many times while the VM ran.
@@ -336,19 +446,21 @@ async fn a_gce_build_boots_the_fixture_and_makes_the_image() {
         "the acknowledgement kept user-data: {}",
         acks[0]
     );
+    // The VM ran in the step's zone, the workdir was the step's.
+    assert!(
+        env.requests("POST", "/instances")
+            .iter()
+            .all(|r| r.path.contains("/zones/us-west1-b/")),
+        "the VM is not in us-west1-b"
+    );
 
-    let path = image_path("my-cos-1");
+    let path = image_path(&format!("my-cos-{}", build.id));
     let image = env.emu.image(&path).expect("the output image exists");
     assert_eq!(image["status"], "READY");
     assert_eq!(image["family"], FAMILY);
-    assert_eq!(image["labels"]["team"], "infra");
-    assert_eq!(image["labels"]["stage"], "test");
     assert_eq!(
         image["licenses"],
-        json!([
-            "https://www.googleapis.com/compute/v1/projects/cos-cloud/global/licenses/cos",
-            "https://www.googleapis.com/compute/v1/projects/test-project/global/licenses/custom"
-        ])
+        json!(["https://www.googleapis.com/compute/v1/projects/cos-cloud/global/licenses/cos"])
     );
     assert_eq!(
         image["guestOsFeatures"],
@@ -357,10 +469,11 @@ async fn a_gce_build_boots_the_fixture_and_makes_the_image() {
     let old = env.emu.image(OLD_IMAGE).unwrap();
     assert_eq!(old["deprecated"]["state"], "DEPRECATED", "{old}");
 
+    // run-script's -env=REGION=eu reached the script.
     let raw = env.raw_image(&path);
     assert_eq!(
         read_file(&raw, "STATE", "/var_overlay/lib/hello").as_deref(),
-        Some("from-gce\n")
+        Some("from-gce eu\n")
     );
     assert!(read_file(&raw, "STATE", "/var_overlay/lib/.cos-customizer/state.json").is_none());
     std::fs::remove_file(&raw).unwrap();
@@ -408,26 +521,35 @@ async fn the_disk_grows_over_the_api_while_the_vm_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_script_leaves_no_image_and_nothing_else() {
+async fn a_failing_script_stops_the_cloudbuild_at_its_step_and_leaves_nothing() {
     // 40 KiB of output at once against a 2 KiB window: GCE's `start` moves past what was
     // dropped, and the build says how much it lost, yet still sees the verdict.
     let script = "#!/bin/bash\nfor i in $(seq 400); do printf '%099d\\n' \"$i\"; done\n\
                   echo about to fail\nexit 3\n";
-    let Some(env) = Env::with_preload(script, 2048).await else {
+    let Some(env) = Env::start(&[("preload.sh", script)], 2048).await else {
         return;
     };
-    let out = env.finish("my-cos-3", &[]).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(stdout.contains("BuildStatus: about to fail"), "{stdout}");
-    assert!(stderr.contains("BuildFailed:"), "{stderr}");
-    let both = format!("{stdout}{stderr}");
+    let build = env.cloudbuild().await;
+    assert!(!build.success);
+    let finish = build.step(2);
+    assert!(finish.contains("BuildStatus: about to fail"), "{finish}");
+    assert!(finish.contains("BuildFailed:"), "{finish}");
     assert!(
-        both.contains("bytes of serial port 3 output were lost"),
-        "the small window dropped output: {both}"
+        finish.contains("bytes of serial port 3 output were lost"),
+        "the small window dropped output: {finish}"
     );
-    assert!(env.emu.image(&image_path("my-cos-3")).is_none());
+    assert!(
+        build.log.contains(&format!(
+            "ERROR: build step 2 \"{STEP_IMAGE}\" failed: step exited with non-zero status: 1"
+        )),
+        "{}",
+        build.log
+    );
+    assert!(!build.log.contains("DONE"));
+    assert!(env
+        .emu
+        .image(&image_path(&format!("my-cos-{}", build.id)))
+        .is_none());
     env.assert_nothing_left(None);
 }
 

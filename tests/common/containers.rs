@@ -1,10 +1,8 @@
-//! The builder image that `scripts/test.sh` builds, and podman and buildah as the tests run
-//! them.
+//! The builder image that `scripts/test.sh` builds, and running the tools the container
+//! tests use. Where podman needs settings of its own (tests/containers.conf says why),
+//! `scripts/test.sh` names them in `CONTAINERS_CONF`, which every podman and buildah reads.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
-
-use super::repo;
 
 /// Names the builder image under test; `scripts/test.sh` builds it and sets this.
 pub const IMAGE_ENV: &str = "COS_CUSTOMIZER_BUILDER_IMAGE";
@@ -18,19 +16,6 @@ pub fn builder_image() -> String {
              {IMAGE_ENV}=localhost/cos-customizer:dev (scripts/test.sh does both)"
         )
     })
-}
-
-/// The containers.conf for this machine's quirks (the file says which); podman and
-/// buildah read it through `CONTAINERS_CONF`.
-pub fn containers_conf() -> PathBuf {
-    repo().join("tests/containers.conf")
-}
-
-/// `tool` (podman, buildah, or the runner that calls them) with the tests' containers.conf.
-pub fn tool(tool: impl Into<PathBuf>) -> Command {
-    let mut cmd = Command::new(tool.into());
-    cmd.env("CONTAINERS_CONF", containers_conf());
-    cmd
 }
 
 /// Runs `cmd`, panicking with its command line and output when it fails; its stdout.
@@ -54,7 +39,7 @@ pub fn output(cmd: &mut Command) -> Output {
 
 /// The containers whose name starts with `prefix`, running or not.
 pub fn containers_named(prefix: &str) -> Vec<String> {
-    ok(tool("podman").args([
+    ok(Command::new("podman").args([
         "ps",
         "-a",
         "--format",
