@@ -24,7 +24,7 @@ pub struct Cli {
     pub local_state_workdir: String,
     /// Overrides the Compute Engine API endpoint, a base path such as
     /// https://compute.googleapis.com/compute/v1/ (for a fake or a non-production API;
-    /// default: $CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE, else that one).
+    /// default: $CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE, else the public one).
     #[arg(long, default_value = "", value_name = "URL")]
     pub compute_endpoint: String,
     /// Overrides the Cloud Storage endpoint (default: $STORAGE_EMULATOR_HOST, else
