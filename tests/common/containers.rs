@@ -36,18 +36,3 @@ pub fn output(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
 }
-
-/// The containers whose name starts with `prefix`, running or not.
-pub fn containers_named(prefix: &str) -> Vec<String> {
-    ok(Command::new("podman").args([
-        "ps",
-        "-a",
-        "--format",
-        "{{.Names}}",
-        "--filter",
-        &format!("name=^{prefix}"),
-    ]))
-    .lines()
-    .map(String::from)
-    .collect()
-}
