@@ -16,18 +16,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+// Shared with the VM suites; this one uses the container helpers.
+#[allow(dead_code)]
+mod common;
+use common::containers::{build_id, builder_image, containers_named};
+
 /// One build at a time: the machine is small, and the container checks stay exact.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// The step image.
-fn image() -> String {
-    std::env::var("COS_CUSTOMIZER_BUILDER_IMAGE").unwrap_or_else(|_| {
-        panic!(
-            "set COS_CUSTOMIZER_BUILDER_IMAGE to a local image with bash, e.g. the one \
-             `scripts/build-builder-image.sh` prints"
-        )
-    })
-}
 
 /// The script under test.
 fn script() -> PathBuf {
@@ -79,7 +74,7 @@ impl Build {
         std::fs::write(source.path().join("a.txt"), "from the source\n").unwrap();
         std::fs::create_dir(source.path().join(".git")).unwrap();
         std::fs::write(source.path().join(".git/HEAD"), "ref: x\n").unwrap();
-        let yaml = yaml.replace("IMAGE", &image());
+        let yaml = yaml.replace("IMAGE", &builder_image());
         std::fs::write(source.path().join("cloudbuild.yaml"), yaml).unwrap();
         Build {
             _one: one,
@@ -115,7 +110,10 @@ impl Build {
 
     /// No container of the build is left, and the runner's TMPDIR is empty.
     fn assert_clean(&self, id: &str) {
-        assert_eq!(containers(&format!("cloudbuild-{}", &id[..8])), "");
+        assert_eq!(
+            containers_named(&format!("cloudbuild-{}", &id[..8])),
+            Vec::<String>::new()
+        );
         let left: Vec<_> = std::fs::read_dir(self.tmp.path()).unwrap().collect();
         assert!(left.is_empty(), "temporary folders left: {left:?}");
     }
@@ -129,30 +127,6 @@ impl Build {
         names.sort();
         names
     }
-}
-
-/// The id in the `starting build "<id>"` line.
-fn build_id(out: &str) -> String {
-    let line = out
-        .lines()
-        .find_map(|l| l.strip_prefix("starting build \""))
-        .unwrap_or_else(|| panic!("no `starting build` line in:\n{out}"));
-    line.trim_end_matches('"').to_owned()
-}
-
-/// `podman ps -a` of the containers whose name holds `filter`: names, one a line.
-fn containers(filter: &str) -> String {
-    let out = Command::new("podman")
-        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
-        .arg(format!("name={filter}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[test]
@@ -233,7 +207,7 @@ steps:
     run.has_line("Step #1 - \"breaks\": failing");
     run.has_line(&format!(
         "ERROR: build step 1 \"{}\" failed: step exited with non-zero status: 7",
-        image()
+        builder_image()
     ));
     run.has_line("ERROR");
     assert!(!run.out.contains("Step #2"), "{run}");
@@ -301,7 +275,7 @@ steps:
     run.has_line("Step #0: started");
     assert!(run.out.contains("TIMEOUT"), "{run}");
     assert!(!run.out.contains("never"), "{run}");
-    assert_eq!(containers("cloudbuild-"), "");
+    assert_eq!(containers_named("cloudbuild-"), Vec::<String>::new());
 }
 
 #[test]
@@ -338,9 +312,7 @@ fn sigint_mid_step_removes_the_container_and_the_temporary_folders() {
     }
     let id = build_id(&out);
     assert_eq!(
-        containers(&format!("cloudbuild-{}", &id[..8]))
-            .lines()
-            .count(),
+        containers_named(&format!("cloudbuild-{}", &id[..8])).len(),
         1
     );
     let kill = Command::new("kill")

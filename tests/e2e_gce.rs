@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 // Shared by the VM suites; each uses part of it.
 #[allow(dead_code)]
 mod common;
-use common::containers::{builder_image, ok};
+use common::containers::{build_id, builder_image, containers_named, ok};
 use common::registry::{Image, Registry, HOST_FROM_GUEST};
 use common::{fixture, partitions, provisioner, read_file, repo, vm_slots, Build};
 
@@ -215,21 +215,9 @@ impl Env {
             call_counts(&self.emu.requests()),
             String::from_utf8_lossy(&out.stderr)
         );
-        let id = log
-            .lines()
-            .find_map(|l| l.strip_prefix("starting build \""))
-            .unwrap_or_else(|| panic!("no `starting build` line"))
-            .trim_end_matches('"')
-            .to_string();
-        let left = ok(std::process::Command::new("podman").args([
-            "ps",
-            "-a",
-            "--format",
-            "{{.Names}}",
-            "--filter",
-            &format!("name=cloudbuild-{}", &id[..8]),
-        ]));
-        assert_eq!(left.trim(), "", "containers left");
+        let id = build_id(&log);
+        let left = containers_named(&format!("cloudbuild-{}", &id[..8]));
+        assert_eq!(left, Vec::<String>::new(), "containers left");
         CloudBuild {
             success: out.status.success(),
             log,

